@@ -1,0 +1,107 @@
+"""Typed, versioned contracts for everything that crosses a process boundary.
+
+Two messages travel between processes:
+
+* `TurnRequest` - gateway (or a handing-off worker) -> NATS JetStream -> worker.
+* `TurnEntry`   - worker -> Redis stream of the turn -> gateway relay(s).
+
+Both carry `v`, the protocol version. They evolve only by adding optional fields; a reader that meets a
+higher major version than it knows refuses the message instead of guessing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Final, Literal
+
+from chatkit.types import ThreadStreamEvent
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from kitrelay.shared.settings import AgentKind
+
+PROTOCOL_VERSION: Final = 1
+
+TurnStatus = Literal["completed", "failed", "cancelled"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Identity(BaseModel):
+    """Who a request or a turn acts for. Every store query is scoped by it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user_id: str = Field(min_length=1)
+    team_id: str = Field(min_length=1)
+
+
+class TraceContext(BaseModel):
+    """W3C trace context, so a turn's spans join one trace across processes."""
+
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+
+class TurnRequest(BaseModel):
+    """One user turn handed to an agent worker. Published on `turns.<agent>`; the turn id is its dedupe id."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    turn_id: str
+    thread_id: str
+    identity: Identity
+    agent: AgentKind
+    # The user message that started the turn (None after a client tool output or a structured input).
+    user_item_id: str | None = None
+    # How many agent-to-agent handoffs this turn has already taken (bounds handoff chains).
+    hops: int = Field(default=0, ge=0)
+    trace: TraceContext = Field(default_factory=TraceContext)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ChatKitEntry(BaseModel):
+    """A ChatKit stream event, exactly as the client will receive it."""
+
+    kind: Literal["chatkit"] = "chatkit"
+    event: ThreadStreamEvent
+
+
+class TurnEnd(BaseModel):
+    """The terminal entry of a turn: the relay ends the client's stream when it reads it."""
+
+    kind: Literal["end"] = "end"
+    status: TurnStatus
+    error: str | None = None
+
+
+EntryBody = Annotated[ChatKitEntry | TurnEnd, Field(discriminator="kind")]
+
+
+class TurnEntry(BaseModel):
+    """One entry of a turn's Redis stream.
+
+    `attempt` is the JetStream delivery count of the worker run that wrote it and `seq` counts entries within
+    that attempt, so readers can drop what a dead attempt wrote and spot gaps or duplicates.
+    """
+
+    v: Literal[1] = PROTOCOL_VERSION
+    turn_id: str
+    attempt: int = Field(ge=1)
+    seq: int = Field(ge=0)
+    body: EntryBody
+    trace: TraceContext = Field(default_factory=TraceContext)
+
+    @property
+    def is_terminal(self) -> bool:
+        return isinstance(self.body, TurnEnd)
+
+
+# One field per Redis stream entry; its value is the JSON of a TurnEntry.
+ENTRY_FIELD = b"e"
+
+_entry_adapter: TypeAdapter[TurnEntry] = TypeAdapter(TurnEntry)
+
+
+def decode_entry(raw: bytes | str) -> TurnEntry:
+    return _entry_adapter.validate_json(raw)

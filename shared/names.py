@@ -1,0 +1,25 @@
+"""Names of the things kitrelay creates on NATS and Redis, derived from one namespace setting."""
+
+from __future__ import annotations
+
+from kitrelay.shared.settings import AgentKind
+
+
+def turns_stream(namespace: str) -> str:
+    """The JetStream stream holding every turn request (work-queue retention)."""
+    return f"{namespace.upper().replace('-', '_')}_TURNS"
+
+
+def turns_subject(namespace: str, agent: AgentKind) -> str:
+    """One subject per agent kind, so each kind has its own consumer and scales on its own lag."""
+    return f"{namespace}.turns.{agent}"
+
+
+def turns_consumer(namespace: str, agent: AgentKind) -> str:
+    """The durable pull consumer that all workers of one kind share."""
+    return f"{namespace}-{agent}"
+
+
+def turn_stream_key(namespace: str, turn_id: str) -> str:
+    """The Redis stream of one turn. The braces make every key of a turn share a Redis Cluster hash slot."""
+    return f"{namespace}:turn:{{{turn_id}}}:events"
