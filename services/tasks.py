@@ -1,0 +1,190 @@
+"""Team task lists: the domain behind the task agent's tools.
+
+Tasks belong to a team. Anyone in the team may see and change them; a task of another team does not exist as
+far as the caller can tell (`TaskNotFoundError`, exactly as for an unknown id).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import ColumnElement, Select, case, delete, func, insert, literal, not_, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kitrelay.shared.messages import Identity
+from kitrelay.shared.store.models import TITLE_MAX_LENGTH, TaskRow, UTCDateTime
+
+TaskStatus = Literal["all", "open", "done"]
+
+# What every query hands back, in TaskRecord's field order.
+_COLUMNS = (
+    TaskRow.id,
+    TaskRow.team_id,
+    TaskRow.owner_id,
+    TaskRow.assignee_id,
+    TaskRow.title,
+    TaskRow.done,
+    TaskRow.due_date,
+    TaskRow.created_at,
+    TaskRow.completed_at,
+)
+
+
+class TaskRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    team_id: str
+    owner_id: str
+    assignee_id: str | None
+    title: str
+    done: bool
+    due_date: date | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class TaskNotFoundError(LookupError):
+    """No task with this id in the caller's team."""
+
+
+class TaskService:
+    """Create, read, update and delete a team's tasks. Each call is one short transaction."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def add(
+        self, identity: Identity, *, title: str, due_date: date | None = None, assignee_id: str | None = None
+    ) -> TaskRecord:
+        now = datetime.now(UTC)
+        values = {
+            "team_id": identity.team_id,
+            "owner_id": identity.user_id,
+            "assignee_id": assignee_id,
+            "title": _clean_title(title),
+            "done": False,
+            "due_date": due_date,
+            "created_at": now,
+            "completed_at": None,
+            "updated_at": now,
+        }
+        async with self._sessions() as session, session.begin():
+            row = (await session.execute(insert(TaskRow).values(values).returning(*_COLUMNS))).one()
+        return _record(row._mapping)
+
+    async def list(
+        self,
+        identity: Identity,
+        *,
+        status: TaskStatus = "all",
+        assignee_id: str | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[TaskRecord]:
+        """The team's tasks, open ones first, each group in creation order."""
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        query = (
+            select(*_COLUMNS)
+            .where(*_filters(identity, status, assignee_id))
+            .order_by(TaskRow.done.asc(), TaskRow.id.asc())
+            .limit(limit)
+        )
+        async with self._sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [_record(row._mapping) for row in rows]
+
+    async def count(self, identity: Identity, *, status: TaskStatus = "all", assignee_id: str | None = None) -> int:
+        query: Select[int] = select(func.count()).select_from(TaskRow).where(*_filters(identity, status, assignee_id))
+        async with self._sessions() as session:
+            return (await session.execute(query)).scalar_one()
+
+    async def get(self, identity: Identity, task_id: int) -> TaskRecord:
+        query = select(*_COLUMNS).where(TaskRow.id == task_id, TaskRow.team_id == identity.team_id)
+        async with self._sessions() as session:
+            row = (await session.execute(query)).first()
+        if row is None:
+            raise TaskNotFoundError(task_id)
+        return _record(row._mapping)
+
+    async def complete(self, identity: Identity, task_id: int) -> TaskRecord:
+        now = datetime.now(UTC)
+        # Completing a done task keeps its original completion time.
+        completed_at = func.coalesce(TaskRow.completed_at, _timestamp(now))
+        return await self._update(identity, task_id, {"done": True, "completed_at": completed_at, "updated_at": now})
+
+    async def reopen(self, identity: Identity, task_id: int) -> TaskRecord:
+        return await self._update(
+            identity, task_id, {"done": False, "completed_at": None, "updated_at": datetime.now(UTC)}
+        )
+
+    async def toggle(self, identity: Identity, task_id: int) -> TaskRecord:
+        now = datetime.now(UTC)
+        # One statement reads and flips the flag, so two quick clicks never both see the same old value.
+        completed_at = case((TaskRow.done, None), else_=_timestamp(now))
+        return await self._update(
+            identity, task_id, {"done": not_(TaskRow.done), "completed_at": completed_at, "updated_at": now}
+        )
+
+    async def rename(self, identity: Identity, task_id: int, *, title: str) -> TaskRecord:
+        return await self._update(identity, task_id, {"title": _clean_title(title), "updated_at": datetime.now(UTC)})
+
+    async def delete(self, identity: Identity, task_id: int) -> TaskRecord:
+        """Delete a task and return it as it was."""
+        stmt = delete(TaskRow).where(TaskRow.id == task_id, TaskRow.team_id == identity.team_id).returning(*_COLUMNS)
+        async with self._sessions() as session, session.begin():
+            row = (await session.execute(stmt)).first()
+        if row is None:
+            raise TaskNotFoundError(task_id)
+        return _record(row._mapping)
+
+    async def _update(self, identity: Identity, task_id: int, values: Mapping[str, Any]) -> TaskRecord:
+        stmt = (
+            update(TaskRow)
+            .where(TaskRow.id == task_id, TaskRow.team_id == identity.team_id)
+            .values(dict(values))
+            .returning(*_COLUMNS)
+            # Sessions are never reused, so there are no loaded objects to refresh.
+            .execution_options(synchronize_session=False)
+        )
+        async with self._sessions() as session, session.begin():
+            row = (await session.execute(stmt)).first()
+        if row is None:
+            raise TaskNotFoundError(task_id)
+        return _record(row._mapping)
+
+
+def _clean_title(title: str) -> str:
+    cleaned = title.strip()
+    if not cleaned:
+        raise ValueError("a task needs a title")
+    if len(cleaned) > TITLE_MAX_LENGTH:
+        raise ValueError(f"a task title has at most {TITLE_MAX_LENGTH} characters")
+    return cleaned
+
+
+def _filters(identity: Identity, status: TaskStatus, assignee_id: str | None) -> builtins.list[ColumnElement[bool]]:
+    filters = [TaskRow.team_id == identity.team_id]
+    if status == "open":
+        filters.append(TaskRow.done.is_(False))
+    elif status == "done":
+        filters.append(TaskRow.done.is_(True))
+    elif status != "all":
+        raise ValueError(f"status must be 'all', 'open' or 'done', not {status!r}")
+    if assignee_id is not None:
+        filters.append(TaskRow.assignee_id == assignee_id)
+    return filters
+
+
+def _timestamp(value: datetime) -> ColumnElement[datetime]:
+    # Typed, so the value goes through UTCDateTime like a plain column assignment would.
+    return literal(value, UTCDateTime())
+
+
+def _record(row: RowMapping) -> TaskRecord:
+    return TaskRecord.model_validate(dict(row))

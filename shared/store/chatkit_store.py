@@ -1,0 +1,319 @@
+"""ChatKit's `Store`, kept in SQL (SQLite or PostgreSQL) and scoped to whoever is calling.
+
+A thread belongs to one user of one team; its items are reachable only through it. Asking for another user's
+thread raises the same `NotFoundError` as asking for one that does not exist, so ids never reveal anything.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from chatkit.store import NotFoundError, Store, StoreItemType
+from chatkit.types import Attachment, Page, ThreadItem, ThreadMetadata
+from pydantic import TypeAdapter
+from sqlalchemy import ColumnElement, Select, and_, asc, delete, desc, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.expression import ColumnCollection
+
+from kitrelay.shared.context import HasIdentity
+from kitrelay.shared.ids import new_id
+from kitrelay.shared.store.models import AttachmentRow, Base, ThreadItemRow, ThreadRow, as_utc
+
+# chatkit's own prefixes (its `_ID_PREFIXES` is private); tests check they still match.
+ID_PREFIXES: dict[StoreItemType, str] = {
+    "thread": "thr",
+    "message": "msg",
+    "tool_call": "tc",
+    "workflow": "wf",
+    "task": "tsk",
+    "attachment": "atc",
+    "sdk_hidden_context": "shcx",
+}
+
+# A page never holds more than this, whatever a client asks for; `has_more` tells it to fetch the rest.
+MAX_PAGE_SIZE = 1000
+
+# Whatever context type a caller uses, the store only reads its identity.
+C = TypeVar("C", bound=HasIdentity)
+
+_items: TypeAdapter[ThreadItem] = TypeAdapter(ThreadItem)
+_attachments: TypeAdapter[Attachment] = TypeAdapter(Attachment)
+
+
+class ItemIdConflictError(Exception):
+    """An item id that is already taken by an item of another thread (item ids are unique store-wide)."""
+
+
+class SqlStore(Store[C]):
+    """ChatKit threads, items and attachment metadata in the kitrelay database.
+
+    Every method opens its own short transaction and closes it before returning.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    # -- ids ------------------------------------------------------------------------------------------------------
+
+    def generate_thread_id(self, context: C) -> str:
+        # chatkit's default has 32 random bits; a ULID has 80.
+        return new_id(ID_PREFIXES["thread"])
+
+    def generate_item_id(self, item_type: StoreItemType, thread: ThreadMetadata, context: C) -> str:
+        return new_id(ID_PREFIXES[item_type])
+
+    # -- threads --------------------------------------------------------------------------------------------------
+
+    async def load_thread(self, thread_id: str, context: C) -> ThreadMetadata:
+        async with self._sessions() as session:
+            row = (await session.execute(_owned_threads(context).where(ThreadRow.id == thread_id))).scalar_one_or_none()
+        if row is None:
+            raise NotFoundError(f"Thread {thread_id} not found")
+        return _thread_from_row(row)
+
+    async def save_thread(self, thread: ThreadMetadata, context: C) -> None:
+        identity = context.identity
+        # `thread` may be a Thread carrying a page of items; only the metadata belongs in this table.
+        metadata = ThreadMetadata.model_validate(thread.model_dump(exclude={"items"}))
+        metadata.created_at = as_utc(metadata.created_at)
+        values = {
+            "id": metadata.id,
+            "team_id": identity.team_id,
+            "user_id": identity.user_id,
+            "created_at": metadata.created_at,
+            "updated_at": datetime.now(UTC),
+            "data": metadata.model_dump_json(),
+        }
+        async with self._sessions() as session, session.begin():
+            # created_at is left out of the update: a thread keeps the time of its first save.
+            stmt = _upsert(
+                session,
+                ThreadRow,
+                values,
+                update=("updated_at", "data"),
+                only_if=lambda new: and_(ThreadRow.team_id == new.team_id, ThreadRow.user_id == new.user_id),
+            ).returning(ThreadRow.id)
+            saved = (await session.execute(stmt)).first()
+        if saved is None:
+            raise NotFoundError(f"Thread {metadata.id} not found")
+
+    async def load_threads(self, limit: int, after: str | None, order: str, context: C) -> Page[ThreadMetadata]:
+        descending = _is_descending(order)
+        async with self._sessions() as session:
+            query = _owned_threads(context)
+            if after is not None:
+                cursor_row = select(ThreadRow.created_at, ThreadRow.id).where(ThreadRow.id == after, _owned_by(context))
+                cursor = (await session.execute(cursor_row)).first()
+                if cursor is None:
+                    raise NotFoundError(f"Thread {after} not found")
+                created_at, cursor_id = cursor
+                beyond = operator.lt if descending else operator.gt
+                # The id breaks created_at ties, so a page boundary never skips or repeats a thread.
+                query = query.where(
+                    or_(
+                        beyond(ThreadRow.created_at, created_at),
+                        and_(ThreadRow.created_at == created_at, beyond(ThreadRow.id, cursor_id)),
+                    )
+                )
+            direction = desc if descending else asc
+            query = query.order_by(direction(ThreadRow.created_at), direction(ThreadRow.id))
+            size = _page_size(limit)
+            rows = list((await session.execute(query.limit(size + 1))).scalars())
+        threads = [_thread_from_row(row) for row in rows[:size]]
+        return Page(data=threads, has_more=len(rows) > size, after=threads[-1].id if threads else None)
+
+    async def delete_thread(self, thread_id: str, context: C) -> None:
+        async with self._sessions() as session, session.begin():
+            # Items go with the thread: ON DELETE CASCADE.
+            stmt = delete(ThreadRow).where(ThreadRow.id == thread_id, _owned_by(context)).returning(ThreadRow.id)
+            deleted = (await session.execute(stmt)).first()
+        if deleted is None:
+            raise NotFoundError(f"Thread {thread_id} not found")
+
+    # -- items ----------------------------------------------------------------------------------------------------
+
+    async def load_thread_items(
+        self, thread_id: str, after: str | None, limit: int, order: str, context: C
+    ) -> Page[ThreadItem]:
+        descending = _is_descending(order)
+        async with self._sessions() as session:
+            await _require_thread(session, thread_id, context)
+            query = select(ThreadItemRow.data).where(ThreadItemRow.thread_id == thread_id)
+            if after is not None:
+                cursor_seq = (
+                    await session.execute(
+                        select(ThreadItemRow.seq).where(ThreadItemRow.thread_id == thread_id, ThreadItemRow.id == after)
+                    )
+                ).scalar_one_or_none()
+                if cursor_seq is None:
+                    raise NotFoundError(f"Item {after} not found")
+                query = query.where(ThreadItemRow.seq < cursor_seq if descending else ThreadItemRow.seq > cursor_seq)
+            query = query.order_by(desc(ThreadItemRow.seq) if descending else asc(ThreadItemRow.seq))
+            size = _page_size(limit)
+            rows = list((await session.execute(query.limit(size + 1))).scalars())
+        items = [_item_from_json(data) for data in rows[:size]]
+        return Page(data=items, has_more=len(rows) > size, after=items[-1].id if items else None)
+
+    async def add_thread_item(self, thread_id: str, item: ThreadItem, context: C) -> None:
+        # An upsert: a redelivered turn saves the same item again, and it must keep its place in the thread.
+        await self._upsert_item(thread_id, item, context)
+
+    async def save_item(self, thread_id: str, item: ThreadItem, context: C) -> None:
+        await self._upsert_item(thread_id, item, context)
+
+    async def load_item(self, thread_id: str, item_id: str, context: C) -> ThreadItem:
+        async with self._sessions() as session:
+            query = (
+                select(ThreadItemRow.data)
+                .join(ThreadRow, ThreadRow.id == ThreadItemRow.thread_id)
+                .where(ThreadItemRow.id == item_id, ThreadItemRow.thread_id == thread_id, _owned_by(context))
+            )
+            data = (await session.execute(query)).scalar_one_or_none()
+        if data is None:
+            raise NotFoundError(f"Item {item_id} not found")
+        return _item_from_json(data)
+
+    async def delete_thread_item(self, thread_id: str, item_id: str, context: C) -> None:
+        async with self._sessions() as session, session.begin():
+            await _require_thread(session, thread_id, context)
+            # Deleting an item that is already gone is fine: a redelivered turn repeats its removals.
+            await session.execute(
+                delete(ThreadItemRow).where(ThreadItemRow.thread_id == thread_id, ThreadItemRow.id == item_id)
+            )
+
+    async def _upsert_item(self, thread_id: str, item: ThreadItem, context: C) -> None:
+        item = item.model_copy(update={"created_at": as_utc(item.created_at)})
+        values = {
+            "id": item.id,
+            "thread_id": thread_id,
+            "type": item.type,
+            "created_at": item.created_at,
+            "data": item.model_dump_json(),
+        }
+        async with self._sessions() as session, session.begin():
+            await _require_thread(session, thread_id, context)
+            # seq and thread_id stay as first written; an id taken in another thread is never overwritten.
+            stmt = _upsert(
+                session,
+                ThreadItemRow,
+                values,
+                update=("type", "created_at", "data"),
+                only_if=lambda new: ThreadItemRow.thread_id == new.thread_id,
+            ).returning(ThreadItemRow.seq)
+            try:
+                saved = (await session.execute(stmt)).first()
+            except IntegrityError as exc:
+                # The thread was deleted between the check and the write (foreign key violation).
+                raise NotFoundError(f"Thread {thread_id} not found") from exc
+        if saved is None:
+            raise ItemIdConflictError(f"Item id {item.id} is already used by another thread")
+
+    # -- attachments ----------------------------------------------------------------------------------------------
+
+    async def save_attachment(self, attachment: Attachment, context: C) -> None:
+        identity = context.identity
+        values = {
+            "id": attachment.id,
+            "team_id": identity.team_id,
+            "user_id": identity.user_id,
+            "thread_id": attachment.thread_id,
+            "created_at": datetime.now(UTC),
+            "data": attachment.model_dump_json(),
+        }
+        async with self._sessions() as session, session.begin():
+            # The uploader and the upload time stay as first saved; later saves (e.g. gaining a thread id) only
+            # update the metadata, and only from within the owning team.
+            stmt = _upsert(
+                session,
+                AttachmentRow,
+                values,
+                update=("thread_id", "data"),
+                only_if=lambda new: AttachmentRow.team_id == new.team_id,
+            ).returning(AttachmentRow.id)
+            saved = (await session.execute(stmt)).first()
+        if saved is None:
+            raise NotFoundError(f"Attachment {attachment.id} not found")
+
+    async def load_attachment(self, attachment_id: str, context: C) -> Attachment:
+        async with self._sessions() as session:
+            query = select(AttachmentRow.data).where(
+                AttachmentRow.id == attachment_id, AttachmentRow.team_id == context.identity.team_id
+            )
+            data = (await session.execute(query)).scalar_one_or_none()
+        if data is None:
+            raise NotFoundError(f"Attachment {attachment_id} not found")
+        return _attachments.validate_json(data)
+
+    async def delete_attachment(self, attachment_id: str, context: C) -> None:
+        async with self._sessions() as session, session.begin():
+            stmt = (
+                delete(AttachmentRow)
+                .where(AttachmentRow.id == attachment_id, AttachmentRow.team_id == context.identity.team_id)
+                .returning(AttachmentRow.id)
+            )
+            deleted = (await session.execute(stmt)).first()
+        if deleted is None:
+            raise NotFoundError(f"Attachment {attachment_id} not found")
+
+
+def _owned_by(context: HasIdentity) -> ColumnElement[bool]:
+    """Threads of the calling user. A team id is part of it: the same user id in another team is someone else."""
+    identity = context.identity
+    return and_(ThreadRow.team_id == identity.team_id, ThreadRow.user_id == identity.user_id)
+
+
+def _owned_threads(context: HasIdentity) -> Select[ThreadRow]:
+    return select(ThreadRow).where(_owned_by(context))
+
+
+async def _require_thread(session: AsyncSession, thread_id: str, context: HasIdentity) -> None:
+    query = select(ThreadRow.id).where(ThreadRow.id == thread_id, _owned_by(context))
+    if (await session.execute(query)).first() is None:
+        raise NotFoundError(f"Thread {thread_id} not found")
+
+
+def _thread_from_row(row: ThreadRow) -> ThreadMetadata:
+    thread = ThreadMetadata.model_validate_json(row.data)
+    # The column holds the first save's time, in UTC; the JSON holds whatever the last save carried.
+    thread.created_at = row.created_at
+    return thread
+
+
+def _item_from_json(data: str) -> ThreadItem:
+    item = _items.validate_json(data)
+    item.created_at = as_utc(item.created_at)
+    return item
+
+
+def _upsert(
+    session: AsyncSession,
+    model: type[Base],
+    values: Mapping[str, Any],
+    *,
+    update: tuple[str, ...],
+    only_if: Callable[[ColumnCollection[str, Any]], ColumnElement[bool]],
+) -> postgresql.Insert | sqlite.Insert:
+    """INSERT ... ON CONFLICT (primary key or id) DO UPDATE ... WHERE only_if(excluded), for either dialect."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(model).values(dict(values))
+    return stmt.on_conflict_do_update(
+        index_elements=["id"],
+        set_={name: stmt.excluded[name] for name in update},
+        where=only_if(stmt.excluded),
+    )
+
+
+def _is_descending(order: str) -> bool:
+    if order not in ("asc", "desc"):
+        raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
+    return order == "desc"
+
+
+def _page_size(limit: int) -> int:
+    return min(max(limit, 1), MAX_PAGE_SIZE)

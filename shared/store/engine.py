@@ -1,0 +1,75 @@
+"""Database engines, sessions and schema migrations for the store."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+def make_engine(database_url: str) -> AsyncEngine:
+    """An engine for the store: `sqlite+aiosqlite://...` (embedded) or `postgresql+asyncpg://...`."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        return engine
+    # Pre-ping drops connections a server restart or an idle timeout killed, instead of failing a request.
+    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, pool_recycle=1800)
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    # A gateway and several workers share one file: WAL lets readers run beside the writer, and the busy
+    # timeout makes a writer wait for the lock instead of failing with "database is locked".
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # Durable across process crashes in WAL mode; only an OS crash can lose the last commits.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(database_url: str) -> Config:
+    """An Alembic config for the packaged migrations, aimed at `database_url`."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation: a URL-encoded password may contain '%'.
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def migrate(database_url: str) -> None:
+    """Bring the schema up to date (`alembic upgrade head`). Blocks until done; async code should prefer
+    `migrate_async`, which does not block its event loop."""
+    config = alembic_config(database_url)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        command.upgrade(config, "head")
+        return
+    # env.py runs its own event loop, which cannot start on a thread that already runs one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kitrelay-migrate") as pool:
+        pool.submit(command.upgrade, config, "head").result()
+
+
+async def migrate_async(database_url: str) -> None:
+    """`migrate` from async code. Alembic drives its own event loop, so it runs in a thread."""
+    await asyncio.to_thread(migrate, database_url)

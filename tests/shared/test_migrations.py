@@ -1,0 +1,158 @@
+"""The Alembic migrations: they build the schema the models describe, on SQLite and PostgreSQL, from scratch."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, inspect, text
+
+from kitrelay.shared.store.engine import alembic_config, make_engine, migrate, migrate_async
+from kitrelay.shared.store.models import Base
+from tests.databases import postgres_database, sqlite_url
+
+T = TypeVar("T")
+
+TABLES = {"threads", "thread_items", "attachments", "tasks"}
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database nobody has migrated yet, new for each test."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path / "fresh.db")
+        return
+    with postgres_database(request.getfixturevalue("pg_url")) as url:
+        yield url
+
+
+def on_connection(url: str, work: Callable[[Connection], T]) -> T:
+    """Run `work` on a plain (sync-API) connection to `url`, from sync test code."""
+
+    async def run() -> T:
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(work)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def tables(url: str) -> set[str]:
+    return on_connection(url, lambda c: set(inspect(c).get_table_names()))
+
+
+def current_revision(url: str) -> str | None:
+    return on_connection(url, lambda c: MigrationContext.configure(c).get_current_revision())
+
+
+def head() -> str:
+    heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
+    assert len(heads) == 1, f"migrations have several heads: {heads}"
+    return heads[0]
+
+
+def test_upgrade_head_creates_the_schema(empty_db_url: str) -> None:
+    assert tables(empty_db_url) == set()
+    migrate(empty_db_url)
+    assert tables(empty_db_url) == TABLES | {"alembic_version"}
+    assert current_revision(empty_db_url) == head()
+
+
+def test_upgrading_twice_changes_nothing(empty_db_url: str) -> None:
+    migrate(empty_db_url)
+
+    def add_thread(connection: Connection) -> None:
+        connection.execute(
+            text(
+                "INSERT INTO threads (id, team_id, user_id, created_at, updated_at, data) "
+                "VALUES ('thr_1', 't', 'u', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, '{}')"
+            )
+        )
+        connection.commit()
+
+    on_connection(empty_db_url, add_thread)
+    migrate(empty_db_url)
+    assert current_revision(empty_db_url) == head()
+    assert on_connection(empty_db_url, lambda c: c.execute(text("SELECT id FROM threads")).scalars().all()) == ["thr_1"]
+
+
+def test_the_migrated_schema_matches_the_models(empty_db_url: str) -> None:
+    """What `alembic revision --autogenerate` would find to do: nothing."""
+    migrate(empty_db_url)
+
+    def differences(connection: Connection) -> list[Any]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+    assert on_connection(empty_db_url, differences) == []
+
+
+def test_downgrade_to_base_and_up_again(empty_db_url: str) -> None:
+    migrate(empty_db_url)
+    command.downgrade(alembic_config(empty_db_url), "base")
+    assert tables(empty_db_url) == {"alembic_version"}
+    assert current_revision(empty_db_url) is None
+    migrate(empty_db_url)
+    assert tables(empty_db_url) == TABLES | {"alembic_version"}
+
+
+async def test_migrate_async_runs_inside_an_event_loop(empty_db_url: str) -> None:
+    await migrate_async(empty_db_url)
+    await migrate_async(empty_db_url)
+    engine = make_engine(empty_db_url)
+    try:
+        async with engine.connect() as connection:
+            names = await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
+    finally:
+        await engine.dispose()
+    assert names == TABLES | {"alembic_version"}
+
+
+async def test_migrate_also_works_from_async_code(empty_db_url: str) -> None:
+    """Blocking, but it must not fail because this thread already runs an event loop."""
+    migrate(empty_db_url)
+    assert await asyncio.to_thread(tables, empty_db_url) == TABLES | {"alembic_version"}
+
+
+def test_an_open_connection_given_to_alembic_is_used(empty_db_url: str) -> None:
+    # The URL in the config points nowhere: only the connection can have been migrated.
+    config = alembic_config("postgresql+asyncpg://nobody@127.0.0.1:1/nowhere")
+
+    def upgrade(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        connection.commit()
+
+    on_connection(empty_db_url, upgrade)
+    assert tables(empty_db_url) == TABLES | {"alembic_version"}
+
+
+def test_sql_can_be_generated_offline(empty_db_url: str) -> None:
+    config = alembic_config(empty_db_url)
+    config.output_buffer = io.StringIO()
+    command.upgrade(config, "head", sql=True)
+    sql = config.output_buffer.getvalue()
+    for table in TABLES:
+        assert f"CREATE TABLE {table}" in sql
+    assert tables(empty_db_url) == set()
+
+
+def test_thread_item_seq_is_the_sqlite_rowid(tmp_path: Path) -> None:
+    """Only `INTEGER PRIMARY KEY` aliases the rowid; AUTOINCREMENT keeps a deleted last seq from coming back."""
+    url = sqlite_url(tmp_path / "rowid.db")
+    migrate(url)
+    ddl = on_connection(
+        url, lambda c: c.execute(text("SELECT sql FROM sqlite_master WHERE name = 'thread_items'")).scalar_one()
+    )
+    assert "seq INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT" in ddl
