@@ -1,0 +1,1 @@
+"""Tests for `kitrelay.agents` (the folder `agents/`)."""
