@@ -1,0 +1,25 @@
+"""What an agent's tools can reach during one turn: who the turn acts for, and the domain services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agents import RunContextWrapper
+from chatkit.agents import AgentContext
+
+from kitrelay.services.tasks import TaskService
+from kitrelay.shared.messages import Identity
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    """The `request_context` of a worker's AgentContext. Identity comes from the turn message, never the model."""
+
+    identity: Identity
+    turn_id: str
+    thread_id: str
+    tasks: TaskService
+
+
+def turn_context(ctx: RunContextWrapper[AgentContext[TurnContext]]) -> TurnContext:
+    return ctx.context.request_context

@@ -1,0 +1,196 @@
+"""The worker against a real JetStream: bounded concurrency, load shared, acked only after the terminal entry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import nats
+import nats.js.errors
+import pytest
+import redis.asyncio as aioredis
+from chatkit.types import InferenceOptions, ThreadMetadata, UserMessageItem, UserMessageTextContent
+from nats.js import JetStreamContext
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from kitrelay.agents.offline_model import OfflineModelProvider
+from kitrelay.agents.registry import build_agent
+from kitrelay.services.tasks import TaskService
+from kitrelay.services.turn_runner import TurnDeps
+from kitrelay.services.worker import Worker
+from kitrelay.shared.connections import ensure_turns_stream
+from kitrelay.shared.ids import new_id
+from kitrelay.shared.messages import Identity, TurnRequest
+from kitrelay.shared.names import turns_consumer, turns_stream
+from kitrelay.shared.settings import Settings
+from kitrelay.shared.store.chatkit_store import SqlStore
+from kitrelay.shared.store.engine import make_engine, make_sessionmaker, migrate_async
+from kitrelay.shared.turn_bus import publish_turn
+from tests.turn_streams import turn_entries
+
+ALICE = Identity(user_id="alice", team_id="acme")
+
+
+class _Ctx:
+    identity = ALICE
+
+
+@dataclass
+class Env:
+    js: JetStreamContext
+    redis: aioredis.Redis
+    store: SqlStore
+    tasks: TaskService
+    namespace: str
+
+
+@pytest.fixture
+async def env(nats_url: str, redis_url: str, unique_namespace: str, tmp_path: Path) -> AsyncIterator[Env]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+    await migrate_async(url)
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_turns_stream(js, unique_namespace)
+    redis = aioredis.Redis.from_url(redis_url)
+    yield Env(js=js, redis=redis, store=SqlStore(sessions), tasks=TaskService(sessions), namespace=unique_namespace)
+    with contextlib.suppress(Exception):
+        await js.delete_stream(turns_stream(unique_namespace))
+    await nc.close()
+    await redis.aclose()
+    await engine.dispose()
+
+
+def make_worker(
+    env: Env, *, concurrency: int, token_delay_s: float = 0.0, redis: aioredis.Redis | None = None
+) -> Worker:
+    settings = Settings(
+        NAMESPACE=env.namespace, WORKER_CONCURRENCY=concurrency, TURN_ACK_WAIT_S=5, WORKER_DRAIN_TIMEOUT_S=5
+    )
+    deps = TurnDeps(
+        redis=redis or env.redis,
+        store=env.store,
+        tasks=env.tasks,
+        provider=OfflineModelProvider(token_delay_s=token_delay_s),
+        model=None,
+        namespace=env.namespace,
+        history_items=50,
+        stream_ttl_s=60,
+    )
+    return Worker(kind="task", js=env.js, agent=build_agent("task"), deps=deps, settings=settings)
+
+
+async def new_turn(env: Env, text: str) -> TurnRequest:
+    thread = ThreadMetadata(id=new_id("thr"), created_at=datetime.now())
+    await env.store.save_thread(thread, context=_Ctx())
+    item = UserMessageItem(
+        id=new_id("msg"),
+        thread_id=thread.id,
+        created_at=datetime.now(),
+        content=[UserMessageTextContent(text=text)],
+        attachments=[],
+        inference_options=InferenceOptions(),
+    )
+    await env.store.add_thread_item(thread.id, item, context=_Ctx())
+    request = TurnRequest(
+        turn_id=new_id("turn"), thread_id=thread.id, identity=ALICE, agent="task", user_item_id=item.id
+    )
+    await publish_turn(env.js, env.namespace, request)
+    return request
+
+
+async def ack_pending(env: Env) -> int:
+    try:
+        info = await env.js.consumer_info(turns_stream(env.namespace), turns_consumer(env.namespace, "task"))
+    except nats.js.errors.NotFoundError:  # the worker has not created its consumer yet
+        return 0
+    return info.num_ack_pending
+
+
+async def is_ended(env: Env, turn_id: str) -> bool:
+    entries = await turn_entries(env.redis, env.namespace, turn_id)
+    return bool(entries) and entries[-1][1].is_terminal
+
+
+async def wait_until(predicate, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_turns_run_concurrently_up_to_the_bound_and_are_acked(env: Env) -> None:
+    worker = make_worker(env, concurrency=2, token_delay_s=0.05)
+    turns = [await new_turn(env, f"add task errand number {i}") for i in range(6)]
+    running = asyncio.create_task(worker.run())
+    peak = 0
+    try:
+
+        async def all_ended() -> bool:
+            nonlocal peak
+            peak = max(peak, await ack_pending(env))
+            return all([await is_ended(env, t.turn_id) for t in turns])
+
+        await wait_until(all_ended)
+
+        # Acks follow the terminal entries closely; work-queue retention then deletes the turns.
+        async def stream_empty() -> bool:
+            return (await env.js.stream_info(turns_stream(env.namespace))).state.messages == 0
+
+        await wait_until(stream_empty, timeout_s=5)
+    finally:
+        worker.stop()
+        await running
+    assert peak == 2, f"at most two turns in flight at once, and it did use both (peak {peak})"
+    assert worker.turns_done == 6
+    assert len(await env.tasks.list(ALICE)) == 6
+
+
+async def test_a_turn_whose_events_cannot_be_written_is_not_acked(env: Env) -> None:
+    # Redis on a port nobody listens on: the terminal entry can never be written.
+    broken = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    worker = make_worker(env, concurrency=1, redis=broken)
+    await new_turn(env, "add task never acknowledged")
+    running = asyncio.create_task(worker.run())
+    try:
+
+        async def redelivered() -> bool:
+            try:
+                info = await env.js.consumer_info(turns_stream(env.namespace), turns_consumer(env.namespace, "task"))
+            except nats.js.errors.NotFoundError:
+                return False
+            return info.num_redelivered >= 1
+
+        await wait_until(redelivered)
+        assert (await env.js.stream_info(turns_stream(env.namespace))).state.messages == 1
+        assert worker.turns_done == 0
+    finally:
+        worker.stop()
+        await running
+        await broken.aclose()
+
+
+async def test_workers_of_one_kind_share_one_consumer(env: Env) -> None:
+    first, second = make_worker(env, concurrency=4), make_worker(env, concurrency=4)
+    turns = [await new_turn(env, f"add task shared {i}") for i in range(8)]
+    runs = [asyncio.create_task(w.run()) for w in (first, second)]
+    try:
+
+        async def all_ended() -> bool:
+            return all([await is_ended(env, t.turn_id) for t in turns])
+
+        await wait_until(all_ended)
+    finally:
+        for w in (first, second):
+            w.stop()
+        await asyncio.gather(*runs)
+    assert first.turns_done + second.turns_done == 8
+    names = [c.name for c in await env.js.consumers_info(turns_stream(env.namespace))]
+    assert names == [turns_consumer(env.namespace, "task")]

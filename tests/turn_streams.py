@@ -1,0 +1,26 @@
+"""Reading turn streams straight from Redis, to check what workers wrote independently of the gateway."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from kitrelay.shared.messages import ENTRY_FIELD, TurnEntry, decode_entry
+from kitrelay.shared.names import turn_stream_key
+
+XRangeResult = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+async def turn_entries(redis: aioredis.Redis, namespace: str, turn_id: str) -> list[tuple[str, TurnEntry]]:
+    raw = cast(XRangeResult, await redis.xrange(turn_stream_key(namespace, turn_id)))
+    return [(entry_id.decode(), decode_entry(fields[ENTRY_FIELD])) for entry_id, fields in raw]
+
+
+async def all_entry_ids(redis: aioredis.Redis, namespace: str) -> dict[str, list[str]]:
+    """Entry ids of every turn stream of a namespace, keyed by stream key."""
+    ids: dict[str, list[str]] = {}
+    async for key in redis.scan_iter(match=f"{namespace}:turn:*"):
+        raw = cast(XRangeResult, await redis.xrange(key))
+        ids[key.decode()] = [entry_id.decode() for entry_id, _ in raw]
+    return ids
