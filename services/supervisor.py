@@ -1,0 +1,99 @@
+"""`kitrelay up`: the whole system on one machine, each service its own process, on the embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from kitrelay.services.devservers import LocalServer, ensure_nats, ensure_redis
+from kitrelay.shared.settings import AgentKind, Settings
+from kitrelay.shared.store.engine import migrate
+
+HEALTH_TIMEOUT_S = 60.0
+
+
+def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log_file = log_path.open("ab")
+    # Each service in its own process group, so a Ctrl-C here is handled once, by us, in order.
+    return subprocess.Popen(
+        [sys.executable, "-m", "kitrelay.services.cli", *args],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the gateway exited with code {proc.returncode}; see {log_path}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the gateway did not become healthy in {HEALTH_TIMEOUT_S:.0f}s; see {log_path}")
+
+
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_all(settings: Settings, *, workers: list[AgentKind], data_dir: Path, console: Console) -> None:
+    # SIGTERM (a service manager, `kill`) stops everything as Ctrl-C does, even where SIGINT was inherited ignored.
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    servers: list[LocalServer] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for ensure, url, name in (
+            (ensure_nats, settings.NATS_URL, "nats"),
+            (ensure_redis, settings.REDIS_URL, "redis"),
+        ):
+            server = ensure(url, data_dir=data_dir / name)
+            servers.append(server)
+            how = "started" if server.process else "using the one already listening at"
+            console.print(f"[bold]{name}[/]: {how} {server.url}")
+        migrate(settings.DATABASE_URL)
+        console.print(f"[bold]database[/]: {settings.DATABASE_URL} (migrated)")
+
+        env = {**os.environ, "NATS_URL": servers[0].url, "REDIS_URL": servers[1].url}
+        gateway_log = logs / "gateway.log"
+        procs["gateway"] = _spawn(["gateway"], env, gateway_log)
+        for kind in workers:
+            procs[f"worker {kind}"] = _spawn(["worker", "--agent", kind], env, logs / f"worker-{kind}.log")
+        url = f"http://{settings.GATEWAY_HOST}:{settings.GATEWAY_PORT}"
+        _wait_healthy(url, procs["gateway"], gateway_log)
+        console.print(f"[bold]workers[/]: {', '.join(workers)}   [bold]logs[/]: {logs}")
+        console.print(f"\nkitrelay is up at [bold cyan]{url}[/]  (ChatKit endpoint: {url}/chatkit)")
+        console.print(f'Try: kitrelay chat --url {url} "add task buy milk"    Ctrl-C stops everything.\n')
+        while all(proc.poll() is None for proc in procs.values()):
+            time.sleep(0.5)
+        name, dead = next((name, proc) for name, proc in procs.items() if proc.poll() is not None)
+        console.print(f"[red]the {name} exited with code {dead.returncode}; see {logs}[/]")
+    except KeyboardInterrupt:
+        console.print("\nstopping…")
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for server in reversed(servers):
+            server.stop()

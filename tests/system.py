@@ -1,0 +1,104 @@
+"""Starts kitrelay's services as separate processes, the way `kitrelay up` does, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from kitrelay.services.devservers import free_port
+
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class RunningSystem:
+    base_url: str
+    env: dict[str, str]
+    log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kitrelay.services.cli", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def stop(self, name: str, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30) -> int:
+        proc = self.processes.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def wait_healthy(self, name: str = "gateway") -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            proc = self.processes[name]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} not healthy after {START_TIMEOUT_S}s:\n{self.log(name)[-3000:]}")
+
+
+@contextmanager
+def running_system(
+    *,
+    nats_url: str,
+    redis_url: str,
+    database_url: str,
+    namespace: str,
+    log_dir: Path,
+    workers: tuple[str, ...] = ("task",),
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[RunningSystem]:
+    """A gateway and workers as separate processes that share nothing but NATS, Redis and the database."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "NAMESPACE": namespace,
+        "GATEWAY_PORT": str(port),
+        "TURN_START_TIMEOUT_S": "15",
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    system = RunningSystem(base_url=f"http://127.0.0.1:{port}", env=env, log_dir=log_dir)
+    try:
+        system.start("gateway", "gateway")
+        for kind in workers:
+            system.start(f"worker-{kind}", "worker", "--agent", kind)
+        system.wait_healthy()
+        yield system
+    finally:
+        for name in list(system.processes):
+            system.stop(name)
