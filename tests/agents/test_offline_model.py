@@ -50,19 +50,17 @@ from openai.types.responses import (
 )
 from pydantic import TypeAdapter
 
-from kitrelay.agents.offline_model import (
+from kitrelay.agents.offline_model import OfflineModel, OfflineModelProvider, split_tokens
+from kitrelay.agents.offline_policy import (
     FALLBACK_TEXT,
     GREETING_TEXT,
     HELP_TEXT,
     THANKS_TEXT,
-    OfflineModel,
-    OfflineModelProvider,
     TextAnswer,
     ToolCall,
     answer_from_tool_output,
     decide,
     fill_arguments,
-    split_tokens,
 )
 
 CONFIG = RunConfig(model_provider=OfflineModelProvider(), tracing_disabled=True)
