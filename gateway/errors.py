@@ -40,6 +40,11 @@ async def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("not_found", "Not found."), status_code=404)
 
 
+async def _not_implemented(_: Request, exc: Exception) -> JSONResponse:
+    # ChatKit request types whose server hook this deployment does not provide (e.g. transcription).
+    return JSONResponse(error_body("not_implemented", "This server does not support that request."), status_code=501)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(error_body("internal_error", "Something went wrong on our side."), status_code=500)
@@ -48,4 +53,5 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(NotFoundError, _not_found)
+    app.add_exception_handler(NotImplementedError, _not_implemented)
     app.add_exception_handler(Exception, _unexpected)

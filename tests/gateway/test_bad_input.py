@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from kitrelay.gateway.client import ChatKitClient, user_input
-from kitrelay.shared.store.engine import migrate
-from tests.system import RunningSystem, running_system
-
-
-@pytest.fixture(scope="module")
-def system(
-    nats_url: str, redis_url: str, namespace: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningSystem]:
-    workdir = tmp_path_factory.mktemp("badinput")
-    database_url = f"sqlite+aiosqlite:///{workdir / 'kitrelay.db'}"
-    migrate(database_url)
-    with running_system(
-        nats_url=nats_url, redis_url=redis_url, database_url=database_url, namespace=f"{namespace}bi", log_dir=workdir
-    ) as running:
-        yield running
+from tests.system import RunningSystem
 
 
 @pytest.fixture

@@ -1,0 +1,90 @@
+"""Every ChatKit request type reaches the ChatKit server through the gateway and gets its kind of answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from kitrelay.gateway.client import ChatKitClient, StreamEvent
+from tests.system import RunningSystem
+
+
+@pytest.fixture
+async def client(system: RunningSystem) -> AsyncIterator[ChatKitClient]:
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as http:
+        yield ChatKitClient(http)
+
+
+async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
+    return [event async for event in events]
+
+
+async def new_thread(client: ChatKitClient, text: str) -> tuple[str, list[StreamEvent]]:
+    events = await collect(client.create_thread(text))
+    return events[0].data["thread"]["id"], events
+
+
+async def test_json_request_types(client: ChatKitClient) -> None:
+    thread_id, events = await new_thread(client, "add task water the plants")
+    reply_id = next(
+        e.data["item"]["id"]
+        for e in events
+        if e.type == "thread.item.done" and e.data["item"]["type"] == "assistant_message"
+    )
+
+    listed = await client.call({"type": "threads.list", "params": {"limit": 100, "order": "desc"}})
+    assert thread_id in [t["id"] for t in listed["data"]]
+
+    updated = await client.call({"type": "threads.update", "params": {"thread_id": thread_id, "title": "Plants"}})
+    assert updated["title"] == "Plants"
+    assert (await client.get_thread(thread_id))["title"] == "Plants"
+
+    items = await client.call({"type": "items.list", "params": {"thread_id": thread_id, "order": "asc"}})
+    assert [i["type"] for i in items["data"]] == ["user_message", "assistant_message"]
+
+    feedback = {
+        "type": "items.feedback",
+        "params": {"thread_id": thread_id, "item_ids": [reply_id], "kind": "positive"},
+    }
+    assert await client.call(feedback) == {}
+
+    assert await client.call({"type": "threads.delete", "params": {"thread_id": thread_id}}) == {}
+    with pytest.raises(Exception, match="404"):
+        await client.get_thread(thread_id)
+
+
+async def test_retry_after_item_streams_a_new_reply_in_place_of_the_old(client: ChatKitClient) -> None:
+    thread_id, events = await new_thread(client, "add task retry me")
+    user_id = next(
+        e.data["item"]["id"]
+        for e in events
+        if e.type == "thread.item.done" and e.data["item"]["type"] == "user_message"
+    )
+
+    retried = await collect(
+        client.stream({"type": "threads.retry_after_item", "params": {"thread_id": thread_id, "item_id": user_id}})
+    )
+
+    texts = [e.data["item"]["content"][0]["text"] for e in retried if e.type == "thread.item.done"]
+    assert len(texts) == 1 and "retry me" in texts[0]
+    saved = (await client.get_thread(thread_id))["items"]["data"]
+    assert [i["type"] for i in saved] == ["user_message", "assistant_message"]
+    assert saved[1]["content"][0]["text"] == texts[0]
+
+
+@pytest.mark.parametrize(
+    ("request_body", "status"),
+    [
+        ({"type": "attachments.create", "params": {"name": "a.txt", "size": 3, "mime_type": "text/plain"}}, 501),
+        ({"type": "attachments.delete", "params": {"attachment_id": "atc_1"}}, 501),
+        ({"type": "input.transcribe", "params": {"audio_base64": "AAAA", "mime_type": "audio/webm"}}, 501),
+    ],
+)
+async def test_request_types_this_server_does_not_offer_are_a_clear_501(
+    client: ChatKitClient, request_body: dict, status: int
+) -> None:
+    with pytest.raises(Exception, match=str(status)) as caught:
+        await client.call(request_body)
+    assert caught.value.body["error"] == "not_implemented"  # type: ignore[attr-defined]
