@@ -66,7 +66,7 @@ class TaskService:
         values = {
             "team_id": identity.team_id,
             "owner_id": identity.user_id,
-            "assignee_id": assignee_id,
+            "assignee_id": _clean_assignee(assignee_id),
             "title": _clean_title(title),
             "done": False,
             "due_date": due_date,
@@ -134,6 +134,14 @@ class TaskService:
     async def rename(self, identity: Identity, task_id: int, *, title: str) -> TaskRecord:
         return await self._update(identity, task_id, {"title": _clean_title(title), "updated_at": datetime.now(UTC)})
 
+    async def assign(self, identity: Identity, task_id: int, *, assignee_id: str | None) -> TaskRecord:
+        """Give the task to a member of the team (None takes it back)."""
+        assignee = _clean_assignee(assignee_id)
+        return await self._update(identity, task_id, {"assignee_id": assignee, "updated_at": datetime.now(UTC)})
+
+    async def set_due_date(self, identity: Identity, task_id: int, *, due_date: date | None) -> TaskRecord:
+        return await self._update(identity, task_id, {"due_date": due_date, "updated_at": datetime.now(UTC)})
+
     async def delete(self, identity: Identity, task_id: int) -> TaskRecord:
         """Delete a task and return it as it was."""
         stmt = delete(TaskRow).where(TaskRow.id == task_id, TaskRow.team_id == identity.team_id).returning(*_COLUMNS)
@@ -168,6 +176,18 @@ def _clean_title(title: str) -> str:
     return cleaned
 
 
+def _clean_assignee(assignee_id: str | None) -> str | None:
+    # People write "@bob"; the id is "bob".
+    if assignee_id is None:
+        return None
+    cleaned = assignee_id.strip().removeprefix("@").strip()
+    if not cleaned:
+        raise ValueError("an assignee needs a name")
+    if len(cleaned) > 255:
+        raise ValueError("an assignee name has at most 255 characters")
+    return cleaned
+
+
 def _filters(identity: Identity, status: TaskStatus, assignee_id: str | None) -> builtins.list[ColumnElement[bool]]:
     filters = [TaskRow.team_id == identity.team_id]
     if status == "open":
@@ -177,7 +197,7 @@ def _filters(identity: Identity, status: TaskStatus, assignee_id: str | None) ->
     elif status != "all":
         raise ValueError(f"status must be 'all', 'open' or 'done', not {status!r}")
     if assignee_id is not None:
-        filters.append(TaskRow.assignee_id == assignee_id)
+        filters.append(TaskRow.assignee_id == _clean_assignee(assignee_id))
     return filters
 
 
