@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, Date, DateTime, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+if TYPE_CHECKING:
+    from alembic.runtime.environment import NameFilterParentNames, NameFilterType
 
 # Explicit constraint names, so migrations (and SQLite batch rebuilds) can refer to them.
 NAMING_CONVENTION = {
@@ -20,6 +36,19 @@ NAMING_CONVENTION = {
 
 ID_LENGTH = 255
 TITLE_MAX_LENGTH = 500
+
+# Short enumerations kept as strings (with CHECK constraints), so adding a value needs no type migration.
+ENUM_LENGTH = 32
+MIME_TYPE_LENGTH = 255
+
+# Full-text search over document chunks is per dialect and lives only in the migrations (0002): the models describe
+# the portable tables, and autogenerate must neither drop nor re-create what they leave out (see
+# `include_in_autogenerate`).
+# PostgreSQL: a generated tsvector column on document_chunks, with a GIN index.
+CHUNK_SEARCH_VECTOR_COLUMN = "search_vector"
+CHUNK_SEARCH_VECTOR_INDEX = "ix_document_chunks_search_vector"
+# SQLite: an external-content FTS5 table over document_chunks; FTS5 keeps its index in shadow tables named after it.
+CHUNK_FTS_TABLE = "document_chunks_fts"
 
 # BIGINT on PostgreSQL; on SQLite only a column declared exactly INTEGER PRIMARY KEY becomes the rowid alias.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
@@ -48,6 +77,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def include_in_autogenerate(name: str | None, type_: NameFilterType, parent_names: NameFilterParentNames) -> bool:
+    """Alembic's `include_name` filter: hide the hand-made full-text search objects from autogenerate.
+
+    Without it, `alembic revision --autogenerate` would propose dropping the FTS5 table (and its shadow tables) on
+    SQLite and the tsvector column and its index on PostgreSQL, since no model declares them.
+    """
+    if type_ == "table":
+        return not (name or "").startswith(CHUNK_FTS_TABLE)
+    if parent_names.get("table_name") == "document_chunks":
+        if type_ == "column":
+            return name != CHUNK_SEARCH_VECTOR_COLUMN
+        if type_ == "index":
+            return name != CHUNK_SEARCH_VECTOR_INDEX
+    return True
 
 
 class Base(DeclarativeBase):
@@ -111,3 +156,65 @@ class TaskRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DocumentRow(Base):
+    """A document of a team's knowledge base, with its full text (the chunks are what search looks at)."""
+
+    __tablename__ = "documents"
+    __table_args__ = (
+        CheckConstraint("source IN ('upload', 'admin')", name="source"),
+        Index("ix_documents_team_id_attachment_id", "team_id", "attachment_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
+    title: Mapped[str] = mapped_column(String(TITLE_MAX_LENGTH))
+    # "upload": a user attached it in a chat; "admin": loaded by an operator (`kitrelay kb add`).
+    source: Mapped[str] = mapped_column(String(ENUM_LENGTH))
+    mime_type: Mapped[str] = mapped_column(String(MIME_TYPE_LENGTH))
+    # The ChatKit attachment it was extracted from, so deleting the attachment can delete the document.
+    attachment_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    created_by: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    byte_size: Mapped[int] = mapped_column(BigInteger)
+    text: Mapped[str] = mapped_column(Text)
+
+
+class DocumentChunkRow(Base):
+    """A searchable piece of a document: a few paragraphs under one heading.
+
+    `id` is the SQLite rowid the FTS5 index refers to; AUTOINCREMENT keeps a deleted chunk's id from being reused.
+    `team_id` repeats the document's, so a search filters by team without joining documents first.
+    """
+
+    __tablename__ = "document_chunks"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    document_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("documents.id", ondelete="CASCADE"), index=True
+    )
+    team_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    heading: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+
+
+class FeedbackRow(Base):
+    """A user's thumbs up or down on an assistant item. One vote per user and item: a new vote replaces the old."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("user_id", "item_id"),
+        CheckConstraint("kind IN ('positive', 'negative')", name="kind"),
+        Index("ix_feedback_team_id_created_at", "team_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    team_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    user_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    thread_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    item_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    kind: Mapped[str] = mapped_column(String(ENUM_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

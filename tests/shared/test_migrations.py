@@ -16,12 +16,17 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 
 from kitrelay.shared.store.engine import alembic_config, make_engine, migrate, migrate_async
-from kitrelay.shared.store.models import Base
+from kitrelay.shared.store.models import Base, include_in_autogenerate
 from tests.databases import postgres_database, sqlite_url
 
 T = TypeVar("T")
 
-TABLES = {"threads", "thread_items", "attachments", "tasks"}
+TABLES_0001 = {"threads", "thread_items", "attachments", "tasks"}
+TABLES = TABLES_0001 | {"documents", "document_chunks", "feedback"}
+# SQLite's full-text index of document chunks: the FTS5 table and the shadow tables FTS5 keeps its index in (an
+# external-content table has no `_content` shadow).
+SQLITE_FTS_TABLES = {f"document_chunks_fts{suffix}" for suffix in ("", "_data", "_idx", "_docsize", "_config")}
+SQLITE_FTS_TRIGGERS = {"document_chunks_fts_ai", "document_chunks_fts_ad", "document_chunks_fts_au"}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -56,6 +61,23 @@ def current_revision(url: str) -> str | None:
     return on_connection(url, lambda c: MigrationContext.configure(c).get_current_revision())
 
 
+def expected_tables(url: str, tables: set[str] = TABLES) -> set[str]:
+    """Every table a migrated database has: the models' tables, alembic's, and SQLite's full-text index."""
+    fts = SQLITE_FTS_TABLES if url.startswith("sqlite") and "document_chunks" in tables else set()
+    return tables | fts | {"alembic_version"}
+
+
+def schema_differences(url: str, *, include_name: Any = include_in_autogenerate) -> list[Any]:
+    """What `alembic revision --autogenerate` would find to do, with env.py's filter unless told otherwise."""
+
+    def differences(connection: Connection) -> list[Any]:
+        opts = {"compare_type": True, "include_name": include_name}
+        context = MigrationContext.configure(connection, opts=opts)
+        return list(compare_metadata(context, Base.metadata))
+
+    return on_connection(url, differences)
+
+
 def head() -> str:
     heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
     assert len(heads) == 1, f"migrations have several heads: {heads}"
@@ -65,7 +87,7 @@ def head() -> str:
 def test_upgrade_head_creates_the_schema(empty_db_url: str) -> None:
     assert tables(empty_db_url) == set()
     migrate(empty_db_url)
-    assert tables(empty_db_url) == TABLES | {"alembic_version"}
+    assert tables(empty_db_url) == expected_tables(empty_db_url)
     assert current_revision(empty_db_url) == head()
 
 
@@ -90,12 +112,28 @@ def test_upgrading_twice_changes_nothing(empty_db_url: str) -> None:
 def test_the_migrated_schema_matches_the_models(empty_db_url: str) -> None:
     """What `alembic revision --autogenerate` would find to do: nothing."""
     migrate(empty_db_url)
+    assert schema_differences(empty_db_url) == []
 
-    def differences(connection: Connection) -> list[Any]:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
-        return list(compare_metadata(context, Base.metadata))
 
-    assert on_connection(empty_db_url, differences) == []
+def test_autogenerate_ignores_only_the_full_text_search_objects(empty_db_url: str) -> None:
+    """Unfiltered, the comparison sees exactly the hand-made search objects; the filter hides nothing else."""
+    migrate(empty_db_url)
+    unfiltered = schema_differences(empty_db_url, include_name=None)
+    if empty_db_url.startswith("sqlite"):
+        assert sorted(op[0] for op in unfiltered) == ["remove_table"] * len(SQLITE_FTS_TABLES)
+        assert {op[1].name for op in unfiltered} == SQLITE_FTS_TABLES
+    else:
+        assert sorted((op[0], op[3].name if op[0] == "remove_column" else op[1].name) for op in unfiltered) == [
+            ("remove_column", "search_vector"),
+            ("remove_index", "ix_document_chunks_search_vector"),
+        ]
+
+    def drop_an_index(connection: Connection) -> None:
+        connection.execute(text("DROP INDEX ix_documents_team_id"))
+        connection.commit()
+
+    on_connection(empty_db_url, drop_an_index)
+    assert [(op[0], op[1].name) for op in schema_differences(empty_db_url)] == [("add_index", "ix_documents_team_id")]
 
 
 def test_downgrade_to_base_and_up_again(empty_db_url: str) -> None:
@@ -104,7 +142,54 @@ def test_downgrade_to_base_and_up_again(empty_db_url: str) -> None:
     assert tables(empty_db_url) == {"alembic_version"}
     assert current_revision(empty_db_url) is None
     migrate(empty_db_url)
-    assert tables(empty_db_url) == TABLES | {"alembic_version"}
+    assert tables(empty_db_url) == expected_tables(empty_db_url)
+
+
+def test_downgrade_to_0001_drops_the_knowledge_base_and_feedback(empty_db_url: str) -> None:
+    migrate(empty_db_url)
+    command.downgrade(alembic_config(empty_db_url), "0001")
+    assert tables(empty_db_url) == expected_tables(empty_db_url, TABLES_0001)
+    if empty_db_url.startswith("sqlite"):
+        assert sqlite_triggers(empty_db_url) == set()
+    migrate(empty_db_url)
+    assert tables(empty_db_url) == expected_tables(empty_db_url)
+    assert schema_differences(empty_db_url) == []
+
+
+def sqlite_triggers(url: str) -> set[str]:
+    return set(
+        on_connection(url, lambda c: c.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'")).scalars())
+    )
+
+
+def test_full_text_search_objects_per_dialect(empty_db_url: str) -> None:
+    migrate(empty_db_url)
+    if empty_db_url.startswith("sqlite"):
+        assert sqlite_triggers(empty_db_url) == SQLITE_FTS_TRIGGERS
+        ddl = on_connection(
+            empty_db_url,
+            lambda c: c.execute(text("SELECT sql FROM sqlite_master WHERE name = 'document_chunks_fts'")).scalar_one(),
+        )
+        assert "fts5" in ddl
+        assert "content='document_chunks'" in ddl
+        assert "porter unicode61" in ddl
+        return
+
+    def describe(connection: Connection) -> tuple[Any, ...]:
+        generated = connection.execute(
+            text(
+                "SELECT a.attgenerated::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "WHERE a.attrelid = 'document_chunks'::regclass AND a.attname = 'search_vector'"
+            )
+        ).one()
+        index = connection.execute(
+            text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_document_chunks_search_vector'")
+        ).scalar_one()
+        return (*generated, index)
+
+    generated, type_name, index = on_connection(empty_db_url, describe)
+    assert (generated, type_name) == ("s", "tsvector")
+    assert "USING gin (search_vector)" in index
 
 
 async def test_migrate_async_runs_inside_an_event_loop(empty_db_url: str) -> None:
@@ -116,13 +201,13 @@ async def test_migrate_async_runs_inside_an_event_loop(empty_db_url: str) -> Non
             names = await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
     finally:
         await engine.dispose()
-    assert names == TABLES | {"alembic_version"}
+    assert names == expected_tables(empty_db_url)
 
 
 async def test_migrate_also_works_from_async_code(empty_db_url: str) -> None:
     """Blocking, but it must not fail because this thread already runs an event loop."""
     migrate(empty_db_url)
-    assert await asyncio.to_thread(tables, empty_db_url) == TABLES | {"alembic_version"}
+    assert await asyncio.to_thread(tables, empty_db_url) == expected_tables(empty_db_url)
 
 
 def test_an_open_connection_given_to_alembic_is_used(empty_db_url: str) -> None:
@@ -135,7 +220,7 @@ def test_an_open_connection_given_to_alembic_is_used(empty_db_url: str) -> None:
         connection.commit()
 
     on_connection(empty_db_url, upgrade)
-    assert tables(empty_db_url) == TABLES | {"alembic_version"}
+    assert tables(empty_db_url) == expected_tables(empty_db_url)
 
 
 def test_sql_can_be_generated_offline(empty_db_url: str) -> None:
@@ -145,6 +230,10 @@ def test_sql_can_be_generated_offline(empty_db_url: str) -> None:
     sql = config.output_buffer.getvalue()
     for table in TABLES:
         assert f"CREATE TABLE {table}" in sql
+    if empty_db_url.startswith("sqlite"):
+        assert "CREATE VIRTUAL TABLE document_chunks_fts USING fts5(" in sql
+    else:
+        assert "search_vector TSVECTOR GENERATED ALWAYS AS" in sql
     assert tables(empty_db_url) == set()
 
 

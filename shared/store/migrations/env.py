@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from kitrelay.shared.settings import get_settings
-from kitrelay.shared.store.models import Base
+from kitrelay.shared.store.models import Base, include_in_autogenerate
 
 config = context.config
 target_metadata = Base.metadata
@@ -38,6 +38,8 @@ def _configure(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        # The full-text search objects are made by hand per dialect; autogenerate must leave them alone.
+        include_name=include_in_autogenerate,
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
     )
@@ -69,6 +71,7 @@ def run_migrations_offline() -> None:
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
         compare_type=True,
+        include_name=include_in_autogenerate,
         render_as_batch=url.startswith("sqlite"),
     )
     with context.begin_transaction():
