@@ -1,0 +1,117 @@
+"""Phase two of ChatKit's two-phase upload: the file's bytes, POSTed to the URL `attachments.create` handed out,
+and their download.
+
+The body is either the raw file or a multipart form with the file in field `file`. It is read as it streams in
+and refused with 413 the moment it passes the limit, so an oversized upload never sits in memory whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request, Response
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from kitrelay.gateway.attachments import UploadedAttachment, payload_too_large
+from kitrelay.gateway.deps import ContextDep
+from kitrelay.gateway.errors import ApiError
+from kitrelay.gateway.upload_deps import AttachmentStoreDep
+
+router = APIRouter()
+
+# Room for a multipart body's boundaries and part headers on top of the file itself.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# Form fields besides the file that a client may send along (and that are ignored).
+MAX_FORM_FIELDS = 16
+FILE_FIELD = "file"
+
+
+@router.post("/attachments/{attachment_id}/upload", summary="Upload an attachment's bytes")
+async def upload_attachment(
+    attachment_id: str, request: Request, attachments: AttachmentStoreDep, context: ContextDep
+) -> UploadedAttachment:
+    """Stores the file and adds its text to the team's knowledge base."""
+    # 404 / 409 / 415 before a byte of the body is read.
+    await attachments.pending_upload(attachment_id, context)
+    data, content_type = await read_upload(request, attachments.max_upload_bytes)
+    return await attachments.upload(attachment_id, data, context, content_type=content_type)
+
+
+@router.get("/attachments/{attachment_id}", summary="Download an attachment")
+async def download_attachment(attachment_id: str, attachments: AttachmentStoreDep, context: ContextDep) -> Response:
+    attachment, data = await attachments.download(attachment_id, context)
+    return Response(
+        content=data,
+        media_type=attachment.mime_type,
+        headers={
+            "Content-Disposition": _content_disposition(attachment.name),
+            # Served as what it was declared, never sniffed into something a browser would run.
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, no-store",
+        },
+    )
+
+
+async def read_upload(request: Request, limit: int) -> tuple[bytes, str | None]:
+    """The uploaded file's bytes and the Content-Type its sender gave it (None if none)."""
+    content_type = request.headers.get("content-type")
+    if (content_type or "").split(";", 1)[0].strip().lower() == "multipart/form-data":
+        return await _read_form_file(request, limit)
+    _check_content_length(request, limit, limit)
+    body = bytearray()
+    async for chunk in _limited(request.stream(), limit, limit):
+        body.extend(chunk)
+    return bytes(body), content_type
+
+
+async def _read_form_file(request: Request, limit: int) -> tuple[bytes, str | None]:
+    body_limit = limit + MULTIPART_OVERHEAD_BYTES
+    _check_content_length(request, body_limit, limit)
+    parser = MultiPartParser(
+        request.headers, _limited(request.stream(), body_limit, limit), max_files=1, max_fields=MAX_FORM_FIELDS
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ApiError(400, "invalid_request", f"The multipart body is malformed: {exc.message}") from None
+    try:
+        file = form.get(FILE_FIELD)
+        if not isinstance(file, UploadFile):
+            raise ApiError(400, "invalid_request", f"The form has no file in the field '{FILE_FIELD}'.")
+        if file.size is not None and file.size > limit:
+            raise payload_too_large(limit)
+        return await file.read(), file.content_type
+    finally:
+        await form.close()
+
+
+async def _limited(chunks: AsyncIterator[bytes], max_body: int, limit: int) -> AsyncGenerator[bytes, None]:
+    """The body's chunks, stopping with 413 as soon as more than `max_body` bytes have come in (`limit` is the
+    file limit the message names)."""
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > max_body:
+            raise payload_too_large(limit)
+        yield chunk
+
+
+def _check_content_length(request: Request, max_body: int, limit: int) -> None:
+    """413 straight away when the sender announces more than `max_body` bytes."""
+    header = request.headers.get("content-length")
+    if header is None:
+        return
+    try:
+        length = int(header)
+    except ValueError:
+        raise ApiError(400, "invalid_request", "The Content-Length header is not a number.") from None
+    if length > max_body:
+        raise payload_too_large(limit)
+
+
+def _content_disposition(filename: str) -> str:
+    # An ASCII fallback for old clients, the exact name (RFC 5987) for the rest.
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
