@@ -12,7 +12,7 @@ higher major version than it knows refuses the message instead of guessing.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from chatkit.types import ThreadStreamEvent
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -44,8 +44,18 @@ class TraceContext(BaseModel):
     tracestate: str | None = None
 
 
+class WidgetAction(BaseModel):
+    """A click in a widget (`threads.custom_action`), handled by the worker of the kind that owns the action."""
+
+    type: str = Field(min_length=1, max_length=200)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    # The widget item the action came from; the worker replaces it in place.
+    item_id: str | None = None
+
+
 class TurnRequest(BaseModel):
-    """One user turn handed to an agent worker. Published on `turns.<agent>`; the turn id is its dedupe id."""
+    """One turn handed to an agent worker: a user message to answer, or a widget action to carry out.
+    Published on `turns.<agent>`; the turn id (and hop) is its dedupe id."""
 
     v: Literal[1] = PROTOCOL_VERSION
     turn_id: str
@@ -56,6 +66,7 @@ class TurnRequest(BaseModel):
     user_item_id: str | None = None
     # How many agent-to-agent handoffs this turn has already taken (bounds handoff chains).
     hops: int = Field(default=0, ge=0)
+    action: WidgetAction | None = None
     trace: TraceContext = Field(default_factory=TraceContext)
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -75,18 +86,27 @@ class TurnEnd(BaseModel):
     error: str | None = None
 
 
-EntryBody = Annotated[ChatKitEntry | TurnEnd, Field(discriminator="kind")]
+class HandoffEntry(BaseModel):
+    """The turn moved on to another agent kind; its entries follow on the same stream at the next hop."""
+
+    kind: Literal["handoff"] = "handoff"
+    to: AgentKind
+
+
+EntryBody = Annotated[ChatKitEntry | HandoffEntry | TurnEnd, Field(discriminator="kind")]
 
 
 class TurnEntry(BaseModel):
     """One entry of a turn's Redis stream.
 
-    `attempt` is the JetStream delivery count of the worker run that wrote it and `seq` counts entries within
-    that attempt, so readers can drop what a dead attempt wrote and spot gaps or duplicates.
+    `hop` counts the handoffs before the worker run that wrote it, `attempt` is that run's JetStream delivery
+    count and `seq` counts entries within the run. (hop, attempt) only grows along a turn, so readers drop what
+    a dead attempt wrote and spot gaps or duplicates.
     """
 
     v: Literal[1] = PROTOCOL_VERSION
     turn_id: str
+    hop: int = Field(default=0, ge=0)
     attempt: int = Field(ge=1)
     seq: int = Field(ge=0)
     body: EntryBody
@@ -95,6 +115,11 @@ class TurnEntry(BaseModel):
     @property
     def is_terminal(self) -> bool:
         return isinstance(self.body, TurnEnd)
+
+    @property
+    def run(self) -> tuple[int, int]:
+        """Which worker run wrote the entry; a later run supersedes an earlier one."""
+        return (self.hop, self.attempt)
 
 
 # One field per Redis stream entry; its value is the JSON of a TurnEntry.

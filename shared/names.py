@@ -23,3 +23,13 @@ def turns_consumer(namespace: str, agent: AgentKind) -> str:
 def turn_stream_key(namespace: str, turn_id: str) -> str:
     """The Redis stream of one turn. The braces make every key of a turn share a Redis Cluster hash slot."""
     return f"{namespace}:turn:{{{turn_id}}}:events"
+
+
+# Widget actions are named "<owner>.<verb>" (e.g. "task.toggle"); the owner is the agent kind that carries them out.
+_ACTION_OWNERS: dict[str, AgentKind] = {"task": "task"}
+
+
+def action_agent(action_type: str) -> AgentKind | None:
+    """The agent kind whose workers carry out a widget action, or None for an action nobody owns."""
+    owner, _, verb = action_type.partition(".")
+    return _ACTION_OWNERS.get(owner) if verb else None

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     GATEWAY_HOST: str = "127.0.0.1"
     GATEWAY_PORT: int = 8000
     # The agent kind that receives every new turn (triage once it exists).
-    ENTRY_AGENT: AgentKind = "task"
+    ENTRY_AGENT: AgentKind = "triage"
     # How long the gateway waits for a turn's first event before telling the client no worker took it.
     TURN_START_TIMEOUT_S: float = Field(default=30.0, gt=0)
     # How long the relay waits between two events of a running turn before giving up on it.
@@ -37,9 +37,21 @@ class Settings(BaseSettings):
     RELAY_BLOCK_MS: int = Field(default=5000, gt=0)
     SSE_PING_S: float = Field(default=15.0, gt=0)
 
+    # The URL clients reach the gateway at (upload URLs handed to ChatKit clients are built on it).
+    PUBLIC_BASE_URL: str = "http://127.0.0.1:8000"
+
+    # Attachments: bytes on local disk (behind a BlobStore a bucket store can implement), limits per upload.
+    ATTACHMENTS_DIR: str = "./.kitrelay/attachments"
+    MAX_UPLOAD_BYTES: int = Field(default=10 * 1024 * 1024, gt=0)
+    ALLOWED_UPLOAD_TYPES: list[str] = ["text/plain", "text/markdown", "application/pdf"]
+
     # Identity used until JWT authentication is configured.
     DEV_USER_ID: str = "local-user"
     DEV_TEAM_ID: str = "local-team"
+
+    # Handoffs: a turn is handed from agent to agent at most this many times; the next kind must take it in time.
+    MAX_HANDOFF_HOPS: int = Field(default=2, ge=0)
+    HANDOFF_TIMEOUT_S: float = Field(default=15.0, gt=0)
 
     # Workers.
     WORKER_CONCURRENCY: int = Field(default=32, ge=1)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis.asyncio as aioredis
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from kitrelay.shared.messages import ENTRY_FIELD, TurnEntry, TurnRequest
+from kitrelay.shared.messages import ENTRY_FIELD, TurnEntry, TurnRequest, decode_entry
 from kitrelay.shared.names import turn_stream_key, turns_subject
 
 # Bounds a runaway turn's stream; a normal turn writes a few hundred entries.
@@ -32,3 +34,14 @@ async def append_entry(redis: aioredis.Redis, namespace: str, entry: TurnEntry, 
         pipe.expire(key, ttl_s)
         entry_id, _ = await pipe.execute()
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+async def last_entry(redis: aioredis.Redis, namespace: str, turn_id: str) -> TurnEntry | None:
+    """The newest entry of a turn's stream (None for a turn nobody has written yet)."""
+    newest = cast(
+        list[tuple[bytes, dict[bytes, bytes]]], await redis.xrevrange(turn_stream_key(namespace, turn_id), count=1)
+    )
+    if not newest:
+        return None
+    _, fields = newest[0]
+    return decode_entry(fields[ENTRY_FIELD])
