@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agents import RunContextWrapper
 from chatkit.agents import AgentContext
 
+from kitrelay.services.knowledge import KnowledgeService, SearchHit
 from kitrelay.services.tasks import TaskService
 from kitrelay.shared.messages import Identity
 
@@ -19,6 +20,9 @@ class TurnContext:
     turn_id: str
     thread_id: str
     tasks: TaskService
+    knowledge: KnowledgeService
+    # Sources the research tools found this turn; the reply is annotated with them.
+    citations: list[SearchHit] = field(default_factory=list)
 
 
 def turn_context(ctx: RunContextWrapper[AgentContext[TurnContext]]) -> TurnContext:

@@ -1,4 +1,4 @@
-"""The task agent: keeps the team's task list. Its list tool streams a ListView widget instead of text."""
+"""The task agent: keeps the team's task list. Its tools show tasks as widgets instead of text."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from agents import Agent, RunContextWrapper, function_tool
 from chatkit.agents import AgentContext
 
 from kitrelay.agents.context import TurnContext, turn_context
-from kitrelay.agents.widgets import task_list_copy_text, task_list_widget
-from kitrelay.services.tasks import TaskNotFoundError
+from kitrelay.agents.widgets import task_card_widget, task_copy_text, task_list_copy_text, task_list_widget
+from kitrelay.services.tasks import TaskNotFoundError, TaskRecord, TaskStatus
 
-INSTRUCTIONS = """You are the task assistant of a team's chat. You add, list, complete, delete and rename tasks.
+INSTRUCTIONS = """You are the task assistant of a team's chat. You add, list, complete, reopen, rename, assign and
+delete the team's tasks, and set due dates.
 
-IMPORTANT: when list_tasks has run, do NOT restate or format the tasks yourself: they are already shown to the
-user in a widget. Say one short sentence such as "Here are your tasks."
-For add, complete, delete and rename, confirm in one short sentence what was done, naming the task.
+IMPORTANT: when list_tasks or add_task has run, do NOT restate or format the tasks yourself: they are already
+shown to the user in a widget. Say one short sentence such as "Here are your tasks."
+For the other changes, confirm in one short sentence what was done, naming the task.
 If a task number does not exist, say so plainly. Never invent task numbers."""
 
 Ctx = RunContextWrapper[AgentContext[TurnContext]]
@@ -31,40 +32,66 @@ def _parse_due(due_date: str | None) -> date | None:
         return None
 
 
+def _describe(task: TaskRecord) -> str:
+    extra = []
+    if task.assignee_id:
+        extra.append(f"assigned to @{task.assignee_id}")
+    if task.due_date:
+        extra.append(f"due {task.due_date.isoformat()}")
+    return f'task #{task.id} "{task.title}"' + (f" ({', '.join(extra)})" if extra else "")
+
+
 @function_tool
-async def add_task(ctx: Ctx, title: str, due_date: str | None = None) -> str:
-    """Add a task to the team's list.
+async def add_task(ctx: Ctx, title: str, due_date: str | None = None, assignee: str | None = None) -> str:
+    """Add a task to the team's list and show it as a card.
 
     Args:
         title: What needs doing, in the user's words.
         due_date: Optional due date as YYYY-MM-DD.
+        assignee: Optional team member to give it to, e.g. "bob".
     """
     tc = turn_context(ctx)
     try:
-        task = await tc.tasks.add(tc.identity, title=title, due_date=_parse_due(due_date))
+        task = await tc.tasks.add(tc.identity, title=title, due_date=_parse_due(due_date), assignee_id=assignee)
     except ValueError as exc:
-        return f"Could not add the task: {exc}"
-    due = f", due {task.due_date.isoformat()}" if task.due_date else ""
-    return f'Added task #{task.id} "{task.title}"{due}.'
+        return f"Could not add the task: {exc}."
+    await ctx.context.stream_widget(task_card_widget(task), copy_text=task_copy_text(task))
+    return f"Added {_describe(task)}."
 
 
 @function_tool
-async def list_tasks(ctx: Ctx, status: Literal["all", "open", "done"] | None = None) -> str:
+async def list_tasks(
+    ctx: Ctx, status: Literal["all", "open", "done"] | None = None, assignee: str | None = None
+) -> str:
     """Show the team's tasks to the user in a widget.
 
     Args:
         status: Which tasks to show: all (default), open or done.
+        assignee: Only the tasks assigned to this team member.
     """
     tc = turn_context(ctx)
-    wanted = status or "all"
-    tasks = await tc.tasks.list(tc.identity, status=wanted)
-    title = {"all": "Tasks", "open": "Open tasks", "done": "Done tasks"}[wanted]
-    await ctx.context.stream_widget(
-        task_list_widget(tasks, total=len(tasks), title=title), copy_text=task_list_copy_text(tasks)
-    )
-    if not tasks:
-        return "Your list is empty."
-    return "Here are your tasks."
+    wanted: TaskStatus = status or "all"
+    tasks = await tc.tasks.list(tc.identity, status=wanted, assignee_id=assignee, limit=None)
+    widget = task_list_widget(tasks, total=len(tasks), status=wanted, assignee=assignee)
+    await ctx.context.stream_widget(widget, copy_text=task_list_copy_text(tasks))
+    return "There are no tasks to show." if not tasks else "Here are your tasks."
+
+
+async def _change(ctx: Ctx, task_id: int, verb: str, change: str) -> str:
+    tc = turn_context(ctx)
+    try:
+        match change:
+            case "complete":
+                task = await tc.tasks.complete(tc.identity, task_id)
+            case "reopen":
+                task = await tc.tasks.reopen(tc.identity, task_id)
+            case "delete":
+                task = await tc.tasks.delete(tc.identity, task_id)
+            case _:
+                raise ValueError(change)
+    except TaskNotFoundError:
+        return f"There is no task #{task_id}."
+    return f"{verb} {_describe(task)}."
 
 
 @function_tool
@@ -74,12 +101,17 @@ async def complete_task(ctx: Ctx, task_id: int) -> str:
     Args:
         task_id: The task's number, as shown after '#'.
     """
-    tc = turn_context(ctx)
-    try:
-        task = await tc.tasks.complete(tc.identity, task_id)
-    except TaskNotFoundError:
-        return f"There is no task #{task_id}."
-    return f'Completed task #{task.id} "{task.title}".'
+    return await _change(ctx, task_id, "Completed", "complete")
+
+
+@function_tool
+async def reopen_task(ctx: Ctx, task_id: int) -> str:
+    """Mark a done task as open again.
+
+    Args:
+        task_id: The task's number, as shown after '#'.
+    """
+    return await _change(ctx, task_id, "Reopened", "reopen")
 
 
 @function_tool
@@ -89,12 +121,7 @@ async def delete_task(ctx: Ctx, task_id: int) -> str:
     Args:
         task_id: The task's number, as shown after '#'.
     """
-    tc = turn_context(ctx)
-    try:
-        task = await tc.tasks.delete(tc.identity, task_id)
-    except TaskNotFoundError:
-        return f"There is no task #{task_id}."
-    return f'Deleted task #{task.id} "{task.title}".'
+    return await _change(ctx, task_id, "Deleted", "delete")
 
 
 @function_tool
@@ -111,8 +138,48 @@ async def rename_task(ctx: Ctx, task_id: int, new_title: str) -> str:
     except TaskNotFoundError:
         return f"There is no task #{task_id}."
     except ValueError as exc:
-        return f"Could not rename the task: {exc}"
+        return f"Could not rename the task: {exc}."
     return f'Renamed task #{task.id} to "{task.title}".'
+
+
+@function_tool
+async def assign_task(ctx: Ctx, task_id: int, assignee: str) -> str:
+    """Give a task to a member of the team.
+
+    Args:
+        task_id: The task's number, as shown after '#'.
+        assignee: The team member, e.g. "bob" or "@bob".
+    """
+    tc = turn_context(ctx)
+    try:
+        task = await tc.tasks.assign(tc.identity, task_id, assignee_id=assignee)
+    except TaskNotFoundError:
+        return f"There is no task #{task_id}."
+    except ValueError as exc:
+        return f"Could not assign the task: {exc}."
+    return f"Assigned {_describe(task)}."
+
+
+@function_tool
+async def set_due_date(ctx: Ctx, task_id: int, due_date: str | None) -> str:
+    """Set (or, with null, clear) a task's due date.
+
+    Args:
+        task_id: The task's number, as shown after '#'.
+        due_date: The due date as YYYY-MM-DD, or null to clear it.
+    """
+    tc = turn_context(ctx)
+    due = _parse_due(due_date)
+    if due_date and due is None:
+        return f"'{due_date}' is not a date; use YYYY-MM-DD."
+    try:
+        task = await tc.tasks.set_due_date(tc.identity, task_id, due_date=due)
+    except TaskNotFoundError:
+        return f"There is no task #{task_id}."
+    return f"Updated {_describe(task)}."
+
+
+TASK_TOOLS = [add_task, list_tasks, complete_task, reopen_task, delete_task, rename_task, assign_task, set_due_date]
 
 
 def build_task_agent() -> Agent[AgentContext[TurnContext]]:
@@ -120,6 +187,6 @@ def build_task_agent() -> Agent[AgentContext[TurnContext]]:
     return Agent[AgentContext[TurnContext]](
         name="Task",
         instructions=INSTRUCTIONS,
-        handoff_description="Adds, lists, completes, deletes and renames the team's tasks.",
-        tools=[add_task, list_tasks, complete_task, delete_task, rename_task],
+        handoff_description="Adds, lists, completes, reopens, renames, assigns and deletes the team's tasks.",
+        tools=list(TASK_TOOLS),
     )

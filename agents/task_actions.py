@@ -1,0 +1,65 @@
+"""Widget actions of the task agent: a click updates the task and redraws the widget in place, no model call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Literal
+
+from chatkit.types import ErrorEvent, ThreadItemDoneEvent, ThreadItemReplacedEvent, ThreadStreamEvent, WidgetItem
+from pydantic import BaseModel, ValidationError
+
+from kitrelay.agents.context import TurnContext
+from kitrelay.agents.widgets import (
+    TOGGLE_ACTION,
+    task_card_widget,
+    task_copy_text,
+    task_list_copy_text,
+    task_list_widget,
+)
+from kitrelay.services.tasks import TaskNotFoundError, TaskStatus
+from kitrelay.shared.ids import new_id
+from kitrelay.shared.messages import WidgetAction
+
+
+class TogglePayload(BaseModel):
+    """What the task widgets put in a toggle action (see agents/widgets.py)."""
+
+    task_id: int
+    view: Literal["list", "card"] = "list"
+    status: TaskStatus = "all"
+    assignee: str | None = None
+
+
+async def handle_task_action(
+    action: WidgetAction, context: TurnContext, sender: WidgetItem | None
+) -> AsyncIterator[ThreadStreamEvent]:
+    if action.type != TOGGLE_ACTION:
+        yield ErrorEvent(code="custom", message=f"Unknown task action '{action.type}'.", allow_retry=False)
+        return
+    try:
+        payload = TogglePayload.model_validate(action.payload)
+    except ValidationError:
+        yield ErrorEvent(code="custom", message="That action is missing its task.", allow_retry=False)
+        return
+    try:
+        task = await context.tasks.toggle(context.identity, payload.task_id)
+    except TaskNotFoundError:
+        yield ErrorEvent(code="custom", message=f"Task #{payload.task_id} no longer exists.", allow_retry=False)
+        return
+
+    if payload.view == "card":
+        widget, copy_text = task_card_widget(task), task_copy_text(task)
+    else:
+        tasks = await context.tasks.list(context.identity, status=payload.status, assignee_id=payload.assignee)
+        widget = task_list_widget(tasks, total=len(tasks), status=payload.status, assignee=payload.assignee)
+        copy_text = task_list_copy_text(tasks)
+
+    if sender is not None:
+        yield ThreadItemReplacedEvent(item=sender.model_copy(update={"widget": widget, "copy_text": copy_text}))
+    else:
+        # An action from outside a widget item (a client that sent no item id): show the result as a new item.
+        item = WidgetItem(
+            id=new_id("msg"), thread_id=context.thread_id, created_at=datetime.now(), widget=widget, copy_text=copy_text
+        )
+        yield ThreadItemDoneEvent(item=item)
