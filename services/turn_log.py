@@ -18,7 +18,8 @@ from chatkit.types import (
 )
 
 from kitrelay.agents.context import TurnContext
-from kitrelay.shared.messages import ChatKitEntry, TraceContext, TurnEnd, TurnEntry, TurnStatus
+from kitrelay.shared.messages import ChatKitEntry, HandoffEntry, TraceContext, TurnEnd, TurnEntry, TurnStatus
+from kitrelay.shared.settings import AgentKind
 from kitrelay.shared.turn_bus import append_entry
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class TurnLog:
         namespace: str,
         thread_id: str,
         turn_id: str,
+        hop: int,
         attempt: int,
         ttl_s: int,
         trace: TraceContext | None = None,
@@ -44,14 +46,17 @@ class TurnLog:
         self._namespace = namespace
         self._thread_id = thread_id
         self._turn_id = turn_id
+        self._hop = hop
         self._attempt = attempt
         self._ttl_s = ttl_s
         self._trace = trace or TraceContext()
         self._seq = 0
         self.ended = False
 
-    async def _append(self, body: ChatKitEntry | TurnEnd) -> str:
-        entry = TurnEntry(turn_id=self._turn_id, attempt=self._attempt, seq=self._seq, body=body, trace=self._trace)
+    async def _append(self, body: ChatKitEntry | HandoffEntry | TurnEnd) -> str:
+        entry = TurnEntry(
+            turn_id=self._turn_id, hop=self._hop, attempt=self._attempt, seq=self._seq, body=body, trace=self._trace
+        )
         entry_id = await append_entry(self._redis, self._namespace, entry, ttl_s=self._ttl_s)
         self._seq += 1
         return entry_id
@@ -66,6 +71,12 @@ class TurnLog:
             case ThreadItemRemovedEvent():
                 await self._store.delete_thread_item(self._thread_id, event.item_id, context=self._context)
         return await self._append(ChatKitEntry(event=event))
+
+    async def handoff(self, to: AgentKind) -> str:
+        """Mark that the turn continues with another kind of worker (which writes the next hop's entries)."""
+        entry_id = await self._append(HandoffEntry(to=to))
+        log.info("turn %s handed off to %s", self._turn_id, to)
+        return entry_id
 
     async def end(self, status: TurnStatus, error: str | None = None) -> str:
         entry_id = await self._append(TurnEnd(status=status, error=error))

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from kitrelay.agents.context import TurnContext
 from kitrelay.agents.providers import model_name, model_provider
 from kitrelay.agents.registry import build_agent
+from kitrelay.services.knowledge import KnowledgeService
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_runner import TurnDeps, run_turn
 from kitrelay.shared.connections import connect_nats, connect_redis, ensure_turns_stream
@@ -108,6 +109,10 @@ class Worker:
             await msg.term()
             return
         attempt = msg.metadata.num_delivered or 1
+        kind = "action" if request.action else "message"
+        log.info(
+            "turn %s (%s, %s) hop %d attempt %d started", request.turn_id, request.agent, kind, request.hops, attempt
+        )
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
             await run_turn(request, attempt=attempt, agent=self._agent, deps=self._deps)
@@ -154,17 +159,21 @@ async def serve(kind: AgentKind, settings: Settings, *, handle_signals: bool = T
     redis = await connect_redis(settings)
     engine = make_engine(settings.DATABASE_URL)
     sessions = make_sessionmaker(engine)
+    js = nc.jetstream()
     deps = TurnDeps(
+        js=js,
         redis=redis,
         store=SqlStore(sessions),
         tasks=TaskService(sessions),
+        knowledge=KnowledgeService(sessions),
         provider=model_provider(settings),
         model=model_name(settings),
         namespace=settings.NAMESPACE,
         history_items=settings.HISTORY_ITEMS,
         stream_ttl_s=settings.TURN_STREAM_TTL_S,
+        max_handoff_hops=settings.MAX_HANDOFF_HOPS,
     )
-    worker = Worker(kind=kind, js=nc.jetstream(), agent=agent, deps=deps, settings=settings)
+    worker = Worker(kind=kind, js=js, agent=agent, deps=deps, settings=settings)
     if handle_signals:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

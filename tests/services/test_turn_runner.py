@@ -1,38 +1,24 @@
-"""run_turn against real Redis and a real SQLite store: history in, events out, terminal entry last."""
+"""run_turn against real NATS, Redis and a SQLite store: history in, events out, handoffs and widget actions."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 from agents import Model, ModelProvider
 from agents.testing import ModelStep, ScriptedModel, assistant_message
-from chatkit.types import (
-    AssistantMessageContent,
-    AssistantMessageItem,
-    InferenceOptions,
-    ThreadMetadata,
-    UserMessageItem,
-    UserMessageTextContent,
-)
+from chatkit.types import AssistantMessageItem, WidgetItem
 
+from kitrelay.agents.offline_model import OfflineModelProvider
 from kitrelay.agents.registry import build_agent
-from kitrelay.services.tasks import TaskService
-from kitrelay.services.turn_runner import TurnDeps, run_turn
+from kitrelay.services.turn_runner import run_turn
 from kitrelay.shared.ids import new_id
-from kitrelay.shared.messages import ChatKitEntry, Identity, TurnEnd, TurnEntry, TurnRequest
-from kitrelay.shared.store.chatkit_store import SqlStore
-from kitrelay.shared.store.engine import make_engine, make_sessionmaker, migrate_async
+from kitrelay.shared.messages import ChatKitEntry, HandoffEntry, Identity, TurnEnd, TurnEntry, TurnRequest, WidgetAction
+from kitrelay.shared.names import turns_subject
+from tests.services.worker_env import ALICE, StoreContext, WorkerEnv, worker_env
 from tests.turn_streams import turn_entries
-
-ALICE = Identity(user_id="alice", team_id="acme")
-
-
-class _Ctx:
-    identity = ALICE
 
 
 class ScriptedProvider(ModelProvider):
@@ -44,164 +30,219 @@ class ScriptedProvider(ModelProvider):
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
-    await migrate_async(url)
-    engine = make_engine(url)
-    yield SqlStore(make_sessionmaker(engine))
-    await engine.dispose()
+async def env(nats_url: str, redis_url: str, unique_namespace: str, tmp_path: Path) -> AsyncIterator[WorkerEnv]:
+    async with worker_env(nats_url, redis_url, unique_namespace, tmp_path) as built:
+        yield built
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-def deps_for(store: SqlStore, redis: aioredis.Redis, provider: ModelProvider, namespace: str) -> TurnDeps:
-    return TurnDeps(
-        redis=redis,
-        store=store,
-        tasks=TaskService(store._sessions),
-        provider=provider,
-        model=None,
-        namespace=namespace,
-        history_items=50,
-        stream_ttl_s=60,
+def request_for(thread_id: str, user_item: str, *, agent: str = "task", hops: int = 0) -> TurnRequest:
+    return TurnRequest.model_validate(
+        {
+            "turn_id": new_id("turn"),
+            "thread_id": thread_id,
+            "identity": ALICE,
+            "agent": agent,
+            "hops": hops,
+            "user_item_id": user_item,
+        }
     )
 
 
-async def seed_thread(store: SqlStore, texts: list[tuple[str, str]]) -> tuple[str, str]:
-    thread = ThreadMetadata(id=new_id("thr"), created_at=datetime.now())
-    await store.save_thread(thread, context=_Ctx())
-    last_user = ""
-    for role, text in texts:
-        if role == "user":
-            last_user = new_id("msg")
-            item: UserMessageItem | AssistantMessageItem = UserMessageItem(
-                id=last_user,
-                thread_id=thread.id,
-                created_at=datetime.now(),
-                content=[UserMessageTextContent(text=text)],
-                attachments=[],
-                inference_options=InferenceOptions(),
-            )
-        else:
-            item = AssistantMessageItem(
-                id=new_id("msg"),
-                thread_id=thread.id,
-                created_at=datetime.now(),
-                content=[AssistantMessageContent(text=text)],
-            )
-        await store.add_thread_item(thread.id, item, context=_Ctx())
-    return thread.id, last_user
+async def entries_of(env: WorkerEnv, turn_id: str) -> list[TurnEntry]:
+    return [entry for _, entry in await turn_entries(env.redis, env.namespace, turn_id)]
 
 
-async def read_entries(redis: aioredis.Redis, namespace: str, turn_id: str) -> list[TurnEntry]:
-    return [entry for _, entry in await turn_entries(redis, namespace, turn_id)]
+def chatkit_events(entries: list[TurnEntry]) -> list:
+    return [e.body.event for e in entries if isinstance(e.body, ChatKitEntry)]
 
 
-async def test_the_model_sees_the_thread_history_not_only_the_new_message(
-    store: SqlStore, redis: aioredis.Redis, unique_namespace: str
-) -> None:
-    thread_id, user_item = await seed_thread(
-        store, [("user", "add task buy milk"), ("assistant", 'Added task #1 "buy milk".'), ("user", "and call Bob")]
-    )
+async def test_the_model_sees_the_thread_history_not_only_the_new_message(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("add task buy milk", "and call Bob")
     model = ScriptedModel([ModelStep(output=[assistant_message("Noted.", item_id=new_id("msg"))])])
-    request = TurnRequest(
-        turn_id=new_id("turn"), thread_id=thread_id, identity=ALICE, agent="task", user_item_id=user_item
-    )
 
     await run_turn(
-        request,
-        attempt=1,
-        agent=build_agent("task"),
-        deps=deps_for(store, redis, ScriptedProvider(model), unique_namespace),
+        request_for(thread_id, user_item), attempt=1, agent=build_agent("task"), deps=env.deps(ScriptedProvider(model))
     )
 
     assert model.first_call is not None
     sent = model.first_call.input
     assert isinstance(sent, list)
-    texts = [str(item) for item in sent]
-    assert "add task buy milk" in texts[0]
-    assert "buy milk" in texts[1]
-    assert "and call Bob" in texts[2]
-    assert len(sent) == 3, "the new message is sent once, not twice"
+    assert "add task buy milk" in str(sent[0]) and "and call Bob" in str(sent[1])
+    assert len(sent) == 2, "the new message is sent once, not twice"
 
 
-async def test_every_event_is_saved_then_streamed_with_attempt_and_sequence(
-    store: SqlStore, redis: aioredis.Redis, unique_namespace: str
-) -> None:
-    thread_id, user_item = await seed_thread(store, [("user", "hello")])
+async def test_every_event_is_saved_then_streamed_with_hop_attempt_and_sequence(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("hello")
     reply_id = new_id("msg")
     model = ScriptedModel([ModelStep(output=[assistant_message("Hello there.", item_id=reply_id)])])
-    turn_id = new_id("turn")
-    request = TurnRequest(turn_id=turn_id, thread_id=thread_id, identity=ALICE, agent="task", user_item_id=user_item)
+    request = request_for(thread_id, user_item, hops=1)
 
-    await run_turn(
-        request,
-        attempt=3,
-        agent=build_agent("task"),
-        deps=deps_for(store, redis, ScriptedProvider(model), unique_namespace),
-    )
+    await run_turn(request, attempt=3, agent=build_agent("task"), deps=env.deps(ScriptedProvider(model)))
 
-    entries = await read_entries(redis, unique_namespace, turn_id)
+    entries = await entries_of(env, request.turn_id)
     assert [e.seq for e in entries] == list(range(len(entries)))
-    assert {e.attempt for e in entries} == {3}
-    assert {e.turn_id for e in entries} == {turn_id}
+    assert {e.run for e in entries} == {(1, 3)}
     assert isinstance(entries[-1].body, TurnEnd) and entries[-1].body.status == "completed"
-    assert all(isinstance(e.body, ChatKitEntry) for e in entries[:-1])
-    done = [
-        e.body.event
-        for e in entries[:-1]
-        if isinstance(e.body, ChatKitEntry) and e.body.event.type == "thread.item.done"
-    ]
+    done = [e for e in chatkit_events(entries) if e.type == "thread.item.done"]
     assert [event.item.id for event in done] == [reply_id]
-    saved = await store.load_item(thread_id, reply_id, context=_Ctx())
-    assert isinstance(saved, AssistantMessageItem)
-    assert saved.content[0].text == "Hello there."
+    saved = await env.store.load_item(thread_id, reply_id, context=StoreContext(ALICE))  # type: ignore[arg-type]
+    assert isinstance(saved, AssistantMessageItem) and saved.content[0].text == "Hello there."
 
 
-async def test_a_failing_model_ends_the_turn_with_a_retryable_error(
-    store: SqlStore, redis: aioredis.Redis, unique_namespace: str
-) -> None:
-    thread_id, user_item = await seed_thread(store, [("user", "hello")])
+async def test_a_failing_model_ends_the_turn_with_a_retryable_error(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("hello")
     model = ScriptedModel([ModelStep.raise_error(RuntimeError("provider down"))])
-    turn_id = new_id("turn")
-    request = TurnRequest(turn_id=turn_id, thread_id=thread_id, identity=ALICE, agent="task", user_item_id=user_item)
+    request = request_for(thread_id, user_item)
 
-    await run_turn(
-        request,
-        attempt=1,
-        agent=build_agent("task"),
-        deps=deps_for(store, redis, ScriptedProvider(model), unique_namespace),
-    )
+    await run_turn(request, attempt=1, agent=build_agent("task"), deps=env.deps(ScriptedProvider(model)))
 
-    entries = await read_entries(redis, unique_namespace, turn_id)
-    end = entries[-1].body
-    assert isinstance(end, TurnEnd) and end.status == "failed"
-    error = entries[-2].body
-    assert isinstance(error, ChatKitEntry) and error.event.type == "error"
-    assert error.event.allow_retry is True
+    entries = await entries_of(env, request.turn_id)
+    assert isinstance(entries[-1].body, TurnEnd) and entries[-1].body.status == "failed"
+    [error] = chatkit_events(entries)[-1:]
+    assert error.type == "error" and error.allow_retry is True
 
 
-async def test_a_thread_of_someone_else_is_never_answered(
-    store: SqlStore, redis: aioredis.Redis, unique_namespace: str
-) -> None:
-    thread_id, user_item = await seed_thread(store, [("user", "hello")])
+async def test_a_thread_of_someone_else_is_never_answered(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("hello")
     model = ScriptedModel([])
-    turn_id = new_id("turn")
-    mallory = Identity(user_id="mallory", team_id="evil")
-    request = TurnRequest(turn_id=turn_id, thread_id=thread_id, identity=mallory, agent="task", user_item_id=user_item)
-
-    await run_turn(
-        request,
-        attempt=1,
-        agent=build_agent("task"),
-        deps=deps_for(store, redis, ScriptedProvider(model), unique_namespace),
+    request = request_for(thread_id, user_item).model_copy(
+        update={"identity": Identity(user_id="mallory", team_id="evil")}
     )
+
+    await run_turn(request, attempt=1, agent=build_agent("task"), deps=env.deps(ScriptedProvider(model)))
 
     assert not model.calls
-    entries = await read_entries(redis, unique_namespace, turn_id)
+    entries = await entries_of(env, request.turn_id)
     assert isinstance(entries[-1].body, TurnEnd) and entries[-1].body.status == "failed"
+
+
+async def test_a_turn_that_is_already_over_is_not_run_again(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("add task only once")
+    request = request_for(thread_id, user_item)
+    agent = build_agent("task")
+    await run_turn(request, attempt=1, agent=agent, deps=env.deps(OfflineModelProvider()))
+    first = await entries_of(env, request.turn_id)
+
+    # The same turn again, as after an ack that never reached JetStream.
+    await run_turn(request, attempt=2, agent=agent, deps=env.deps(OfflineModelProvider()))
+
+    assert await entries_of(env, request.turn_id) == first
+    assert [t.title for t in await env.tasks.list(ALICE)] == ["only once"]
+
+
+async def test_triage_hands_off_by_publishing_the_same_turn_to_the_next_kind(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("add task write report")
+    request = request_for(thread_id, user_item, agent="triage")
+    sub = await env.js.pull_subscribe(turns_subject(env.namespace, "task"), durable=f"probe-{new_id('c')}")
+
+    await run_turn(request, attempt=1, agent=build_agent("triage"), deps=env.deps(OfflineModelProvider()))
+
+    entries = await entries_of(env, request.turn_id)
+    assert isinstance(entries[-1].body, HandoffEntry) and entries[-1].body.to == "task"
+    progress = [e for e in chatkit_events(entries) if e.type == "progress_update"]
+    assert [p.text for p in progress] == ["Handing over to Task…"]
+    assert not any(isinstance(e.body, TurnEnd) for e in entries), "the turn goes on in another worker"
+    assert await env.tasks.list(ALICE) == [], "the task agent did not run inside the triage worker"
+    [msg] = await sub.fetch(1, timeout=5)
+    handed = TurnRequest.model_validate_json(msg.data)
+    assert (handed.turn_id, handed.agent, handed.hops, handed.user_item_id) == (request.turn_id, "task", 1, user_item)
+
+
+async def test_triage_answers_small_talk_itself(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("hi")
+    request = request_for(thread_id, user_item, agent="triage")
+
+    await run_turn(request, attempt=1, agent=build_agent("triage"), deps=env.deps(OfflineModelProvider()))
+
+    entries = await entries_of(env, request.turn_id)
+    assert isinstance(entries[-1].body, TurnEnd) and entries[-1].body.status == "completed"
+    assert not any(isinstance(e.body, HandoffEntry) for e in entries)
+    [reply] = [e.item for e in chatkit_events(entries) if e.type == "thread.item.done"]
+    assert "task" in reply.content[0].text.lower()
+
+
+async def test_handoff_chains_are_bounded(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("add task loop forever")
+    request = request_for(thread_id, user_item, agent="triage", hops=2)
+
+    await run_turn(request, attempt=1, agent=build_agent("triage"), deps=env.deps(OfflineModelProvider(), max_hops=2))
+
+    entries = await entries_of(env, request.turn_id)
+    end = entries[-1].body
+    assert isinstance(end, TurnEnd) and end.status == "failed" and "handoff refused" in (end.error or "")
+    assert chatkit_events(entries)[-1].type == "error"
+
+
+async def test_research_answers_with_a_cited_source(env: WorkerEnv) -> None:
+    await env.knowledge.add_document(
+        ALICE.team_id,
+        title="Onboarding guide",
+        text=(
+            "# Onboarding guide\n\n## VPN access\n\n"
+            "Request VPN access from IT on your first day. Use the WireGuard client."
+        ),
+        source="admin",
+        mime_type="text/markdown",
+    )
+    thread_id, user_item = await env.new_thread("what does the onboarding guide say about VPN access?")
+    request = request_for(thread_id, user_item, agent="research", hops=1)
+
+    await run_turn(request, attempt=1, agent=build_agent("research"), deps=env.deps(OfflineModelProvider()))
+
+    events = chatkit_events(await entries_of(env, request.turn_id))
+    [card] = [e.item for e in events if e.type == "thread.item.done" and e.item.type == "widget"]
+    assert card.widget.type == "Card" and "Onboarding guide" in json.dumps(card.widget.model_dump())
+    [answer] = [e.item for e in events if e.type == "thread.item.done" and e.item.type == "assistant_message"]
+    assert "WireGuard" in answer.content[0].text
+    [annotation] = answer.content[0].annotations
+    assert annotation.source.title == "Onboarding guide"
+    assert any(e.type == "thread.item.updated" and e.update.type.endswith("annotation_added") for e in events)
+    saved = await env.store.load_item(thread_id, answer.id, context=StoreContext(ALICE))  # type: ignore[arg-type]
+    assert (
+        isinstance(saved, AssistantMessageItem) and saved.content[0].annotations[0].source.title == "Onboarding guide"
+    )
+
+
+async def test_research_says_so_when_nothing_matches_and_cites_nothing(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("what is the capital of Mongolia?")
+    request = request_for(thread_id, user_item, agent="research", hops=1)
+
+    await run_turn(request, attempt=1, agent=build_agent("research"), deps=env.deps(OfflineModelProvider()))
+
+    events = chatkit_events(await entries_of(env, request.turn_id))
+    assert not [e for e in events if e.type == "thread.item.done" and e.item.type == "widget"]
+    [answer] = [e.item for e in events if e.type == "thread.item.done"]
+    assert "couldn't find" in answer.content[0].text and answer.content[0].annotations == []
+
+
+async def test_a_widget_click_toggles_the_task_and_replaces_the_widget_without_a_model(env: WorkerEnv) -> None:
+    await env.tasks.add(ALICE, title="water plants")
+    thread_id, user_item = await env.new_thread("list my tasks")
+    listing = request_for(thread_id, user_item)
+    await run_turn(listing, attempt=1, agent=build_agent("task"), deps=env.deps(OfflineModelProvider()))
+    [widget_item] = [
+        e.item
+        for e in chatkit_events(await entries_of(env, listing.turn_id))
+        if e.type == "thread.item.done" and e.item.type == "widget"
+    ]
+    click = widget_item.widget.children[0].onClickAction
+    model = ScriptedModel([])  # any model call would fail the test: the script is empty
+    action = TurnRequest(
+        turn_id=new_id("turn"),
+        thread_id=thread_id,
+        identity=ALICE,
+        agent="task",
+        action=WidgetAction(type=click.type, payload=click.payload, item_id=widget_item.id),
+    )
+
+    await run_turn(action, attempt=1, agent=build_agent("task"), deps=env.deps(ScriptedProvider(model)))
+
+    assert not model.calls
+    events = chatkit_events(await entries_of(env, action.turn_id))
+    [replaced] = [e for e in events if e.type == "thread.item.replaced"]
+    assert replaced.item.id == widget_item.id
+    assert "check-circle-filled" in json.dumps(replaced.item.widget.model_dump())
+    [task] = await env.tasks.list(ALICE)
+    assert task.done
+    saved = await env.store.load_item(thread_id, widget_item.id, context=StoreContext(ALICE))  # type: ignore[arg-type]
+    assert isinstance(saved, WidgetItem) and "check-circle-filled" in saved.model_dump_json()

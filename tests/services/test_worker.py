@@ -3,68 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import nats
 import nats.js.errors
 import pytest
 import redis.asyncio as aioredis
-from chatkit.types import InferenceOptions, ThreadMetadata, UserMessageItem, UserMessageTextContent
-from nats.js import JetStreamContext
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from kitrelay.agents.offline_model import OfflineModelProvider
 from kitrelay.agents.registry import build_agent
-from kitrelay.services.tasks import TaskService
-from kitrelay.services.turn_runner import TurnDeps
 from kitrelay.services.worker import Worker
-from kitrelay.shared.connections import ensure_turns_stream
 from kitrelay.shared.ids import new_id
-from kitrelay.shared.messages import Identity, TurnRequest
+from kitrelay.shared.messages import TurnRequest
 from kitrelay.shared.names import turns_consumer, turns_stream
 from kitrelay.shared.settings import Settings
-from kitrelay.shared.store.chatkit_store import SqlStore
-from kitrelay.shared.store.engine import make_engine, make_sessionmaker, migrate_async
 from kitrelay.shared.turn_bus import publish_turn
+from tests.services.worker_env import ALICE, WorkerEnv, worker_env
 from tests.turn_streams import turn_entries
 
-ALICE = Identity(user_id="alice", team_id="acme")
-
-
-class _Ctx:
-    identity = ALICE
-
-
-@dataclass
-class Env:
-    js: JetStreamContext
-    redis: aioredis.Redis
-    store: SqlStore
-    tasks: TaskService
-    namespace: str
+Env = WorkerEnv
 
 
 @pytest.fixture
-async def env(nats_url: str, redis_url: str, unique_namespace: str, tmp_path: Path) -> AsyncIterator[Env]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
-    await migrate_async(url)
-    engine = make_engine(url)
-    sessions = make_sessionmaker(engine)
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    await ensure_turns_stream(js, unique_namespace)
-    redis = aioredis.Redis.from_url(redis_url)
-    yield Env(js=js, redis=redis, store=SqlStore(sessions), tasks=TaskService(sessions), namespace=unique_namespace)
-    with contextlib.suppress(Exception):
-        await js.delete_stream(turns_stream(unique_namespace))
-    await nc.close()
-    await redis.aclose()
-    await engine.dispose()
+async def env(nats_url: str, redis_url: str, unique_namespace: str, tmp_path: Path) -> AsyncIterator[WorkerEnv]:
+    async with worker_env(nats_url, redis_url, unique_namespace, tmp_path) as built:
+        yield built
 
 
 def make_worker(
@@ -73,33 +39,14 @@ def make_worker(
     settings = Settings(
         NAMESPACE=env.namespace, WORKER_CONCURRENCY=concurrency, TURN_ACK_WAIT_S=5, WORKER_DRAIN_TIMEOUT_S=5
     )
-    deps = TurnDeps(
-        redis=redis or env.redis,
-        store=env.store,
-        tasks=env.tasks,
-        provider=OfflineModelProvider(token_delay_s=token_delay_s),
-        model=None,
-        namespace=env.namespace,
-        history_items=50,
-        stream_ttl_s=60,
-    )
+    deps = env.deps(OfflineModelProvider(token_delay_s=token_delay_s), redis=redis)
     return Worker(kind="task", js=env.js, agent=build_agent("task"), deps=deps, settings=settings)
 
 
 async def new_turn(env: Env, text: str) -> TurnRequest:
-    thread = ThreadMetadata(id=new_id("thr"), created_at=datetime.now())
-    await env.store.save_thread(thread, context=_Ctx())
-    item = UserMessageItem(
-        id=new_id("msg"),
-        thread_id=thread.id,
-        created_at=datetime.now(),
-        content=[UserMessageTextContent(text=text)],
-        attachments=[],
-        inference_options=InferenceOptions(),
-    )
-    await env.store.add_thread_item(thread.id, item, context=_Ctx())
+    thread_id, item_id = await env.new_thread(text)
     request = TurnRequest(
-        turn_id=new_id("turn"), thread_id=thread.id, identity=ALICE, agent="task", user_item_id=item.id
+        turn_id=new_id("turn"), thread_id=thread_id, identity=ALICE, agent="task", user_item_id=item_id
     )
     await publish_turn(env.js, env.namespace, request)
     return request
