@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import cast
 
 import redis.asyncio as aioredis
 
-from kitrelay.shared.messages import ENTRY_FIELD, TurnEntry, decode_entry
+from kitrelay.shared.messages import ENTRY_FIELD, HandoffEntry, TurnEntry, decode_entry
 from kitrelay.shared.names import turn_stream_key
+from kitrelay.shared.settings import AgentKind
 
 # What XREAD returns for one key with decode_responses off: [(key, [(entry id, {field: value})])].
 XReadResponse = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 
 
 class TurnTimeoutError(Exception):
-    """No entry arrived in time: no worker took the turn (started=False), or the worker went quiet."""
+    """No entry arrived in time: no worker of `waiting_for` took the turn, or (None) a running worker went quiet."""
 
-    def __init__(self, turn_id: str, *, started: bool) -> None:
-        super().__init__(f"turn {turn_id} {'went quiet' if started else 'was not picked up'}")
-        self.started = started
+    def __init__(self, turn_id: str, *, waiting_for: AgentKind | None, last_run: tuple[int, int]) -> None:
+        what = f"was not picked up by a {waiting_for} worker" if waiting_for else "went quiet"
+        super().__init__(f"turn {turn_id} {what}")
+        self.waiting_for = waiting_for
+        self.last_run = last_run
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    start_s: float  # until the first entry
+    handoff_s: float  # after a handoff, until the next kind's first entry
+    idle_s: float  # between two entries of a running worker
+    block_ms: int
 
 
 async def read_turn(
@@ -28,35 +40,39 @@ async def read_turn(
     namespace: str,
     turn_id: str,
     *,
+    first_agent: AgentKind,
+    timeouts: Timeouts,
     after: str = "0-0",
-    start_timeout_s: float,
-    idle_timeout_s: float,
-    block_ms: int,
 ) -> AsyncIterator[tuple[str, TurnEntry]]:
-    """Yield (entry id, entry) in stream order. Entries of an attempt older than the newest seen are dropped:
-    a redelivered turn supersedes what its dead attempt wrote."""
+    """Yield (entry id, entry) in stream order, the terminal entry last.
+
+    Entries of a run older than the newest seen are dropped: a redelivered (or handed-off) turn supersedes what
+    an earlier run wrote."""
     key = turn_stream_key(namespace, turn_id)
     last_id = after
-    started = False
-    newest_attempt = 0
-    deadline = time.monotonic() + start_timeout_s
+    newest_run = (0, 0)
+    waiting_for: AgentKind | None = first_agent
+    deadline = time.monotonic() + timeouts.start_s
     while True:
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
-            raise TurnTimeoutError(turn_id, started=started)
-        response = cast(
-            XReadResponse, await redis.xread({key: last_id}, count=256, block=max(1, min(block_ms, remaining_ms)))
-        )
+            raise TurnTimeoutError(turn_id, waiting_for=waiting_for, last_run=newest_run)
+        block = max(1, min(timeouts.block_ms, remaining_ms))
+        response = cast(XReadResponse, await redis.xread({key: last_id}, count=256, block=block))
         if not response:
             continue
         for raw_id, fields in response[0][1]:
             last_id = raw_id.decode()
             entry = decode_entry(fields[ENTRY_FIELD])
-            if entry.attempt < newest_attempt:
+            if entry.run < newest_run:
                 continue
-            newest_attempt = entry.attempt
+            newest_run = entry.run
             yield last_id, entry
             if entry.is_terminal:
                 return
-        started = True
-        deadline = time.monotonic() + idle_timeout_s
+            if isinstance(entry.body, HandoffEntry):
+                waiting_for = entry.body.to
+                deadline = time.monotonic() + timeouts.handoff_s
+            else:
+                waiting_for = None
+                deadline = time.monotonic() + timeouts.idle_s

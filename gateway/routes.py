@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from chatkit.server import StreamingResult
-from chatkit.types import AttachmentsCreateReq, AttachmentsDeleteReq
 from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
 from kitrelay.gateway.deps import ContextDep, ServerDep, SettingsDep, StoreDep
-from kitrelay.gateway.errors import ApiError
 from kitrelay.gateway.requests import check_access, parse_request
 from kitrelay.gateway.sse import sse_events
 
@@ -22,8 +20,6 @@ async def chatkit(
     """Streaming ChatKit requests are answered as SSE, the others as JSON."""
     body = await request.body()
     parsed = parse_request(body)
-    if isinstance(parsed, AttachmentsCreateReq | AttachmentsDeleteReq) and server.attachment_store is None:
-        raise ApiError(501, "not_implemented", "File attachments are not enabled on this server.")
     await check_access(parsed, store, context)
     result = await server.process(body, context)
     if isinstance(result, StreamingResult):
