@@ -12,9 +12,11 @@ import typer
 from rich.console import Console
 
 from kitrelay.gateway.client import ChatKitClient, ChatKitError
+from kitrelay.services.kb_cli import app as kb_app
 from kitrelay.shared.settings import AGENT_KINDS, AgentKind, Settings
 
 app = typer.Typer(help="kitrelay: a scalable backend for ChatKit chat UIs.", no_args_is_help=True)
+app.add_typer(kb_app, name="kb", help="The teams' knowledge base (documents the research agent answers from).")
 console = Console()
 
 STATE_DIR = Path(".kitrelay")
@@ -28,7 +30,7 @@ def up(
     """Run everything on the embedded defaults: NATS and Redis (reused or started), gateway and workers."""
     from kitrelay.services.supervisor import run_all
 
-    kinds = _kinds(workers or ["task"])
+    kinds = _kinds(workers or ["triage", "task", "research"])
     run_all(Settings(), workers=kinds, data_dir=STATE_DIR, console=console)
 
 

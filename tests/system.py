@@ -52,6 +52,14 @@ class RunningSystem:
                 proc.wait()
         return proc.returncode
 
+    def stop_all(self, timeout_s: float = 30) -> None:
+        """SIGTERM every process at once (they drain in parallel), then wait for each."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name in list(self.processes):
+            self.stop(name, timeout_s=timeout_s)
+
     def wait_healthy(self, name: str = "gateway") -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -75,7 +83,7 @@ def running_system(
     database_url: str,
     namespace: str,
     log_dir: Path,
-    workers: tuple[str, ...] = ("task",),
+    workers: tuple[str, ...] = ("triage", "task", "research"),
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[RunningSystem]:
     """A gateway and workers as separate processes that share nothing but NATS, Redis and the database."""
@@ -88,6 +96,8 @@ def running_system(
         "NAMESPACE": namespace,
         "GATEWAY_PORT": str(port),
         "TURN_START_TIMEOUT_S": "15",
+        "ATTACHMENTS_DIR": str(log_dir / "attachments"),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
@@ -95,10 +105,11 @@ def running_system(
     system = RunningSystem(base_url=f"http://127.0.0.1:{port}", env=env, log_dir=log_dir)
     try:
         system.start("gateway", "gateway")
-        for kind in workers:
-            system.start(f"worker-{kind}", "worker", "--agent", kind)
+        for index, kind in enumerate(workers):
+            # A second worker of a kind is "worker-<kind>-2", and so on.
+            copies = workers[:index].count(kind)
+            system.start(f"worker-{kind}" + (f"-{copies + 1}" if copies else ""), "worker", "--agent", kind)
         system.wait_healthy()
         yield system
     finally:
-        for name in list(system.processes):
-            system.stop(name)
+        system.stop_all()

@@ -3,6 +3,7 @@ database, a scripted conversation over HTTP + SSE."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,15 +99,8 @@ async def test_scripted_conversation(system: RunningSystem, client: ChatKitClien
 
     thread = await client.get_thread(thread_id)
     saved = [(item["type"], item["id"]) for item in thread["items"]["data"]]
-    assert [kind for kind, _ in saved] == [
-        "user_message",
-        "assistant_message",
-        "user_message",
-        "assistant_message",
-        "user_message",
-        "widget",
-        "assistant_message",
-    ]
+    # Each added task is shown as a card, the list as a ListView.
+    assert [kind for kind, _ in saved] == ["user_message", "widget", "assistant_message"] * 3
     streamed_ids = [
         item["id"]
         for events in (first, second, third)
@@ -117,7 +111,7 @@ async def test_scripted_conversation(system: RunningSystem, client: ChatKitClien
         )
     ]
     assert sorted(item_id for _, item_id in saved) == sorted(streamed_ids)
-    saved_reply = thread["items"]["data"][1]
+    saved_reply = thread["items"]["data"][2]
     assert saved_reply["content"][0]["text"] == reply["content"][0]["text"]
 
     # Every relayed frame's SSE id is the Redis entry id it came from, in stream order.
@@ -166,5 +160,38 @@ async def test_no_worker_for_the_turn_gives_a_clear_error(
             events = await collect(ChatKitClient(http).create_thread("add task nobody hears"))
     errors = [e.data for e in events if e.type == "error"]
     assert len(errors) == 1
-    assert "No task worker" in errors[0]["message"]
+    assert "No triage worker" in errors[0]["message"]
     assert errors[0]["allow_retry"] is True
+
+
+async def test_a_handoff_nobody_takes_times_out_and_a_late_worker_does_not_answer(
+    nats_url: str, redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    database_url = sqlite_url(tmp_path / "kitrelay.db")
+    migrate(database_url)
+    with running_system(
+        nats_url=nats_url,
+        redis_url=redis_url,
+        database_url=database_url,
+        namespace=f"{namespace}ho",
+        log_dir=tmp_path,
+        workers=("triage",),
+        extra_env={"HANDOFF_TIMEOUT_S": "1"},
+    ) as half:
+        async with httpx.AsyncClient(base_url=half.base_url, timeout=30) as http:
+            client = ChatKitClient(http)
+            events = await collect(client.create_thread("add task nobody takes this"))
+            errors = [e.data for e in events if e.type == "error"]
+            assert [e["message"] for e in errors] == [
+                "No task worker picked up this message in time. Please try again in a moment."
+            ]
+            assert [e.data["text"] for e in events if e.type == "progress_update"] == ["Handing over to Task…"]
+
+            # A task worker that starts later finds the turn over and leaves it alone.
+            half.start("worker-task", "worker", "--agent", "task")
+            deadline = asyncio.get_running_loop().time() + 20
+            while "is already over" not in half.log("worker-task"):
+                assert asyncio.get_running_loop().time() < deadline, half.log("worker-task")
+                await asyncio.sleep(0.1)
+            thread = await client.get_thread(events[0].data["thread"]["id"])
+    assert [item["type"] for item in thread["items"]["data"]] == ["user_message"]
