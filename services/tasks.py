@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, Select, case, delete, func, insert, literal, not_, select, update
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kitrelay.shared.messages import Identity
@@ -60,8 +61,20 @@ class TaskService:
         self._sessions = sessions
 
     async def add(
-        self, identity: Identity, *, title: str, due_date: date | None = None, assignee_id: str | None = None
+        self,
+        identity: Identity,
+        *,
+        title: str,
+        due_date: date | None = None,
+        assignee_id: str | None = None,
+        request_key: str | None = None,
     ) -> TaskRecord:
+        """Create a task. With a `request_key`, creating again with the same key returns the first task instead:
+        a turn redelivered after a crash re-runs its tools without adding a second copy."""
+        if request_key is not None:
+            existing = await self._by_request_key(identity, request_key)
+            if existing is not None:
+                return existing
         now = datetime.now(UTC)
         values = {
             "team_id": identity.team_id,
@@ -73,10 +86,23 @@ class TaskService:
             "created_at": now,
             "completed_at": None,
             "updated_at": now,
+            "request_key": request_key,
         }
-        async with self._sessions() as session, session.begin():
-            row = (await session.execute(insert(TaskRow).values(values).returning(*_COLUMNS))).one()
+        try:
+            async with self._sessions() as session, session.begin():
+                row = (await session.execute(insert(TaskRow).values(values).returning(*_COLUMNS))).one()
+        except IntegrityError:
+            # Two attempts of one turn raced on the same key: the other one's task is the task.
+            if request_key is None or (existing := await self._by_request_key(identity, request_key)) is None:
+                raise
+            return existing
         return _record(row._mapping)
+
+    async def _by_request_key(self, identity: Identity, request_key: str) -> TaskRecord | None:
+        query = select(*_COLUMNS).where(TaskRow.request_key == request_key, TaskRow.team_id == identity.team_id)
+        async with self._sessions() as session:
+            row = (await session.execute(query)).first()
+        return None if row is None else _record(row._mapping)
 
     async def list(
         self,
@@ -122,6 +148,10 @@ class TaskService:
         return await self._update(
             identity, task_id, {"done": False, "completed_at": None, "updated_at": datetime.now(UTC)}
         )
+
+    async def set_done(self, identity: Identity, task_id: int, *, done: bool) -> TaskRecord:
+        """Complete or reopen: the same request twice leaves the same state (a widget click is replayable)."""
+        return await (self.complete(identity, task_id) if done else self.reopen(identity, task_id))
 
     async def toggle(self, identity: Identity, task_id: int) -> TaskRecord:
         now = datetime.now(UTC)

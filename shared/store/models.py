@@ -145,6 +145,7 @@ class TaskRow(Base):
     """A team's to-do item, managed by the task agent's tools."""
 
     __tablename__ = "tasks"
+    __table_args__ = (Index("ix_tasks_request_key", "request_key", unique=True),)
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     team_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
@@ -156,6 +157,27 @@ class TaskRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Set when a turn's tool created the task: a redelivered turn that runs the tool again gets the same task back.
+    request_key: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+
+
+class TurnRow(Base):
+    """One turn of a thread: a user message answered, or a widget action carried out, by the workers."""
+
+    __tablename__ = "turns"
+    __table_args__ = (Index("ix_turns_thread_id_created_at", "thread_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("threads.id", ondelete="CASCADE"))
+    team_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    user_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    agent: Mapped[str] = mapped_column(String(ENUM_LENGTH))
+    # queued until a worker ends it: completed, failed or cancelled.
+    status: Mapped[str] = mapped_column(String(ENUM_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The W3C trace id of the turn, so an operator can go from a conversation to its trace.
+    trace_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class DocumentRow(Base):

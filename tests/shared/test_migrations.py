@@ -22,7 +22,8 @@ from tests.databases import postgres_database, sqlite_url
 T = TypeVar("T")
 
 TABLES_0001 = {"threads", "thread_items", "attachments", "tasks"}
-TABLES = TABLES_0001 | {"documents", "document_chunks", "feedback"}
+TABLES_0002 = TABLES_0001 | {"documents", "document_chunks", "feedback"}
+TABLES = TABLES_0002 | {"turns"}
 # SQLite's full-text index of document chunks: the FTS5 table and the shadow tables FTS5 keeps its index in (an
 # external-content table has no `_content` shadow).
 SQLITE_FTS_TABLES = {f"document_chunks_fts{suffix}" for suffix in ("", "_data", "_idx", "_docsize", "_config")}
@@ -151,6 +152,18 @@ def test_downgrade_to_0001_drops_the_knowledge_base_and_feedback(empty_db_url: s
     assert tables(empty_db_url) == expected_tables(empty_db_url, TABLES_0001)
     if empty_db_url.startswith("sqlite"):
         assert sqlite_triggers(empty_db_url) == set()
+    migrate(empty_db_url)
+    assert tables(empty_db_url) == expected_tables(empty_db_url)
+    assert schema_differences(empty_db_url) == []
+
+
+def test_downgrade_to_0002_drops_turns_and_task_request_keys(empty_db_url: str) -> None:
+    migrate(empty_db_url)
+    command.downgrade(alembic_config(empty_db_url), "0002")
+    assert tables(empty_db_url) == expected_tables(empty_db_url, TABLES_0002)
+    if empty_db_url.startswith("sqlite"):
+        # The FTS triggers on document_chunks survive the batch rebuild of tasks.
+        assert len(sqlite_triggers(empty_db_url)) == 3
     migrate(empty_db_url)
     assert tables(empty_db_url) == expected_tables(empty_db_url)
     assert schema_differences(empty_db_url) == []
