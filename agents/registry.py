@@ -12,6 +12,7 @@ from kitrelay.agents.context import TurnContext
 from kitrelay.agents.research_agent import build_research_agent
 from kitrelay.agents.task_actions import handle_task_action
 from kitrelay.agents.task_agent import build_task_agent
+from kitrelay.agents.tool_memory import RecordToolResults
 from kitrelay.agents.triage_agent import build_triage_agent
 from kitrelay.shared.messages import WidgetAction
 from kitrelay.shared.settings import AGENT_KINDS, AgentKind
@@ -25,9 +26,11 @@ class UnknownAgentKindError(ValueError):
 
 def build_agent(kind: AgentKind) -> Agent[AgentContext[TurnContext]]:
     try:
-        return _BUILDERS[kind]()
+        builder = _BUILDERS[kind]
     except KeyError:
         raise UnknownAgentKindError(f"no agent of kind {kind!r}; choose from {', '.join(AGENT_KINDS)}") from None
+    # Every agent a worker runs keeps its tools' results in the thread, for the model's later turns.
+    return builder().clone(hooks=RecordToolResults())
 
 
 def kind_of(agent_name: str) -> AgentKind | None:
