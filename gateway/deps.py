@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the connections the lifespan opened, and who is calling."""
+"""FastAPI dependencies: the connections the lifespan opened, who is calling, and the request-rate limit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from kitrelay.gateway.auth import Authenticator
 from kitrelay.gateway.context import RequestContext
+from kitrelay.gateway.limits import Limiter
 from kitrelay.gateway.server import RelayChatKitServer
 from kitrelay.gateway.store import GatewayStore
 from kitrelay.shared.messages import Identity
@@ -28,16 +30,39 @@ def get_store(request: Request) -> GatewayStore:
     return store
 
 
-def get_identity(settings: Annotated[Settings, Depends(get_settings)]) -> Identity:
-    # Until JWT authentication is configured every caller is the configured development user.
-    return Identity(user_id=settings.DEV_USER_ID, team_id=settings.DEV_TEAM_ID)
+def get_authenticator(request: Request) -> Authenticator:
+    authenticator: Authenticator = request.state.authenticator
+    return authenticator
+
+
+async def get_identity(request: Request) -> Identity:
+    """Who is calling: the JWT bearer token's user and team (401 without a good one), or the dev identity in
+    AUTH_MODE=dev. Every route that touches data depends on this, directly or through the request context."""
+    return await get_authenticator(request).identity(request)
 
 
 def get_request_context(identity: Annotated[Identity, Depends(get_identity)]) -> RequestContext:
     return RequestContext(identity=identity)
 
 
+def get_limiter(request: Request) -> Limiter | None:
+    # create_app always installs one; an app assembled by hand for a test of something else may not.
+    limiter: Limiter | None = getattr(request.state, "limiter", None)
+    return limiter
+
+
+async def enforce_rate_limit(
+    identity: Annotated[Identity, Depends(get_identity)], limiter: Annotated[Limiter | None, Depends(get_limiter)]
+) -> None:
+    """429 with Retry-After when the caller or their team is over its request rate (after authentication, before
+    the body is read)."""
+    if limiter is not None:
+        await limiter.check_rate(identity)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServerDep = Annotated[RelayChatKitServer, Depends(get_server)]
 StoreDep = Annotated[GatewayStore, Depends(get_store)]
 ContextDep = Annotated[RequestContext, Depends(get_request_context)]
+LimiterDep = Annotated[Limiter | None, Depends(get_limiter)]
+AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]

@@ -9,18 +9,31 @@ from typing import Any
 
 from chatkit.store import NotFoundError
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status_code: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code
         self.message = message
         self.details = details
+        # E.g. Retry-After on a 429, WWW-Authenticate on a 401.
+        self.headers = headers
 
 
 def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -32,7 +45,9 @@ def error_body(code: str, message: str, details: list[dict[str, Any]] | None = N
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status_code)
+    return JSONResponse(
+        error_body(exc.code, exc.message, exc.details), status_code=exc.status_code, headers=exc.headers
+    )
 
 
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
@@ -41,8 +56,37 @@ async def _not_found(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _not_implemented(_: Request, exc: Exception) -> JSONResponse:
-    # ChatKit request types whose server hook this deployment does not provide (e.g. transcription).
-    return JSONResponse(error_body("not_implemented", "This server does not support that request."), status_code=501)
+    # ChatKit request types whose server hook this deployment does not provide (e.g. transcription). The request
+    # checks refuse them before the SDK runs (gateway/requests.py); this is the safety net. A client error, not a
+    # 5xx: the request asks for something this server does not offer.
+    return JSONResponse(
+        error_body("unsupported_request", "This server does not support that request."), status_code=400
+    )
+
+
+async def _invalid_parameters(_: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's own validation of path, query and header parameters, in this API's error format (400, not 422).
+    assert isinstance(exc, RequestValidationError)
+    details = [
+        {"field": ".".join(str(part) for part in error.get("loc", ())), "message": str(error.get("msg", ""))}
+        for error in exc.errors()
+    ]
+    first = details[0] if details else {"field": "request", "message": "invalid"}
+    return JSONResponse(
+        error_body("invalid_request", f"Invalid request: {first['field']}: {first['message']}.", details),
+        status_code=400,
+    )
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "invalid_request", 413: "payload_too_large"}
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    # Routing answers (unknown path 404, wrong method 405) in this API's error format.
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = "Not found." if exc.status_code == 404 else str(exc.detail)
+    return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -54,4 +98,29 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(NotFoundError, _not_found)
     app.add_exception_handler(NotImplementedError, _not_implemented)
+    app.add_exception_handler(RequestValidationError, _invalid_parameters)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a stable code, a message for people, and for validation errors the fields at fault."""
+
+    error: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+# For route declarations (the OpenAPI schema): the refusals any authenticated API route may answer with.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "Malformed or invalid request"),
+        (401, "Missing or invalid bearer token"),
+        (404, "Unknown thread, item or attachment (or another user's)"),
+        (409, "The thread or attachment is not in the state the request needs"),
+        (413, "Body, message or file too large"),
+        (415, "Unsupported media type"),
+        (429, "Rate limit or in-flight turn cap reached; see Retry-After"),
+    )
+}

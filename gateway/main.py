@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import logging
+
 import uvicorn
 
 from kitrelay.gateway.app import create_app
+from kitrelay.gateway.auth import AuthConfigError
+from kitrelay.gateway.security import CorsConfigError
 from kitrelay.shared.logging import configure_logging
 from kitrelay.shared.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def main(settings: Settings) -> None:
     configure_logging(settings)
+    try:
+        app = create_app(settings)
+    except (AuthConfigError, CorsConfigError) as exc:
+        # A configuration mistake, not a crash: say what to set, without a traceback.
+        log.error("the gateway cannot start: %s", exc)
+        raise SystemExit(f"kitrelay gateway: {exc}") from None
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.GATEWAY_HOST,
         port=settings.GATEWAY_PORT,
         log_config=None,
+        # The access log names method, path and status only: never headers (tokens) or bodies (messages).
+        access_log=True,
+        server_header=False,
         # Open SSE streams get this long to finish on SIGTERM before they are cut.
-        timeout_graceful_shutdown=int(settings.WORKER_DRAIN_TIMEOUT_S),
+        timeout_graceful_shutdown=int(settings.WORKER_DRAIN_TIMEOUT_S) + 1,
     )

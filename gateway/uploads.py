@@ -7,17 +7,21 @@ and refused with 413 the moment it passes the limit, so an oversized upload neve
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from kitrelay.gateway.attachments import UploadedAttachment, payload_too_large
-from kitrelay.gateway.deps import ContextDep
-from kitrelay.gateway.errors import ApiError
+from kitrelay.gateway.auth import UPLOAD_ROUTE_NAME, UPLOAD_TOKEN_HEADER, Authenticator
+from kitrelay.gateway.deps import ContextDep, StoreDep, enforce_rate_limit
+from kitrelay.gateway.errors import ERROR_RESPONSES, ApiError
+from kitrelay.gateway.requests import require_own_attachment, require_plausible_id
 from kitrelay.gateway.upload_deps import AttachmentStoreDep
+from kitrelay.shared.messages import Identity
 
 router = APIRouter()
 
@@ -28,19 +32,33 @@ MAX_FORM_FIELDS = 16
 FILE_FIELD = "file"
 
 
-@router.post("/attachments/{attachment_id}/upload", summary="Upload an attachment's bytes")
+@router.post(
+    "/attachments/{attachment_id}/upload",
+    name=UPLOAD_ROUTE_NAME,
+    summary="Upload an attachment's bytes",
+    dependencies=[Depends(enforce_rate_limit)],
+    responses=ERROR_RESPONSES,
+)
 async def upload_attachment(
-    attachment_id: str, request: Request, attachments: AttachmentStoreDep, context: ContextDep
+    attachment_id: str, request: Request, attachments: AttachmentStoreDep, store: StoreDep, context: ContextDep
 ) -> UploadedAttachment:
-    """Stores the file and adds its text to the team's knowledge base."""
-    # 404 / 409 / 415 before a byte of the body is read.
+    """Stores the file and adds its text to the team's knowledge base. Authenticated by the caller's bearer token,
+    or by the upload token `attachments.create` put in the upload descriptor's headers (UPLOAD_TOKEN_HEADER)."""
+    # 404 / 409 / 415 before a byte of the body is read. Only the attachment's creator may fill it.
+    await require_own_attachment(store, attachment_id, context)
     await attachments.pending_upload(attachment_id, context)
     data, content_type = await read_upload(request, attachments.max_upload_bytes)
     return await attachments.upload(attachment_id, data, context, content_type=content_type)
 
 
-@router.get("/attachments/{attachment_id}", summary="Download an attachment")
+@router.get(
+    "/attachments/{attachment_id}",
+    summary="Download an attachment (any member of its team may)",
+    dependencies=[Depends(enforce_rate_limit)],
+    responses=ERROR_RESPONSES,
+)
 async def download_attachment(attachment_id: str, attachments: AttachmentStoreDep, context: ContextDep) -> Response:
+    require_plausible_id(attachment_id)
     attachment, data = await attachments.download(attachment_id, context)
     return Response(
         content=data,
@@ -115,3 +133,21 @@ def _content_disposition(filename: str) -> str:
     # An ASCII fallback for old clients, the exact name (RFC 5987) for the rest.
     fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def add_upload_token(attachment_json: bytes, authenticator: Authenticator, identity: Identity) -> bytes:
+    """The `attachments.create` answer with an upload token in its upload descriptor's headers.
+
+    ChatKit's client sends the file to `upload_descriptor.url` with `upload_descriptor.headers` and nothing else, so
+    under JWT authentication the descriptor must carry the credential. The token is good for this one attachment's
+    upload, for its creator, for UPLOAD_TOKEN_TTL_S. It is added to the answer only: the stored attachment never
+    holds it."""
+    if authenticator.mode != "jwt":
+        return attachment_json
+    attachment = json.loads(attachment_json)
+    descriptor = attachment.get("upload_descriptor")
+    if not isinstance(descriptor, dict):
+        return attachment_json
+    token = authenticator.mint_upload_token(str(attachment["id"]), identity)
+    descriptor["headers"] = {**(descriptor.get("headers") or {}), UPLOAD_TOKEN_HEADER: token}
+    return json.dumps(attachment, separators=(",", ":")).encode()

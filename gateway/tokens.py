@@ -1,0 +1,73 @@
+"""Tokens for local use: what `kitrelay token --user alice --team acme` prints.
+
+They are HS256 JWTs signed with DEV_TOKEN_SECRET, carrying the claims the gateway checks (`sub`, the team claim,
+`exp`, and `iss` / `aud` when JWT_ISSUER / JWT_AUDIENCE are set). A gateway with no other JWT key verifies with
+DEV_TOKEN_SECRET too (gateway/auth.py), so `DEV_TOKEN_SECRET=... kitrelay up` gives a multi-user local setup.
+Nothing is minted without that secret: a production deployment, which never sets it, cannot mint tokens.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+
+from kitrelay.gateway.auth import AuthConfigError, check_secret_strength
+from kitrelay.shared.settings import Settings
+
+DEFAULT_TTL_S = 3600
+MAX_TTL_S = 30 * 24 * 3600
+
+
+class DevTokenError(Exception):
+    """A token cannot be minted (no dev secret, or bad arguments); the message says why."""
+
+
+def mint_token(  # noqa: PLR0917 (the CLI's positional signature)
+    secret: str | bytes,
+    user: str,
+    team: str,
+    ttl_s: int = DEFAULT_TTL_S,
+    issuer: str | None = None,
+    audience: str | None = None,
+    *,
+    team_claim: str = "team",
+) -> str:
+    """An HS256 JWT for `user` of `team`, valid for `ttl_s` seconds."""
+    if not user.strip() or not team.strip():
+        raise DevTokenError("A token needs a non-empty user and team.")
+    if not 0 < ttl_s <= MAX_TTL_S:
+        raise DevTokenError(f"The lifetime must be between 1 and {MAX_TTL_S} seconds.")
+    if team_claim in ("sub", "exp", "iat", "iss", "aud"):
+        raise DevTokenError(f"The team claim cannot be named {team_claim!r}.")
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": user, team_claim: team, "iat": now, "exp": now + ttl_s}
+    if issuer is not None:
+        claims["iss"] = issuer
+    if audience is not None:
+        claims["aud"] = audience
+    key = secret.encode() if isinstance(secret, str) else secret
+    return jwt.encode(claims, key, algorithm="HS256")
+
+
+def mint_dev_token(settings: Settings, *, user: str, team: str, ttl_s: int = DEFAULT_TTL_S) -> str:
+    """`mint_token` with DEV_TOKEN_SECRET and the issuer, audience and team claim the gateway expects."""
+    if settings.DEV_TOKEN_SECRET is None:
+        raise DevTokenError(
+            "DEV_TOKEN_SECRET is not set: tokens are minted only for local use, with a dev secret. Set it to 32+ "
+            "random bytes (the gateway then accepts these tokens when no JWT_SECRET or JWT_JWKS_URL is set)."
+        )
+    secret = settings.DEV_TOKEN_SECRET.get_secret_value().encode()
+    try:
+        check_secret_strength(secret, "DEV_TOKEN_SECRET")
+    except AuthConfigError as exc:
+        raise DevTokenError(str(exc)) from None
+    return mint_token(
+        secret,
+        user,
+        team,
+        ttl_s,
+        settings.JWT_ISSUER,
+        settings.JWT_AUDIENCE,
+        team_claim=settings.JWT_TEAM_CLAIM,
+    )
