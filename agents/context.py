@@ -23,6 +23,13 @@ class TurnContext:
     knowledge: KnowledgeService
     # Sources the research tools found this turn; the reply is annotated with them.
     citations: list[SearchHit] = field(default_factory=list)
+    _calls: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def request_key(self, tool: str) -> str:
+        """A key naming the n-th call of a tool in this turn. A redelivered turn's tools make the same calls in
+        the same order, so a tool that creates something can recognise what the dead attempt already created."""
+        self._calls[tool] = self._calls.get(tool, 0) + 1
+        return f"{self.turn_id}:{tool}:{self._calls[tool]}"
 
 
 def turn_context(ctx: RunContextWrapper[AgentContext[TurnContext]]) -> TurnContext:

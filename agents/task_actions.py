@@ -26,6 +26,8 @@ class TogglePayload(BaseModel):
     """What the task widgets put in a toggle action (see agents/widgets.py)."""
 
     task_id: int
+    # The state the click asks for; absent in widgets drawn before it existed, which then toggle.
+    done: bool | None = None
     view: Literal["list", "card"] = "list"
     status: TaskStatus = "all"
     assignee: str | None = None
@@ -43,7 +45,10 @@ async def handle_task_action(
         yield ErrorEvent(code="custom", message="That action is missing its task.", allow_retry=False)
         return
     try:
-        task = await context.tasks.toggle(context.identity, payload.task_id)
+        if payload.done is None:
+            task = await context.tasks.toggle(context.identity, payload.task_id)
+        else:
+            task = await context.tasks.set_done(context.identity, payload.task_id, done=payload.done)
     except TaskNotFoundError:
         yield ErrorEvent(code="custom", message=f"Task #{payload.task_id} no longer exists.", allow_retry=False)
         return

@@ -52,7 +52,13 @@ async def add_task(ctx: Ctx, title: str, due_date: str | None = None, assignee: 
     """
     tc = turn_context(ctx)
     try:
-        task = await tc.tasks.add(tc.identity, title=title, due_date=_parse_due(due_date), assignee_id=assignee)
+        task = await tc.tasks.add(
+            tc.identity,
+            title=title,
+            due_date=_parse_due(due_date),
+            assignee_id=assignee,
+            request_key=tc.request_key("add_task"),
+        )
     except ValueError as exc:
         return f"Could not add the task: {exc}."
     await ctx.context.stream_widget(task_card_widget(task), copy_text=task_copy_text(task))

@@ -48,7 +48,8 @@ def _widget_classes() -> Iterator[None]:
 
 def _toggle(task: TaskRecord, view: dict[str, Any]) -> ActionConfig:
     # The payload carries the view it came from, so the worker can redraw exactly that view after the click.
-    return ActionConfig(type=TOGGLE_ACTION, payload={"task_id": task.id, **view})
+    # The payload says the state to reach, not "flip": a click carried out twice leaves the same state.
+    return ActionConfig(type=TOGGLE_ACTION, payload={"task_id": task.id, "done": not task.done, **view})
 
 
 def _meta(task: TaskRecord) -> str:

@@ -9,17 +9,29 @@ from typing import TypedDict
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from nats.aio.client import Client as NATS
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kitrelay.gateway.attachments import KitrelayAttachmentStore
+from kitrelay.gateway.auth import Authenticator
 from kitrelay.gateway.errors import install_error_handlers
+from kitrelay.gateway.health import router as health_router
+from kitrelay.gateway.limits import Limiter
+from kitrelay.gateway.openapi import install_openapi
 from kitrelay.gateway.routes import router
-from kitrelay.gateway.server import RelayChatKitServer, RelayConfig
+from kitrelay.gateway.security import install_security
+from kitrelay.gateway.server import RelayChatKitServer
+from kitrelay.gateway.sessions import router as sessions_router
 from kitrelay.gateway.store import GatewayStore
+from kitrelay.gateway.turn_relay import RelayConfig, TurnRelay
+from kitrelay.gateway.turn_routes import router as turn_router
 from kitrelay.gateway.uploads import router as uploads_router
 from kitrelay.services.blobs import BlobStore, LocalDiskBlobStore
 from kitrelay.services.feedback import FeedbackService
 from kitrelay.services.knowledge import KnowledgeService
+from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.connections import connect_nats, connect_redis, ensure_turns_stream
+from kitrelay.shared.redact import redact_url
 from kitrelay.shared.settings import Settings
 from kitrelay.shared.store.engine import make_engine, make_sessionmaker
 
@@ -34,9 +46,16 @@ class State(TypedDict):
     blob_store: BlobStore
     knowledge: KnowledgeService
     attachment_store: KitrelayAttachmentStore
+    authenticator: Authenticator
+    limiter: Limiter
+    nats: NATS
+    engine: AsyncEngine
 
 
 def create_app(settings: Settings) -> FastAPI:
+    # Unusable authentication settings stop the gateway here, before it listens (gateway/auth.py).
+    authenticator = Authenticator.from_settings(settings)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         nc = await connect_nats(settings, name="kitrelay-gateway")
@@ -51,15 +70,11 @@ def create_app(settings: Settings) -> FastAPI:
         attachment_store = KitrelayAttachmentStore(
             store=store, blobs=blob_store, knowledge=knowledge, settings=settings
         )
+        relay = TurnRelay(nc=nc, redis=redis, turns=TurnRecords(sessions), config=RelayConfig.from_settings(settings))
         server = RelayChatKitServer(
-            store=store,
-            attachment_store=attachment_store,
-            feedback=FeedbackService(sessions),
-            js=js,
-            redis=redis,
-            relay=RelayConfig.from_settings(settings),
+            store=store, attachment_store=attachment_store, feedback=FeedbackService(sessions), relay=relay
         )
-        log.info("gateway ready: NATS %s, Redis %s", settings.NATS_URL, settings.REDIS_URL)
+        log.info("gateway ready: NATS %s, Redis %s", redact_url(settings.NATS_URL), redact_url(settings.REDIS_URL))
         try:
             yield State(
                 settings=settings,
@@ -69,6 +84,10 @@ def create_app(settings: Settings) -> FastAPI:
                 blob_store=blob_store,
                 knowledge=knowledge,
                 attachment_store=attachment_store,
+                authenticator=authenticator,
+                limiter=Limiter.from_settings(redis, settings, authenticator.mode),
+                nats=nc,
+                engine=engine,
             )
         finally:
             await nc.drain()
@@ -77,6 +96,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="kitrelay gateway", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
+    app.include_router(health_router)
     app.include_router(uploads_router)
+    app.include_router(turn_router)
+    app.include_router(sessions_router)
     install_error_handlers(app)
+    install_security(app, settings)
+    install_openapi(app)
     return app

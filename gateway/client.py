@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,13 @@ class StreamEvent:
     @property
     def type(self) -> str:
         return str(self.data.get("type"))
+
+    @property
+    def turn_id(self) -> str | None:
+        """Set on the `kitrelay.turn` client effect that opens every relayed turn."""
+        if self.type == "client_effect" and self.data.get("name") == "kitrelay.turn":
+            return str(self.data["data"]["turn_id"])
+        return None
 
 
 class ChatKitError(Exception):
@@ -40,8 +47,24 @@ class ChatKitClient:
         self._http = http
         self._path = path
 
-    async def stream(self, request: dict[str, Any]) -> AsyncIterator[StreamEvent]:
-        async with aconnect_sse(self._http, "POST", self._path, json=request) as source:
+    async def stream(self, request: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:
+        async for event in self._sse("POST", self._path, json=request):
+            yield event
+
+    async def follow(self, turn_id: str, *, after: str | None = None) -> AsyncGenerator[StreamEvent, None]:
+        """Re-attach to a turn: its events after entry id `after` (all of them without one), until it ends."""
+        headers = {"Last-Event-ID": after} if after else {}
+        async for event in self._sse("GET", f"/turns/{turn_id}/events", headers=headers):
+            yield event
+
+    async def cancel(self, turn_id: str) -> str:
+        response = await self._http.post(f"/turns/{turn_id}/cancel")
+        if response.status_code != 200:
+            raise ChatKitError(response.status_code, _json_or_text(response))
+        return str(response.json()["status"])
+
+    async def _sse(self, method: str, url: str, **kwargs: Any) -> AsyncGenerator[StreamEvent, None]:
+        async with aconnect_sse(self._http, method, url, **kwargs) as source:
             if source.response.status_code != 200:
                 await source.response.aread()
                 raise ChatKitError(source.response.status_code, _json_or_text(source.response))
@@ -55,15 +78,17 @@ class ChatKitClient:
             raise ChatKitError(response.status_code, _json_or_text(response))
         return response.json()
 
-    def create_thread(self, text: str) -> AsyncIterator[StreamEvent]:
+    def create_thread(self, text: str) -> AsyncGenerator[StreamEvent, None]:
         return self.stream({"type": "threads.create", "params": {"input": user_input(text)}})
 
-    def send(self, thread_id: str, text: str) -> AsyncIterator[StreamEvent]:
+    def send(self, thread_id: str, text: str) -> AsyncGenerator[StreamEvent, None]:
         return self.stream(
             {"type": "threads.add_user_message", "params": {"thread_id": thread_id, "input": user_input(text)}}
         )
 
-    def custom_action(self, thread_id: str, item_id: str | None, action: dict[str, Any]) -> AsyncIterator[StreamEvent]:
+    def custom_action(
+        self, thread_id: str, item_id: str | None, action: dict[str, Any]
+    ) -> AsyncGenerator[StreamEvent, None]:
         return self.stream(
             {"type": "threads.custom_action", "params": {"thread_id": thread_id, "item_id": item_id, "action": action}}
         )

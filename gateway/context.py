@@ -14,3 +14,5 @@ class RequestContext:
     relay_active: bool = False
     # Redis entry id of the event being relayed right now; it becomes the SSE frame's `id:`.
     entry_id: str | None = None
+    # The turn being relayed, once it has started.
+    turn_id: str | None = None

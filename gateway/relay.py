@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kitrelay.shared.messages import ENTRY_FIELD, HandoffEntry, TurnEntry, decode_entry
 from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.settings import AgentKind
+
+log = logging.getLogger(__name__)
 
 # What XREAD returns for one key with decode_responses off: [(key, [(entry id, {field: value})])].
 XReadResponse = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
@@ -43,22 +49,37 @@ async def read_turn(
     first_agent: AgentKind,
     timeouts: Timeouts,
     after: str = "0-0",
+    on_tick: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[tuple[str, TurnEntry]]:
     """Yield (entry id, entry) in stream order, the terminal entry last.
 
     Entries of a run older than the newest seen are dropped: a redelivered (or handed-off) turn supersedes what
-    an earlier run wrote."""
+    an earlier run wrote. `on_tick` runs before every read (at least every `block_ms`). A Redis that goes away
+    for a moment is waited for, within the same deadlines."""
     key = turn_stream_key(namespace, turn_id)
     last_id = after
     newest_run = (0, 0)
     waiting_for: AgentKind | None = first_agent
+    if after != "0-0":
+        # Resuming: the entry the client last saw tells which run it was following.
+        seen = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(key, min=after, max=after))
+        if seen:
+            newest_run = decode_entry(seen[0][1][ENTRY_FIELD]).run
+            waiting_for = None
     deadline = time.monotonic() + timeouts.start_s
     while True:
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
             raise TurnTimeoutError(turn_id, waiting_for=waiting_for, last_run=newest_run)
         block = max(1, min(timeouts.block_ms, remaining_ms))
-        response = cast(XReadResponse, await redis.xread({key: last_id}, count=256, block=block))
+        try:
+            if on_tick is not None:
+                await on_tick()
+            response = cast(XReadResponse, await redis.xread({key: last_id}, count=256, block=block))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("reading turn %s: %s; retrying", turn_id, exc)
+            await asyncio.sleep(0.5)
+            continue
         if not response:
             continue
         for raw_id, fields in response[0][1]:

@@ -1,38 +1,104 @@
-"""HTTP routes. Thin: validate, hand over, answer."""
+"""HTTP routes. Thin: authenticate, limit, validate, hand over, answer."""
 
 from __future__ import annotations
 
-from chatkit.server import StreamingResult
-from fastapi import APIRouter, Request, Response
-from sse_starlette import EventSourceResponse
+from collections.abc import AsyncIterator
 
-from kitrelay.gateway.deps import ContextDep, ServerDep, SettingsDep, StoreDep
-from kitrelay.gateway.requests import check_access, parse_request
-from kitrelay.gateway.sse import sse_events
+from chatkit.server import StreamingResult
+from chatkit.types import AttachmentsCreateReq, is_streaming_req
+from fastapi import APIRouter, Depends, Request, Response
+from sse_starlette import ServerSentEvent
+from starlette.background import BackgroundTask
+
+from kitrelay.gateway.deps import (
+    AuthenticatorDep,
+    ContextDep,
+    LimiterDep,
+    ServerDep,
+    SettingsDep,
+    StoreDep,
+    enforce_rate_limit,
+)
+from kitrelay.gateway.errors import ERROR_RESPONSES
+from kitrelay.gateway.limits import TurnSlot
+from kitrelay.gateway.openapi import CHATKIT_OPENAPI
+from kitrelay.gateway.requests import (
+    check_access,
+    check_limits,
+    check_supported,
+    parse_request,
+    read_body,
+    require_json,
+)
+from kitrelay.gateway.sse import sse_events, sse_response
+from kitrelay.gateway.uploads import add_upload_token
 
 router = APIRouter()
 
 
-@router.post("/chatkit", summary="The ChatKit protocol endpoint")
+@router.post(
+    "/chatkit",
+    summary="The ChatKit protocol endpoint",
+    dependencies=[Depends(enforce_rate_limit)],
+    responses=ERROR_RESPONSES,
+    openapi_extra=CHATKIT_OPENAPI,
+)
 async def chatkit(
-    request: Request, server: ServerDep, store: StoreDep, context: ContextDep, settings: SettingsDep
+    request: Request,
+    *,
+    server: ServerDep,
+    store: StoreDep,
+    context: ContextDep,
+    settings: SettingsDep,
+    limiter: LimiterDep,
+    authenticator: AuthenticatorDep,
 ) -> Response:
-    """Streaming ChatKit requests are answered as SSE, the others as JSON."""
-    body = await request.body()
+    """Streaming ChatKit requests are answered as SSE, the others as JSON. Every refusal (401, 413, 429, 4xx) is
+    JSON and comes before any stream starts."""
+    require_json(request)
+    body = await read_body(request, settings.MAX_BODY_BYTES)
     parsed = parse_request(body)
+    check_limits(parsed, max_message_chars=settings.MAX_MESSAGE_CHARS)
+    check_supported(parsed, server)
     await check_access(parsed, store, context)
-    result = await server.process(body, context)
+    # The in-flight cap answers before anything else happens to the thread (such as stopping its running reply).
+    slot = await limiter.acquire_turn(context.identity) if limiter is not None and is_streaming_req(parsed) else None
+    try:
+        if is_streaming_req(parsed) and (thread_id := getattr(parsed.params, "thread_id", None)):
+            await server.relay.make_way(thread_id)
+        result = await server.process(body, context)
+    except BaseException:
+        if slot is not None:
+            await slot.release()
+        raise
     if isinstance(result, StreamingResult):
-        return EventSourceResponse(
-            sse_events(result, context),
-            ping=settings.SSE_PING_S,
-            sep="\n",
-            # Proxies must not buffer a live stream.
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    return Response(content=result.json, media_type="application/json")
+        events = sse_events(result, context)
+        if slot is None:
+            return sse_response(events, settings)
+        response = sse_response(_holding(slot, events), settings)
+        # Also after a stream that never started (its client left at once); releasing twice is harmless.
+        response.background = BackgroundTask(slot.release)
+        return response
+    if slot is not None:
+        await slot.release()
+    content = result.json
+    if isinstance(parsed, AttachmentsCreateReq):
+        content = add_upload_token(content, authenticator, context.identity)
+    return Response(content=content, media_type="application/json")
 
 
-@router.get("/healthz", summary="Liveness")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def _holding(slot: TurnSlot, events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:
+    """The stream's events, with the user's in-flight slot kept while they flow and given back when the stream
+    ends in any way: finished, failed, or cut by a client that went away. (A gateway that dies mid-stream leaves
+    the slot to expire.)"""
+    try:
+        async for event in events:
+            await slot.keep_alive()
+            yield event
+    finally:
+        try:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+        finally:
+            await slot.release()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from chatkit.actions import Action
 from chatkit.server import ChatKitServer
 from chatkit.store import AttachmentStore
 from chatkit.types import (
+    ClientEffectEvent,
     ErrorEvent,
     ThreadItem,
     ThreadMetadata,
@@ -20,41 +19,19 @@ from chatkit.types import (
     UserMessageItem,
     WidgetItem,
 )
-from nats.js import JetStreamContext
 
 from kitrelay.gateway.context import RequestContext
-from kitrelay.gateway.relay import Timeouts, TurnTimeoutError, read_turn
 from kitrelay.gateway.store import GatewayStore
+from kitrelay.gateway.turn_relay import BUSY_MESSAGE, TurnRejectedError, TurnRelay
 from kitrelay.services.feedback import FeedbackService
 from kitrelay.shared.ids import new_id
-from kitrelay.shared.messages import ChatKitEntry, TurnEnd, TurnEntry, TurnRequest, WidgetAction
+from kitrelay.shared.messages import TurnRequest, WidgetAction
 from kitrelay.shared.names import action_agent
-from kitrelay.shared.settings import AgentKind, Settings
-from kitrelay.shared.turn_bus import append_entry, publish_turn
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class RelayConfig:
-    namespace: str
-    entry_agent: AgentKind
-    timeouts: Timeouts
-    stream_ttl_s: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RelayConfig:
-        return cls(
-            namespace=settings.NAMESPACE,
-            entry_agent=settings.ENTRY_AGENT,
-            timeouts=Timeouts(
-                start_s=settings.TURN_START_TIMEOUT_S,
-                handoff_s=settings.HANDOFF_TIMEOUT_S,
-                idle_s=settings.TURN_IDLE_TIMEOUT_S,
-                block_ms=settings.RELAY_BLOCK_MS,
-            ),
-            stream_ttl_s=settings.TURN_STREAM_TTL_S,
-        )
+# The first event of every relayed turn names it, so a client can re-attach (GET /turns/{id}/events) or stop it.
+TURN_EFFECT = "kitrelay.turn"
 
 
 class RelayChatKitServer(ChatKitServer[RequestContext]):
@@ -64,15 +41,11 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
         store: GatewayStore,
         attachment_store: AttachmentStore[RequestContext] | None,
         feedback: FeedbackService,
-        js: JetStreamContext,
-        redis: aioredis.Redis,
-        relay: RelayConfig,
+        relay: TurnRelay,
     ) -> None:
         super().__init__(store, attachment_store)
         self._feedback = feedback
-        self._js = js
-        self._redis = redis
-        self._relay = relay
+        self.relay = relay
 
     async def respond(
         self, thread: ThreadMetadata, input_user_message: UserMessageItem | None, context: RequestContext
@@ -81,7 +54,7 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
             turn_id=new_id("turn"),
             thread_id=thread.id,
             identity=context.identity,
-            agent=self._relay.entry_agent,
+            agent=self.relay.config.entry_agent,
             user_item_id=input_user_message.id if input_user_message else None,
         )
         async for event in self._run(turn, context):
@@ -107,42 +80,22 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
             yield event
 
     async def _run(self, turn: TurnRequest, context: RequestContext) -> AsyncIterator[ThreadStreamEvent]:
-        await publish_turn(self._js, self._relay.namespace, turn)
-        log.info("turn %s published for thread %s to %s", turn.turn_id, turn.thread_id, turn.agent)
         context.relay_active = True
         try:
-            async for entry_id, entry in read_turn(
-                self._redis,
-                self._relay.namespace,
-                turn.turn_id,
-                first_agent=turn.agent,
-                timeouts=self._relay.timeouts,
-            ):
-                if isinstance(entry.body, ChatKitEntry):
-                    context.entry_id = entry_id
-                    yield entry.body.event
-                elif isinstance(entry.body, TurnEnd) and entry.body.status != "completed":
-                    log.info("turn %s ended %s: %s", turn.turn_id, entry.body.status, entry.body.error)
-        except TurnTimeoutError as exc:
-            log.warning("%s", exc)
-            context.entry_id = None
-            await self._give_up(turn, exc)
-            message = (
-                f"No {exc.waiting_for} worker picked up this message in time. Please try again in a moment."
-                if exc.waiting_for
-                else "The assistant stopped responding. Please try again."
-            )
-            yield ErrorEvent(code="custom", message=message, allow_retry=True)
+            try:
+                async for waiting in self.relay.admit(turn):
+                    yield waiting
+            except TurnRejectedError:
+                yield ErrorEvent(code="custom", message=BUSY_MESSAGE, allow_retry=True)
+                return
+            await self.relay.start(turn)
+            context.turn_id = turn.turn_id
+            yield ClientEffectEvent(name=TURN_EFFECT, data={"turn_id": turn.turn_id, "thread_id": turn.thread_id})
+            async for entry_id, event in self.relay.follow(turn.turn_id, turn.thread_id, first_agent=turn.agent):
+                context.entry_id = entry_id
+                yield event
         finally:
             context.relay_active = False
-
-    async def _give_up(self, turn: TurnRequest, exc: TurnTimeoutError) -> None:
-        """End the turn on its stream, at a run newer than any so far, so that a worker that picks it up late
-        sees it is over instead of answering a client that has gone."""
-        hop, _ = exc.last_run
-        end = TurnEnd(status="failed", error=str(exc))
-        entry = TurnEntry(turn_id=turn.turn_id, hop=hop + 1, attempt=1, seq=0, body=end)
-        await append_entry(self._redis, self._relay.namespace, entry, ttl_s=self._relay.stream_ttl_s)
 
     async def add_feedback(self, thread_id: str, item_ids: list[str], feedback: Any, context: RequestContext) -> None:
         await self._feedback.record(context.identity, thread_id=thread_id, item_ids=item_ids, kind=feedback)
@@ -151,5 +104,5 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
         self, thread: ThreadMetadata, pending_items: list[ThreadItem], context: RequestContext
     ) -> None:
         # A dropped connection is not a stop: the worker keeps going and saves the whole reply, so nothing is
-        # written here (the SDK's default would store a "user cancelled" note).
-        log.info("client detached from thread %s; the turn continues", thread.id)
+        # written here (the SDK's default would store a "user cancelled" note). Stopping is POST /turns/{id}/cancel.
+        log.info("client detached from turn %s of thread %s; the turn continues", context.turn_id, thread.id)

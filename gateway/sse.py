@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from chatkit.server import StreamingResult
-from sse_starlette import ServerSentEvent
+from chatkit.types import ThreadStreamEvent
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from kitrelay.gateway.context import RequestContext
+from kitrelay.shared.settings import Settings
 
 _PREFIX = b"data: "
 _SUFFIX = b"\n\n"
@@ -24,3 +26,25 @@ async def sse_events(result: StreamingResult, context: RequestContext) -> AsyncI
         if entry_id is not None:
             last_id = entry_id
         yield ServerSentEvent(data=data, id=entry_id)
+
+
+def event_json(event: ThreadStreamEvent) -> str:
+    """An event serialised exactly as the ChatKit SDK serialises the events it streams."""
+    return event.model_dump_json(by_alias=True, exclude_none=True, context={"exclude_metadata": True})
+
+
+async def relayed_sse(events: AsyncIterator[tuple[str | None, ThreadStreamEvent]]) -> AsyncIterator[ServerSentEvent]:
+    async for entry_id, event in events:
+        yield ServerSentEvent(data=event_json(event), id=entry_id)
+
+
+def sse_response(events: AsyncIterator[ServerSentEvent], settings: Settings) -> EventSourceResponse:
+    """A live SSE response: pinged (proxies close quiet streams), never buffered, and on SIGTERM given the drain
+    time to finish instead of being cut (uvicorn's own graceful timeout is the same setting, a second longer)."""
+    return EventSourceResponse(
+        events,
+        ping=settings.SSE_PING_S,
+        sep="\n",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        shutdown_grace_period=max(0.0, settings.WORKER_DRAIN_TIMEOUT_S - 1),
+    )

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from kitrelay.gateway.client import ChatKitClient, ChatKitError
 from kitrelay.services.kb_cli import app as kb_app
+from kitrelay.shared.redact import redact_url
 from kitrelay.shared.settings import AGENT_KINDS, AgentKind, Settings
 
 app = typer.Typer(help="kitrelay: a scalable backend for ChatKit chat UIs.", no_args_is_help=True)
@@ -63,7 +64,36 @@ def migrate() -> None:
 
     settings = Settings()
     run_migrations(settings.DATABASE_URL)
-    console.print(f"database at {settings.DATABASE_URL} is up to date")
+    console.print(f"database at {redact_url(settings.DATABASE_URL)} is up to date")
+
+
+@app.command()
+def token(
+    user: Annotated[str, typer.Option("--user", help="The user id (the token's 'sub').")],
+    team: Annotated[str, typer.Option("--team", help="The team id (the token's team claim).")],
+    ttl: Annotated[int, typer.Option("--ttl", help="Lifetime in seconds.")] = 3600,
+) -> None:
+    """Mint a JWT for local use, signed with DEV_TOKEN_SECRET (refused when it is not set)."""
+    from kitrelay.gateway.tokens import DevTokenError, mint_dev_token
+
+    try:
+        typer.echo(mint_dev_token(Settings(), user=user, team=team, ttl_s=ttl))
+    except DevTokenError as exc:
+        typer.echo(f"kitrelay token: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def health(
+    checks: Annotated[str, typer.Option("--check", help="Comma-separated: nats,redis,database,schema.")] = (
+        "nats,redis,database"
+    ),
+    timeout: Annotated[float, typer.Option(help="Seconds before a check counts as failed.")] = 5.0,
+) -> None:
+    """Check this process's connections (exit 0 healthy, 1 not): the worker's probe in Kubernetes."""
+    from kitrelay.services.health import main as health_main
+
+    raise typer.Exit(health_main(["--check", checks, "--timeout", str(timeout)]))
 
 
 @app.command()
@@ -72,6 +102,7 @@ def chat(
     url: Annotated[str, typer.Option(help="The gateway's base URL.", envvar="KITRELAY_URL")] = "http://127.0.0.1:8000",
     thread: Annotated[str | None, typer.Option(help="Continue this thread.")] = None,
     cont: Annotated[bool, typer.Option("--continue", "-c", help="Continue the last thread of this directory.")] = False,
+    token: Annotated[str | None, typer.Option(help="Bearer token (JWT).", envvar="KITRELAY_TOKEN")] = None,
 ) -> None:
     """Talk to a running kitrelay from the terminal."""
     if cont and thread is None:
@@ -80,7 +111,7 @@ def chat(
         thread = LAST_THREAD_FILE.read_text().strip()
     text = " ".join(message or [])
     try:
-        asyncio.run(_chat(url, thread, text))
+        asyncio.run(_chat(url, thread, text, token))
     except httpx.ConnectError:
         console.print(f"[red]cannot reach kitrelay at {url}: is it running? (make run)[/]")
         raise typer.Exit(1) from None
@@ -94,11 +125,12 @@ def _remember_thread(thread_id: str) -> None:
     LAST_THREAD_FILE.write_text(thread_id)
 
 
-async def _chat(url: str, thread_id: str | None, text: str) -> None:
+async def _chat(url: str, thread_id: str | None, text: str, token: str | None) -> None:
     """Send `text` (or, without it, each line typed) to the thread, creating one on the first message."""
     from kitrelay.services.chat_view import print_stream
 
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10, read=None)) as http:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10, read=None), headers=headers) as http:
         client = ChatKitClient(http)
         interactive = not text
         while True:

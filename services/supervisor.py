@@ -13,6 +13,7 @@ import httpx
 from rich.console import Console
 
 from kitrelay.services.devservers import LocalServer, ensure_nats, ensure_redis
+from kitrelay.shared.redact import redact_url
 from kitrelay.shared.settings import AgentKind, Settings
 from kitrelay.shared.store.engine import migrate
 
@@ -68,7 +69,7 @@ def run_all(settings: Settings, *, workers: list[AgentKind], data_dir: Path, con
             how = "started" if server.process else "using the one already listening at"
             console.print(f"[bold]{name}[/]: {how} {server.url}")
         migrate(settings.DATABASE_URL)
-        console.print(f"[bold]database[/]: {settings.DATABASE_URL} (migrated)")
+        console.print(f"[bold]database[/]: {redact_url(settings.DATABASE_URL)} (migrated)")
 
         env = {**os.environ, "NATS_URL": servers[0].url, "REDIS_URL": servers[1].url}
         gateway_log = logs / "gateway.log"

@@ -7,22 +7,50 @@ a gateway that dies) loses nothing: the turn is complete in the store whoever is
 from __future__ import annotations
 
 import logging
+from datetime import datetime
+from typing import cast
 
 import redis.asyncio as aioredis
 from chatkit.store import Store
 from chatkit.types import (
+    AssistantMessageContent,
+    AssistantMessageContentPartTextDelta,
+    AssistantMessageItem,
+    SDKHiddenContextItem,
+    ThreadItemAddedEvent,
     ThreadItemDoneEvent,
     ThreadItemRemovedEvent,
     ThreadItemReplacedEvent,
+    ThreadItemUpdatedEvent,
     ThreadStreamEvent,
 )
 
 from kitrelay.agents.context import TurnContext
-from kitrelay.shared.messages import ChatKitEntry, HandoffEntry, TraceContext, TurnEnd, TurnEntry, TurnStatus
+from kitrelay.services.turns import TurnRecords
+from kitrelay.shared.ids import new_id
+from kitrelay.shared.messages import (
+    ENTRY_FIELD,
+    ChatKitEntry,
+    HandoffEntry,
+    TraceContext,
+    TurnEnd,
+    TurnEntry,
+    TurnStatus,
+    decode_entry,
+)
+from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.settings import AgentKind
-from kitrelay.shared.turn_bus import append_entry
+from kitrelay.shared.turn_bus import append_entry, expire_turn, release_thread
 
 log = logging.getLogger(__name__)
+
+STOPPED_MARK = "\n\n_Stopped._"
+STOPPED_NOTE = "The user stopped the previous reply before it was finished."
+
+
+class TurnLogWriteError(Exception):
+    """Redis or the store refused a write: the turn cannot be recorded now, so it must be redelivered (and not
+    reported to the user as the agent's failure)."""
 
 
 class TurnLog:
@@ -31,6 +59,7 @@ class TurnLog:
         *,
         redis: aioredis.Redis,
         store: Store[TurnContext],
+        turns: TurnRecords,
         context: TurnContext,
         namespace: str,
         thread_id: str,
@@ -38,10 +67,12 @@ class TurnLog:
         hop: int,
         attempt: int,
         ttl_s: int,
+        ttl_after_end_s: int,
         trace: TraceContext | None = None,
     ) -> None:
         self._redis = redis
         self._store = store
+        self._turns = turns
         self._context = context
         self._namespace = namespace
         self._thread_id = thread_id
@@ -49,8 +80,11 @@ class TurnLog:
         self._hop = hop
         self._attempt = attempt
         self._ttl_s = ttl_s
+        self._ttl_after_end_s = ttl_after_end_s
         self._trace = trace or TraceContext()
         self._seq = 0
+        # Assistant messages streamed but not finished, with their text so far: what a stop saves.
+        self._pending: dict[str, AssistantMessageItem] = {}
         self.ended = False
 
     async def _append(self, body: ChatKitEntry | HandoffEntry | TurnEnd) -> str:
@@ -63,14 +97,59 @@ class TurnLog:
 
     async def emit(self, event: ThreadStreamEvent) -> str:
         """Persist the event's effect on the thread (idempotent upserts by item id), then publish it."""
+        try:
+            return await self._emit(event)
+        except TurnLogWriteError:
+            raise
+        except Exception as exc:
+            raise TurnLogWriteError(f"turn {self._turn_id}: {type(exc).__name__}: {exc}") from exc
+
+    async def _emit(self, event: ThreadStreamEvent) -> str:
         match event:
             case ThreadItemDoneEvent():
                 await self._store.add_thread_item(self._thread_id, event.item, context=self._context)
+                self._pending.pop(event.item.id, None)
             case ThreadItemReplacedEvent():
                 await self._store.save_item(self._thread_id, event.item, context=self._context)
             case ThreadItemRemovedEvent():
                 await self._store.delete_thread_item(self._thread_id, event.item_id, context=self._context)
+                self._pending.pop(event.item_id, None)
+            case ThreadItemAddedEvent(item=AssistantMessageItem() as item):
+                self._pending[item.id] = item.model_copy(deep=True)
+            case ThreadItemUpdatedEvent(update=AssistantMessageContentPartTextDelta() as delta):
+                self._add_text(event.item_id, delta.content_index, delta.delta)
         return await self._append(ChatKitEntry(event=event))
+
+    def _add_text(self, item_id: str, index: int, delta: str) -> None:
+        item = self._pending.get(item_id)
+        if item is None:
+            return
+        while len(item.content) <= index:
+            item.content.append(AssistantMessageContent(text=""))
+        item.content[index].text += delta
+
+    async def supersede_earlier_attempts(self) -> int:
+        """A redelivered run replaces what a dead attempt of the same hop wrote: its items are removed (from the
+        store, and from every client through `thread.item.removed`) before the new attempt writes its own."""
+        raw = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await self._redis.xrange(turn_stream_key(self._namespace, self._turn_id)),
+        )
+        stale: dict[str, None] = {}
+        for _, fields in raw:
+            entry = decode_entry(fields[ENTRY_FIELD])
+            if entry.hop != self._hop or entry.attempt >= self._attempt or not isinstance(entry.body, ChatKitEntry):
+                continue
+            event = entry.body.event
+            if isinstance(event, ThreadItemAddedEvent | ThreadItemDoneEvent):
+                stale[event.item.id] = None
+        for item_id in stale:
+            await self.emit(ThreadItemRemovedEvent(item_id=item_id))
+        if stale:
+            log.info(
+                "turn %s attempt %d superseded %d items of earlier attempts", self._turn_id, self._attempt, len(stale)
+            )
+        return len(stale)
 
     async def handoff(self, to: AgentKind) -> str:
         """Mark that the turn continues with another kind of worker (which writes the next hop's entries)."""
@@ -78,8 +157,26 @@ class TurnLog:
         log.info("turn %s handed off to %s", self._turn_id, to)
         return entry_id
 
+    async def stop(self, reason: str) -> str:
+        """End a turn that was stopped: what was streamed so far is saved, marked as stopped, and the model is told
+        on the next turn that the user stopped it."""
+        for item in list(self._pending.values()):
+            if item.content and item.content[0].text:
+                item.content[0].text += STOPPED_MARK
+                await self.emit(ThreadItemDoneEvent(item=item))
+            else:
+                await self.emit(ThreadItemRemovedEvent(item_id=item.id))
+        note = SDKHiddenContextItem(
+            id=new_id("shcx"), thread_id=self._thread_id, created_at=datetime.now(), content=STOPPED_NOTE
+        )
+        await self.emit(ThreadItemDoneEvent(item=note))
+        return await self.end("cancelled", error=reason)
+
     async def end(self, status: TurnStatus, error: str | None = None) -> str:
         entry_id = await self._append(TurnEnd(status=status, error=error))
         self.ended = True
         log.info("turn %s ended: %s after %d entries", self._turn_id, status, self._seq)
+        await expire_turn(self._redis, self._namespace, self._turn_id, ttl_s=self._ttl_after_end_s)
+        await release_thread(self._redis, self._namespace, self._thread_id, self._turn_id)
+        await self._turns.finish(self._turn_id, status)
         return entry_id

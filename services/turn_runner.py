@@ -3,8 +3,10 @@ so), or a widget action straight through its handler. Every event goes through t
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from agents import Agent, ModelProvider, RunConfig, Runner
@@ -19,6 +21,7 @@ from chatkit.types import (
     ProgressUpdateEvent,
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
+    ThreadMetadata,
     ThreadStreamEvent,
     WidgetItem,
 )
@@ -27,16 +30,33 @@ from nats.js import JetStreamContext
 from kitrelay.agents.context import TurnContext
 from kitrelay.agents.converter import KitrelayConverter
 from kitrelay.agents.handoffs import find_handoff
+from kitrelay.agents.providers import error_event_for
 from kitrelay.agents.registry import action_handler, kind_of
+from kitrelay.agents.stream_ids import with_real_ids
 from kitrelay.services.knowledge import KnowledgeService, SearchHit
 from kitrelay.services.tasks import TaskService
-from kitrelay.services.turn_log import TurnLog
+from kitrelay.services.turn_log import TurnLog, TurnLogWriteError
+from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.messages import TurnRequest
 from kitrelay.shared.settings import AgentKind
 from kitrelay.shared.store.chatkit_store import SqlStore
 from kitrelay.shared.turn_bus import last_entry, publish_turn
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TurnControl:
+    """How the worker reaches a running turn from outside: a stop request, or the detached-turn watchdog."""
+
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str = ""
+    started_at: float = field(default_factory=time.monotonic)
+
+    def stop(self, reason: str) -> None:
+        if not self.stopped.is_set():
+            self.reason = reason
+            self.stopped.set()
 
 
 @dataclass(frozen=True)
@@ -48,11 +68,14 @@ class TurnDeps:
     store: SqlStore[TurnContext]
     tasks: TaskService
     knowledge: KnowledgeService
+    turns: TurnRecords
     provider: ModelProvider
     model: str | None
     namespace: str
     history_items: int
+    history_token_budget: int
     stream_ttl_s: int
+    stream_ttl_after_end_s: int
     max_handoff_hops: int
 
 
@@ -84,10 +107,22 @@ def _cite(event: ThreadStreamEvent, citations: list[SearchHit]) -> list[ThreadSt
     return [*updates, event]
 
 
+def _context(request: TurnRequest, deps: TurnDeps) -> TurnContext:
+    # Identity comes from the turn message the gateway wrote, never from anything a model said.
+    return TurnContext(
+        identity=request.identity,
+        turn_id=request.turn_id,
+        thread_id=request.thread_id,
+        tasks=deps.tasks,
+        knowledge=deps.knowledge,
+    )
+
+
 def _turn_log(request: TurnRequest, attempt: int, context: TurnContext, deps: TurnDeps) -> TurnLog:
     return TurnLog(
         redis=deps.redis,
         store=deps.store,
+        turns=deps.turns,
         context=context,
         namespace=deps.namespace,
         thread_id=request.thread_id,
@@ -95,29 +130,31 @@ def _turn_log(request: TurnRequest, attempt: int, context: TurnContext, deps: Tu
         hop=request.hops,
         attempt=attempt,
         ttl_s=deps.stream_ttl_s,
+        ttl_after_end_s=deps.stream_ttl_after_end_s,
         trace=request.trace,
     )
 
 
 async def run_turn(
-    request: TurnRequest, *, attempt: int, agent: Agent[AgentContext[TurnContext]], deps: TurnDeps
+    request: TurnRequest,
+    *,
+    attempt: int,
+    agent: Agent[AgentContext[TurnContext]],
+    deps: TurnDeps,
+    control: TurnControl | None = None,
 ) -> None:
     """Run the turn to its terminal entry, or to its handoff. Failures of the agent become a ChatKit error event
     plus a failed end; failures of Redis, NATS or the store propagate, so the caller leaves the message un-acked
     for redelivery."""
-    context = TurnContext(
-        identity=request.identity,
-        turn_id=request.turn_id,
-        thread_id=request.thread_id,
-        tasks=deps.tasks,
-        knowledge=deps.knowledge,
-    )
+    context = _context(request, deps)
     previous = await last_entry(deps.redis, deps.namespace, request.turn_id)
     if previous is not None and previous.is_terminal:
         # Already over: finished before a lost ack, or given up by the gateway while no worker was free.
         log.info("turn %s is already over; not running it again", request.turn_id)
         return
     turn_log = _turn_log(request, attempt, context, deps)
+    if attempt > 1:
+        await turn_log.supersede_earlier_attempts()
     try:
         thread = await deps.store.load_thread(request.thread_id, context=context)
     except NotFoundError:
@@ -129,11 +166,27 @@ async def run_turn(
         await _run_action(request, context, turn_log, deps)
         return
 
+    await _run_agent(
+        request, thread, agent=agent, context=context, turn_log=turn_log, deps=deps, control=control or TurnControl()
+    )
+
+
+async def _run_agent(
+    request: TurnRequest,
+    thread: ThreadMetadata,
+    *,
+    agent: Agent[AgentContext[TurnContext]],
+    context: TurnContext,
+    turn_log: TurnLog,
+    deps: TurnDeps,
+    control: TurnControl,
+) -> None:
     # The user message is already stored; the model needs the conversation, not only the new message.
     page = await deps.store.load_thread_items(
         request.thread_id, after=None, limit=deps.history_items, order="desc", context=context
     )
-    agent_input = await KitrelayConverter().to_agent_input(list(reversed(page.data)))
+    converter = KitrelayConverter(token_budget=deps.history_token_budget)
+    agent_input = await converter.to_agent_input(list(reversed(page.data)))
     agent_context = AgentContext[TurnContext](thread=thread, store=deps.store, request_context=context)
     result = Runner.run_streamed(
         agent,
@@ -148,20 +201,54 @@ async def run_turn(
             tracing_disabled=True,
         ),
     )
-    try:
-        async for event in stream_agent_response(agent_context, result):
+
+    async def relay_events() -> None:
+        # Chat-completions models give every message the id "__fake_id__": each gets a real one here.
+        events = with_real_ids(
+            stream_agent_response(agent_context, result),
+            lambda: deps.store.generate_item_id("message", thread, context),
+        )
+        async for event in events:
             for out in _cite(event, context.citations):
                 await turn_log.emit(out)
+
+    running = asyncio.create_task(relay_events())
+    stop_requested = asyncio.create_task(control.stopped.wait())
+    try:
+        await asyncio.wait({running, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop_requested.cancel()
+        if not running.done():
+            # Stopped: end the model's stream now; what it said so far is saved as a stopped reply.
+            running.cancel()
+            result.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+    if running.cancelled():
+        await turn_log.stop(control.reason)
+        return
+    try:
+        running.result()
+    except TurnLogWriteError:
+        raise  # not the agent's failure: the worker leaves the turn un-acked and it is redelivered
     except Exception as exc:
         if (signal := find_handoff(exc)) is not None:
             await _hand_off(request, signal.target, turn_log, deps)
             return
-        # The agent, a tool or the model failed: the user gets a retryable error.
+        # The agent, a tool or the model failed: the user gets a clear error (retryable where that may help).
         log.exception("turn %s failed in the agent run", request.turn_id)
-        await turn_log.emit(ErrorEvent(code="stream.error", allow_retry=True))
+        await turn_log.emit(error_event_for(exc))
         await turn_log.end("failed", error=type(exc).__name__)
         return
     await turn_log.end("completed")
+
+
+async def dead_letter(request: TurnRequest, *, attempt: int, deps: TurnDeps, reason: str) -> None:
+    """A turn that failed every delivery: tell the user (retryable: the cause may have passed) and end it."""
+    context = _context(request, deps)
+    turn_log = _turn_log(request, attempt, context, deps)
+    message = "Sorry, this message could not be answered after several attempts. Please try again."
+    await turn_log.emit(ErrorEvent(code="custom", message=message, allow_retry=True))
+    await turn_log.end("failed", error=reason)
 
 
 async def _hand_off(request: TurnRequest, target: str, turn_log: TurnLog, deps: TurnDeps) -> None:

@@ -10,25 +10,34 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 
 import nats.errors
 from agents import Agent
 from chatkit.agents import AgentContext
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from pydantic import ValidationError
 
 from kitrelay.agents.context import TurnContext
-from kitrelay.agents.providers import model_name, model_provider
+from kitrelay.agents.providers import model_for, model_provider
 from kitrelay.agents.registry import build_agent
 from kitrelay.services.knowledge import KnowledgeService
 from kitrelay.services.tasks import TaskService
-from kitrelay.services.turn_runner import TurnDeps, run_turn
+from kitrelay.services.turn_runner import TurnControl, TurnDeps, dead_letter, run_turn
+from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.connections import connect_nats, connect_redis, ensure_turns_stream
 from kitrelay.shared.logging import configure_logging
 from kitrelay.shared.messages import TurnRequest
-from kitrelay.shared.names import turns_consumer, turns_stream, turns_subject
+from kitrelay.shared.names import (
+    cancel_subject,
+    dead_letter_subject,
+    turn_watch_key,
+    turns_consumer,
+    turns_stream,
+    turns_subject,
+)
 from kitrelay.shared.settings import AgentKind, Settings
 from kitrelay.shared.store.chatkit_store import SqlStore
 from kitrelay.shared.store.engine import make_engine, make_sessionmaker
@@ -43,17 +52,20 @@ class Worker:
         self,
         *,
         kind: AgentKind,
-        js: JetStreamContext,
+        nc: NATS,
         agent: Agent[AgentContext[TurnContext]],
         deps: TurnDeps,
         settings: Settings,
     ) -> None:
         self.kind = kind
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         self._agent = agent
         self._deps = deps
         self._settings = settings
         self._in_flight: set[asyncio.Task[None]] = set()
+        # The turns this process is running, by id: how a stop request or the watchdog reaches one.
+        self._controls: dict[str, TurnControl] = {}
         self._stopping = asyncio.Event()
         self.turns_done = 0
 
@@ -68,8 +80,15 @@ class Worker:
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self._settings.TURN_ACK_WAIT_S,
-                max_deliver=self._settings.TURN_MAX_DELIVER,
+                # One delivery more than the attempts allowed: the extra one dead-letters the turn, so even a turn
+                # whose last attempt died with its worker ends with a message to the user.
+                max_deliver=self._settings.TURN_MAX_DELIVER + 1,
+                max_ack_pending=self._settings.TURN_MAX_ACK_PENDING,
             ),
+        )
+        stops = await self._nc.subscribe(cancel_subject(namespace, "*"), cb=self._on_stop_request)
+        watchdog = (
+            asyncio.create_task(self._watch_detached()) if self._settings.DETACHED_TURN_POLICY == "cancel" else None
         )
         log.info("worker %s pulling %s", self.kind, turns_subject(namespace, self.kind))
         try:
@@ -88,9 +107,12 @@ class Worker:
                 for msg in msgs:
                     self._spawn(msg)
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             await self._drain()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+                await stops.unsubscribe()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -113,9 +135,13 @@ class Worker:
         log.info(
             "turn %s (%s, %s) hop %d attempt %d started", request.turn_id, request.agent, kind, request.hops, attempt
         )
+        if attempt > self._settings.TURN_MAX_DELIVER:
+            await self._dead_letter(msg, request, attempt)
+            return
         heartbeat = asyncio.create_task(self._heartbeat(msg))
+        control = self._controls[request.turn_id] = TurnControl()
         try:
-            await run_turn(request, attempt=attempt, agent=self._agent, deps=self._deps)
+            await run_turn(request, attempt=attempt, agent=self._agent, deps=self._deps, control=control)
         except asyncio.CancelledError:
             # Drain deadline passed: give the turn back so another worker redoes it now.
             await asyncio.shield(msg.nak())
@@ -126,10 +152,46 @@ class Worker:
             return
         finally:
             heartbeat.cancel()
+            self._controls.pop(request.turn_id, None)
         # Wait for JetStream to confirm the ack: only then is the turn surely not redelivered, and only then is
         # the slot given back.
         await msg.ack_sync()
         self.turns_done += 1
+
+    async def _dead_letter(self, msg: Msg, request: TurnRequest, attempt: int) -> None:
+        reason = f"failed {attempt - 1} deliveries"
+        log.error("turn %s %s: dead-lettered", request.turn_id, reason)
+        await self._js.publish(
+            dead_letter_subject(self._settings.NAMESPACE, self.kind),
+            msg.data,
+            headers={"Nats-Msg-Id": f"dead:{request.turn_id}:{request.hops}", "Kitrelay-Reason": reason},
+        )
+        await dead_letter(request, attempt=attempt, deps=self._deps, reason=reason)
+        await msg.ack_sync()
+
+    async def _on_stop_request(self, msg: Msg) -> None:
+        turn_id = msg.subject.rsplit(".", 1)[-1]
+        control = self._controls.get(turn_id)
+        if control is None:
+            return  # another worker runs it (or nobody does: the gateway then ends it itself)
+        log.info("turn %s: stop requested", turn_id)
+        control.stop("stopped by the user")
+        with contextlib.suppress(Exception):
+            await msg.respond(b"stopping")
+
+    async def _watch_detached(self) -> None:
+        """With DETACHED_TURN_POLICY=cancel: stop a turn no client has followed for DETACHED_GRACE_S."""
+        grace = self._settings.DETACHED_GRACE_S
+        redis = self._deps.redis
+        while True:
+            await asyncio.sleep(min(1.0, grace / 2))
+            now = time.monotonic()
+            for turn_id, control in list(self._controls.items()):
+                if now - control.started_at < grace:
+                    continue
+                if not await redis.exists(turn_watch_key(self._settings.NAMESPACE, turn_id)):
+                    log.info("turn %s: no client for %.0fs, stopping it", turn_id, grace)
+                    control.stop(f"no client followed the turn for {grace:.0f}s")
 
     async def _heartbeat(self, msg: Msg) -> None:
         """Tell JetStream the turn is still being worked on, so a long turn is not redelivered while alive."""
@@ -159,21 +221,23 @@ async def serve(kind: AgentKind, settings: Settings, *, handle_signals: bool = T
     redis = await connect_redis(settings)
     engine = make_engine(settings.DATABASE_URL)
     sessions = make_sessionmaker(engine)
-    js = nc.jetstream()
     deps = TurnDeps(
-        js=js,
+        js=nc.jetstream(),
         redis=redis,
         store=SqlStore(sessions),
         tasks=TaskService(sessions),
         knowledge=KnowledgeService(sessions),
+        turns=TurnRecords(sessions),
         provider=model_provider(settings),
-        model=model_name(settings),
+        model=model_for(settings, kind),
+        history_token_budget=settings.HISTORY_TOKEN_BUDGET,
         namespace=settings.NAMESPACE,
         history_items=settings.HISTORY_ITEMS,
         stream_ttl_s=settings.TURN_STREAM_TTL_S,
+        stream_ttl_after_end_s=settings.TURN_STREAM_TTL_AFTER_END_S,
         max_handoff_hops=settings.MAX_HANDOFF_HOPS,
     )
-    worker = Worker(kind=kind, js=js, agent=agent, deps=deps, settings=settings)
+    worker = Worker(kind=kind, nc=nc, agent=agent, deps=deps, settings=settings)
     if handle_signals:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
-from kitrelay.shared.names import turns_stream, turns_subject
+from kitrelay.shared.names import dead_letter_stream, dead_letter_subject, turns_stream, turns_subject
 from kitrelay.shared.settings import AGENT_KINDS, Settings
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,17 @@ async def ensure_turns_stream(js: JetStreamContext, namespace: str) -> None:
         # The turn id is the Nats-Msg-Id: a gateway retrying a publish never creates a second turn.
         duplicate_window=120.0,
     )
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        # It exists with another config (e.g. an older version): update what may be updated.
-        await js.update_stream(config)
+    dead = StreamConfig(
+        name=dead_letter_stream(namespace),
+        subjects=[dead_letter_subject(namespace, kind) for kind in AGENT_KINDS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        # Kept for an operator, not forever.
+        max_age=14 * 24 * 3600.0,
+    )
+    for stream in (config, dead):
+        try:
+            await js.add_stream(stream)
+        except BadRequestError:
+            # It exists with another config (e.g. an older version): update what may be updated.
+            await js.update_stream(stream)

@@ -33,3 +33,27 @@ def action_agent(action_type: str) -> AgentKind | None:
     """The agent kind whose workers carry out a widget action, or None for an action nobody owns."""
     owner, _, verb = action_type.partition(".")
     return _ACTION_OWNERS.get(owner) if verb else None
+
+
+def dead_letter_stream(namespace: str) -> str:
+    """The JetStream stream keeping turns that failed every delivery, for an operator to look at."""
+    return f"{namespace.upper().replace('-', '_')}_DEAD"
+
+
+def dead_letter_subject(namespace: str, agent: AgentKind) -> str:
+    return f"{namespace}.dead.{agent}"
+
+
+def cancel_subject(namespace: str, turn_id: str) -> str:
+    """Core NATS subject a stop request is sent on; every worker listens, the one running the turn answers."""
+    return f"{namespace}.cancel.{turn_id}"
+
+
+def thread_active_key(namespace: str, thread_id: str) -> str:
+    """Which turn currently writes a thread's reply (the double-texting gate shared by every gateway)."""
+    return f"{namespace}:thread:{{{thread_id}}}:active"
+
+
+def turn_watch_key(namespace: str, turn_id: str) -> str:
+    """Exists while some client follows the turn (refreshed by every relay); its absence means detached."""
+    return f"{namespace}:turn:{{{turn_id}}}:watched"

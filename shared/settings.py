@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AgentKind = Literal["triage", "task", "research"]
@@ -45,6 +45,44 @@ class Settings(BaseSettings):
     MAX_UPLOAD_BYTES: int = Field(default=10 * 1024 * 1024, gt=0)
     ALLOWED_UPLOAD_TYPES: list[str] = ["text/plain", "text/markdown", "application/pdf"]
 
+    # Authentication (gateway/auth.py). "jwt": every API route needs `Authorization: Bearer <JWT>`, checked with
+    # JWT_SECRET / JWT_SECRET_FILE (HS256) or the keys at JWT_JWKS_URL (RS256, ES256); `sub` is the user, the
+    # JWT_TEAM_CLAIM claim the team. "dev": every caller is DEV_USER_ID of DEV_TEAM_ID. Unset: "jwt" when a key is
+    # configured, else "dev" only if GATEWAY_HOST is a loopback address (a gateway on any other address refuses to
+    # start without a key).
+    AUTH_MODE: Literal["dev", "jwt"] | None = None
+    JWT_SECRET: SecretStr | None = None
+    JWT_SECRET_FILE: str | None = None
+    JWT_JWKS_URL: str | None = None
+    # Accepted signature algorithms (JSON list); empty: ["HS256"] with a secret, ["RS256", "ES256"] with a JWKS URL.
+    JWT_ALGORITHMS: list[str] = []
+    JWT_ISSUER: str | None = None
+    JWT_AUDIENCE: str | None = None
+    JWT_TEAM_CLAIM: str = Field(default="team", min_length=1)
+    JWT_LEEWAY_S: float = Field(default=30.0, ge=0)
+    # `kitrelay token` signs local tokens with it; with no JWT_SECRET / JWT_JWKS_URL the gateway verifies with it.
+    DEV_TOKEN_SECRET: SecretStr | None = None
+    # Signs the per-attachment upload tokens; unset: derived from the JWT secret, else random per gateway process.
+    UPLOAD_TOKEN_SECRET: SecretStr | None = None
+
+    # Abuse limits (gateway/limits.py), kept in Redis and shared by every gateway replica; 0 turns one off. Unset
+    # rate and in-flight limits are 120/min per user, 1200/min per team and 4 turns per user with JWT auth, and off
+    # in dev mode (one local user, benchmarks).
+    RATE_LIMIT_USER_PER_MIN: int | None = Field(default=None, ge=0)
+    RATE_LIMIT_TEAM_PER_MIN: int | None = Field(default=None, ge=0)
+    MAX_TURNS_IN_FLIGHT_PER_USER: int | None = Field(default=None, ge=0)
+    # JSON request bodies (uploads have MAX_UPLOAD_BYTES), and the text of one user message.
+    MAX_BODY_BYTES: int = Field(default=1024 * 1024, gt=0)
+    MAX_MESSAGE_CHARS: int = Field(default=16_000, gt=0)
+
+    # Browser origins allowed to call the API (JSON list of exact origins, e.g. ["https://app.example.com"]).
+    CORS_ALLOW_ORIGINS: list[str] = []
+
+    # OpenAI-hosted ChatKit sessions (POST /api/chatkit/session): need OPENAI_API_KEY and CHATKIT_WORKFLOW_ID. The
+    # API's base URL; unset: OPENAI_BASE_URL, else https://api.openai.com/v1.
+    CHATKIT_WORKFLOW_ID: str | None = None
+    CHATKIT_SESSIONS_BASE_URL: str | None = None
+
     # Identity used until JWT authentication is configured.
     DEV_USER_ID: str = "local-user"
     DEV_TEAM_ID: str = "local-team"
@@ -53,20 +91,58 @@ class Settings(BaseSettings):
     MAX_HANDOFF_HOPS: int = Field(default=2, ge=0)
     HANDOFF_TIMEOUT_S: float = Field(default=15.0, gt=0)
 
+    # Durability. What happens to a turn whose clients all went away: "finish" it (and save it), or "cancel" it
+    # when nobody re-attached within DETACHED_GRACE_S.
+    DETACHED_TURN_POLICY: Literal["finish", "cancel"] = "finish"
+    DETACHED_GRACE_S: float = Field(default=30.0, gt=0)
+    # A new message while the thread's previous reply is still being written: wait for it ("enqueue"), refuse
+    # ("reject") or stop it ("interrupt").
+    DOUBLE_TEXT_POLICY: Literal["enqueue", "reject", "interrupt"] = "enqueue"
+    # How long a stop request waits for the worker running the turn to confirm.
+    CANCEL_CONFIRM_TIMEOUT_S: float = Field(default=1.0, gt=0)
+    # In-flight turns per agent kind across all its workers (JetStream MaxAckPending).
+    TURN_MAX_ACK_PENDING: int = Field(default=1000, ge=1)
+
     # Workers.
     WORKER_CONCURRENCY: int = Field(default=32, ge=1)
     TURN_ACK_WAIT_S: float = Field(default=60.0, gt=0)
     TURN_MAX_DELIVER: int = Field(default=5, ge=1)
     WORKER_DRAIN_TIMEOUT_S: float = Field(default=25.0, ge=0)
     HISTORY_ITEMS: int = Field(default=50, ge=1)
-    # A finished turn's Redis stream is kept this long for late readers, then expires.
+    # A running turn's Redis stream expires this long after its last entry (a dead turn's stream goes away)...
     TURN_STREAM_TTL_S: int = Field(default=3600, ge=1)
+    # ...and a finished one this long after its end, which bounds Redis memory under sustained load.
+    TURN_STREAM_TTL_AFTER_END_S: int = Field(default=600, ge=1)
 
     # Model. With no API key the deterministic offline model answers.
-    LLM_PROVIDER: Literal["offline", "openai"] = "offline"
+    LLM_PROVIDER: Literal["offline", "openai", "gemini", "compatible"] = "offline"
     OPENAI_API_KEY: str | None = None
     OPENAI_DEFAULT_MODEL: str = "gpt-4o-mini"
     OFFLINE_TOKEN_DELAY_MS: float = Field(default=0.0, ge=0)
+    # Real providers (agents/providers.py). OpenAI speaks the Responses API; Gemini and any OpenAI-compatible
+    # server (vLLM, Ollama, LiteLLM, ...) speak chat completions. OPENAI_BASE_URL points the OpenAI client at a
+    # proxy; unset means api.openai.com.
+    OPENAI_BASE_URL: str | None = None
+    GEMINI_API_KEY: str | None = None
+    GEMINI_DEFAULT_MODEL: str = "gemini-2.5-flash"
+    GEMINI_BASE_URL: str = "https://generativelanguage.googleapis.com/v1beta/openai/"
+    # A compatible server needs a URL and a model name; many local servers need no key.
+    COMPATIBLE_BASE_URL: str | None = None
+    COMPATIBLE_API_KEY: str | None = None
+    COMPATIBLE_MODEL: str | None = None
+    # A model per agent kind, overriding the provider's default model (e.g. a small model for triage).
+    TRIAGE_MODEL: str | None = None
+    TASK_MODEL: str | None = None
+    RESEARCH_MODEL: str | None = None
+    # Provider failures: each HTTP request waits at most MODEL_TIMEOUT_S for the next byte and is retried
+    # MODEL_MAX_RETRIES times (exponential backoff) on 429, 5xx, timeouts and lost connections; a request, its
+    # streamed answer included, ends after MODEL_REQUEST_DEADLINE_S whatever the provider sends. The defaults
+    # keep a dead provider's error inside the gateway's TURN_IDLE_TIMEOUT_S.
+    MODEL_TIMEOUT_S: float = Field(default=30.0, gt=0)
+    MODEL_MAX_RETRIES: int = Field(default=2, ge=0)
+    MODEL_REQUEST_DEADLINE_S: float = Field(default=110.0, gt=0)
+    # Rough token budget (about 4 characters a token) of the history sent to the model, on top of HISTORY_ITEMS.
+    HISTORY_TOKEN_BUDGET: int = Field(default=24_000, ge=1)
 
     LOG_LEVEL: str = "INFO"
     LOG_JSON: bool = False
@@ -84,11 +160,16 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def llm_provider(self) -> Literal["offline", "openai"]:
-        """The provider actually used: a configured OpenAI provider without a key falls back to offline."""
-        if self.LLM_PROVIDER == "openai" and self.OPENAI_API_KEY:
-            return "openai"
-        return "offline"
+    def llm_provider(self) -> Literal["offline", "openai", "gemini", "compatible"]:
+        """The provider actually used: a configured provider missing its key (or, for a compatible server, its
+        URL and model) falls back to offline; agents/providers.py logs a warning when that happens."""
+        configured = {
+            "offline": True,
+            "openai": bool(self.OPENAI_API_KEY),
+            "gemini": bool(self.GEMINI_API_KEY),
+            "compatible": bool(self.COMPATIBLE_BASE_URL and self.COMPATIBLE_MODEL),
+        }
+        return self.LLM_PROVIDER if configured[self.LLM_PROVIDER] else "offline"
 
 
 @lru_cache

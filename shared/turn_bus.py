@@ -9,7 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from kitrelay.shared.messages import ENTRY_FIELD, TurnEntry, TurnRequest, decode_entry
-from kitrelay.shared.names import turn_stream_key, turns_subject
+from kitrelay.shared.names import thread_active_key, turn_stream_key, turns_subject
 
 # Bounds a runaway turn's stream; a normal turn writes a few hundred entries.
 TURN_STREAM_MAXLEN = 50_000
@@ -45,3 +45,29 @@ async def last_entry(redis: aioredis.Redis, namespace: str, turn_id: str) -> Tur
         return None
     _, fields = newest[0]
     return decode_entry(fields[ENTRY_FIELD])
+
+
+async def expire_turn(redis: aioredis.Redis, namespace: str, turn_id: str, *, ttl_s: int) -> None:
+    """Shorten a finished turn's stream's life: late readers get a while, memory stays bounded."""
+    await redis.expire(turn_stream_key(namespace, turn_id), ttl_s)
+
+
+# Delete the key only if it still names this turn: a newer turn's claim is never released by an older one.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+async def claim_thread(redis: aioredis.Redis, namespace: str, thread_id: str, turn_id: str, *, ttl_s: int) -> bool:
+    """Make `turn_id` the thread's one running turn, if none is. The TTL frees a thread whose turn died unseen."""
+    return bool(await redis.set(thread_active_key(namespace, thread_id), turn_id, nx=True, ex=ttl_s))
+
+
+async def active_turn(redis: aioredis.Redis, namespace: str, thread_id: str) -> str | None:
+    value = await redis.get(thread_active_key(namespace, thread_id))
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def release_thread(redis: aioredis.Redis, namespace: str, thread_id: str, turn_id: str) -> None:
+    await redis.eval(_RELEASE, 1, thread_active_key(namespace, thread_id), turn_id)

@@ -26,11 +26,11 @@ class RunningSystem:
     log_dir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "kitrelay.services.cli", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -60,14 +60,29 @@ class RunningSystem:
         for name in list(self.processes):
             self.stop(name, timeout_s=timeout_s)
 
-    def wait_healthy(self, name: str = "gateway") -> None:
+    def start_gateway(self, name: str) -> str:
+        """Another gateway process on its own port; returns its base URL once it is healthy."""
+        port = free_port()
+        self.start(name, "gateway", env={"GATEWAY_PORT": str(port), "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"})
+        url = f"http://127.0.0.1:{port}"
+        self.wait_healthy(name, url)
+        return url
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: the process gets no chance to clean up, as in a crash."""
+        proc = self.processes.pop(name)
+        proc.kill()
+        proc.wait()
+
+    def wait_healthy(self, name: str = "gateway", url: str | None = None) -> None:
+        base_url = url or self.base_url
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             proc = self.processes[name]
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
             try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -20,7 +20,7 @@ async def turn_entries(redis: aioredis.Redis, namespace: str, turn_id: str) -> l
 async def all_entry_ids(redis: aioredis.Redis, namespace: str) -> dict[str, list[str]]:
     """Entry ids of every turn stream of a namespace, keyed by stream key."""
     ids: dict[str, list[str]] = {}
-    async for key in redis.scan_iter(match=f"{namespace}:turn:*"):
+    async for key in redis.scan_iter(match=f"{namespace}:turn:*:events"):
         raw = cast(XRangeResult, await redis.xrange(key))
         ids[key.decode()] = [entry_id.decode() for entry_id, _ in raw]
     return ids

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from kitrelay.gateway.client import ChatKitClient, StreamEvent
+from kitrelay.gateway.client import ChatKitClient, ChatKitError, StreamEvent
 from tests.system import RunningSystem
 
 
@@ -92,14 +92,21 @@ async def test_retry_after_item_streams_a_new_reply_in_place_of_the_old(client: 
 
 
 @pytest.mark.parametrize(
-    ("request_body", "status"),
+    "request_body",
     [
-        ({"type": "input.transcribe", "params": {"audio_base64": "AAAA", "mime_type": "audio/webm"}}, 501),
+        {"type": "input.transcribe", "params": {"audio_base64": "AAAA", "mime_type": "audio/webm"}},
+        {
+            "type": "threads.sync_custom_action",
+            "params": {"thread_id": "thr_x", "item_id": None, "action": {"type": "task.toggle", "payload": {}}},
+        },
     ],
 )
-async def test_a_request_type_this_server_does_not_offer_is_a_clear_501(
-    client: ChatKitClient, request_body: dict, status: int
+async def test_a_request_type_this_server_does_not_offer_is_a_clear_400(
+    client: ChatKitClient, request_body: dict
 ) -> None:
-    with pytest.raises(Exception, match=str(status)) as caught:
+    # A client error, not a 5xx: the request asks for something this deployment does not offer.
+    with pytest.raises(ChatKitError) as caught:
         await client.call(request_body)
-    assert caught.value.body["error"] == "not_implemented"  # type: ignore[attr-defined]
+    assert caught.value.status_code == 400
+    assert caught.value.body["error"] == "unsupported_request"
+    assert request_body["type"] in caught.value.body["message"]

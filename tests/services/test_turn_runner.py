@@ -211,7 +211,7 @@ async def test_research_says_so_when_nothing_matches_and_cites_nothing(env: Work
 
     events = chatkit_events(await entries_of(env, request.turn_id))
     assert not [e for e in events if e.type == "thread.item.done" and e.item.type == "widget"]
-    [answer] = [e.item for e in events if e.type == "thread.item.done"]
+    [answer] = [e.item for e in events if e.type == "thread.item.done" and e.item.type == "assistant_message"]
     assert "couldn't find" in answer.content[0].text and answer.content[0].annotations == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,16 +11,19 @@ import nats
 import nats.js.errors
 import pytest
 import redis.asyncio as aioredis
+from chatkit.types import ThreadMetadata
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from kitrelay.agents.context import TurnContext
 from kitrelay.agents.offline_model import OfflineModelProvider
 from kitrelay.agents.registry import build_agent
 from kitrelay.services.worker import Worker
 from kitrelay.shared.ids import new_id
-from kitrelay.shared.messages import TurnRequest
-from kitrelay.shared.names import turns_consumer, turns_stream
+from kitrelay.shared.messages import ChatKitEntry, TurnEnd, TurnRequest
+from kitrelay.shared.names import dead_letter_stream, dead_letter_subject, turns_consumer, turns_stream
 from kitrelay.shared.settings import Settings
+from kitrelay.shared.store.chatkit_store import SqlStore
 from kitrelay.shared.turn_bus import publish_turn
 from tests.services.worker_env import ALICE, WorkerEnv, worker_env
 from tests.turn_streams import turn_entries
@@ -40,7 +44,7 @@ def make_worker(
         NAMESPACE=env.namespace, WORKER_CONCURRENCY=concurrency, TURN_ACK_WAIT_S=5, WORKER_DRAIN_TIMEOUT_S=5
     )
     deps = env.deps(OfflineModelProvider(token_delay_s=token_delay_s), redis=redis)
-    return Worker(kind="task", js=env.js, agent=build_agent("task"), deps=deps, settings=settings)
+    return Worker(kind="task", nc=env.nc, agent=build_agent("task"), deps=deps, settings=settings)
 
 
 async def new_turn(env: Env, text: str) -> TurnRequest:
@@ -141,3 +145,38 @@ async def test_workers_of_one_kind_share_one_consumer(env: Env) -> None:
     assert first.turns_done + second.turns_done == 8
     names = [c.name for c in await env.js.consumers_info(turns_stream(env.namespace))]
     assert names == [turns_consumer(env.namespace, "task")]
+
+
+class FailingStore(SqlStore[TurnContext]):
+    """A database that fails every thread read: the turn can never be run, however often it is delivered."""
+
+    async def load_thread(self, thread_id: str, context: TurnContext) -> ThreadMetadata:
+        raise RuntimeError("database unavailable")
+
+
+async def test_a_turn_that_fails_every_delivery_is_dead_lettered_and_the_user_told(env: Env) -> None:
+    settings = Settings(NAMESPACE=env.namespace, TURN_MAX_DELIVER=2, TURN_ACK_WAIT_S=2, WORKER_DRAIN_TIMEOUT_S=2)
+    deps = env.deps(OfflineModelProvider())
+    broken = dataclasses.replace(deps, store=FailingStore(env.store._sessions))
+    worker = Worker(kind="task", nc=env.nc, agent=build_agent("task"), deps=broken, settings=settings)
+    request = await new_turn(env, "add task doomed")
+    running = asyncio.create_task(worker.run())
+    try:
+
+        async def ended() -> bool:
+            return await is_ended(env, request.turn_id)
+
+        await wait_until(ended, timeout_s=30)
+    finally:
+        worker.stop()
+        await running
+    entries = [entry for _, entry in await turn_entries(env.redis, env.namespace, request.turn_id)]
+    end = entries[-1].body
+    assert isinstance(end, TurnEnd) and end.status == "failed" and "2 deliveries" in (end.error or "")
+    [error] = [e.body.event for e in entries if isinstance(e.body, ChatKitEntry)]
+    assert error.type == "error" and error.allow_retry is True and "several attempts" in (error.message or "")
+    dead = await env.js.pull_subscribe(dead_letter_subject(env.namespace, "task"), durable=f"probe-{new_id('c')}")
+    [msg] = await dead.fetch(1, timeout=5)
+    assert TurnRequest.model_validate_json(msg.data).turn_id == request.turn_id
+    assert (await env.js.stream_info(turns_stream(env.namespace))).state.messages == 0
+    await env.js.delete_stream(dead_letter_stream(env.namespace))

@@ -13,12 +13,14 @@ import nats
 import redis.asyncio as aioredis
 from agents import ModelProvider
 from chatkit.types import InferenceOptions, ThreadMetadata, UserMessageItem, UserMessageTextContent
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from kitrelay.agents.context import TurnContext
 from kitrelay.services.knowledge import KnowledgeService
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_runner import TurnDeps
+from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.connections import ensure_turns_stream
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import Identity
@@ -41,6 +43,8 @@ class WorkerEnv:
     store: SqlStore[TurnContext]
     tasks: TaskService
     knowledge: KnowledgeService
+    turns: TurnRecords
+    nc: NATS
     namespace: str
 
     def deps(self, provider: ModelProvider, *, redis: aioredis.Redis | None = None, max_hops: int = 2) -> TurnDeps:
@@ -50,11 +54,14 @@ class WorkerEnv:
             store=self.store,
             tasks=self.tasks,
             knowledge=self.knowledge,
+            turns=self.turns,
             provider=provider,
             model=None,
             namespace=self.namespace,
             history_items=50,
+            history_token_budget=24_000,
             stream_ttl_s=60,
+            stream_ttl_after_end_s=60,
             max_handoff_hops=max_hops,
         )
 
@@ -95,6 +102,8 @@ async def worker_env(nats_url: str, redis_url: str, namespace: str, workdir: Pat
             store=SqlStore(sessions),
             tasks=TaskService(sessions),
             knowledge=KnowledgeService(sessions),
+            turns=TurnRecords(sessions),
+            nc=nc,
             namespace=namespace,
         )
     finally:

@@ -1,0 +1,230 @@
+"""Everything the gateway does with a turn besides ChatKit: start it, follow its stream, admit it past a running
+turn of the same thread (double-texting), and stop it. Shared by the ChatKit server and the turn routes, and by
+every gateway replica: all state lives in NATS, Redis and the database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+import nats.errors
+import redis.asyncio as aioredis
+from chatkit.types import (
+    ErrorEvent,
+    ProgressUpdateEvent,
+    ThreadItemAddedEvent,
+    ThreadItemDoneEvent,
+    ThreadItemRemovedEvent,
+    ThreadStreamEvent,
+)
+from nats.aio.client import Client as NATS
+
+from kitrelay.gateway.errors import ApiError
+from kitrelay.gateway.relay import Timeouts, TurnTimeoutError, read_turn
+from kitrelay.services.turns import TurnRecords
+from kitrelay.shared.messages import ChatKitEntry, TurnEnd, TurnEntry, TurnRequest, TurnStatus
+from kitrelay.shared.names import cancel_subject, turn_watch_key
+from kitrelay.shared.settings import AgentKind, Settings
+from kitrelay.shared.turn_bus import (
+    active_turn,
+    append_entry,
+    claim_thread,
+    last_entry,
+    publish_turn,
+    release_thread,
+)
+
+log = logging.getLogger(__name__)
+
+StopOutcome = Literal["stopping", "cancelled", "already_ended"]
+# A thread's claim outlives any sane turn; it only matters when a turn died without ending (then it frees itself).
+THREAD_CLAIM_TTL_S = 600
+
+
+BUSY_MESSAGE = "The previous reply in this conversation is still being written. Wait for it, or stop it first."
+
+
+class TurnRejectedError(Exception):
+    """DOUBLE_TEXT_POLICY=reject and the thread is still answering."""
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    namespace: str
+    entry_agent: AgentKind
+    timeouts: Timeouts
+    stream_ttl_s: int
+    double_text: Literal["enqueue", "reject", "interrupt"]
+    watch_ttl_s: float
+    cancel_confirm_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RelayConfig:
+        return cls(
+            namespace=settings.NAMESPACE,
+            entry_agent=settings.ENTRY_AGENT,
+            timeouts=Timeouts(
+                start_s=settings.TURN_START_TIMEOUT_S,
+                handoff_s=settings.HANDOFF_TIMEOUT_S,
+                idle_s=settings.TURN_IDLE_TIMEOUT_S,
+                block_ms=min(settings.RELAY_BLOCK_MS, int(settings.DETACHED_GRACE_S * 500)),
+            ),
+            stream_ttl_s=settings.TURN_STREAM_TTL_S,
+            double_text=settings.DOUBLE_TEXT_POLICY,
+            watch_ttl_s=settings.DETACHED_GRACE_S,
+            cancel_confirm_s=settings.CANCEL_CONFIRM_TIMEOUT_S,
+        )
+
+
+class TurnRelay:
+    def __init__(self, *, nc: NATS, redis: aioredis.Redis, turns: TurnRecords, config: RelayConfig) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._redis = redis
+        self.turns = turns
+        self.config = config
+
+    async def make_way(self, thread_id: str) -> None:
+        """Before a request that starts a turn on a thread reaches the ChatKit server (which stores the user's
+        message first): under "reject" a busy thread refuses it with 409, nothing stored; under "interrupt" the
+        running turn is stopped first, so its stopped reply comes before the new message in the thread."""
+        running = await active_turn(self._redis, self.config.namespace, thread_id)
+        if running is None or self.config.double_text == "enqueue":
+            return
+        if self.config.double_text == "reject":
+            raise ApiError(409, "turn_in_progress", BUSY_MESSAGE)
+        await self.stop(running)
+        await self._wait_released(thread_id, running)
+
+    async def admit(self, turn: TurnRequest) -> AsyncIterator[ThreadStreamEvent]:
+        """Claim the thread for `turn`, applying the double-texting policy while another turn holds it. Yields
+        what the client should see meanwhile; raises TurnRejectedError under the reject policy."""
+        ns = self.config.namespace
+        announced = False
+        while not await claim_thread(self._redis, ns, turn.thread_id, turn.turn_id, ttl_s=THREAD_CLAIM_TTL_S):
+            running = await active_turn(self._redis, ns, turn.thread_id)
+            if running is None:
+                continue  # it just ended: try again
+            if self.config.double_text == "reject":
+                raise TurnRejectedError(running)
+            if self.config.double_text == "interrupt":
+                await self.stop(running)
+            elif not announced:
+                yield ProgressUpdateEvent(text="Waiting for the previous reply to finish…", icon="clock")
+                announced = True
+            await self._wait_released(turn.thread_id, running)
+
+    async def _wait_released(self, thread_id: str, turn_id: str) -> None:
+        deadline = time.monotonic() + self.config.timeouts.idle_s
+        while await active_turn(self._redis, self.config.namespace, thread_id) == turn_id:
+            if time.monotonic() > deadline:
+                # The running turn went silent without ending: free the thread rather than wait forever.
+                await release_thread(self._redis, self.config.namespace, thread_id, turn_id)
+                return
+            await asyncio.sleep(0.1)
+
+    async def start(self, turn: TurnRequest) -> None:
+        """Record the turn, then hand it to the workers. The thread must already be claimed (see `admit`)."""
+        await self.turns.start(
+            turn.identity,
+            turn_id=turn.turn_id,
+            thread_id=turn.thread_id,
+            agent=turn.agent,
+            trace_id=_trace_id(turn.trace.traceparent),
+        )
+        await publish_turn(self._js, self.config.namespace, turn)
+        log.info("turn %s published for thread %s to %s", turn.turn_id, turn.thread_id, turn.agent)
+
+    async def follow(
+        self, turn_id: str, thread_id: str, *, first_agent: AgentKind, after: str = "0-0"
+    ) -> AsyncIterator[tuple[str | None, ThreadStreamEvent]]:
+        """The turn's ChatKit events with their entry ids, until its end. A turn nobody picks up (or that goes
+        quiet) is ended here with a clear, retryable error event (which has no entry id)."""
+        watch_key = turn_watch_key(self.config.namespace, turn_id)
+
+        async def still_watching() -> None:
+            await self._redis.set(watch_key, b"1", px=int(self.config.watch_ttl_s * 1000))
+
+        # Items this client was shown, by the run that wrote them: if a newer attempt of the same hop takes over
+        # (its worker died), they are withdrawn here, whatever is left of the dead attempt's entries in Redis.
+        shown: dict[tuple[int, int], list[str]] = {}
+        try:
+            async for entry_id, entry in read_turn(
+                self._redis,
+                self.config.namespace,
+                turn_id,
+                first_agent=first_agent,
+                timeouts=self.config.timeouts,
+                after=after,
+                on_tick=still_watching,
+            ):
+                for stale in _superseded(shown, entry.run):
+                    yield None, ThreadItemRemovedEvent(item_id=stale)
+                if isinstance(entry.body, ChatKitEntry):
+                    event = entry.body.event
+                    if isinstance(event, ThreadItemAddedEvent | ThreadItemDoneEvent):
+                        shown.setdefault(entry.run, []).append(event.item.id)
+                    yield entry_id, event
+                elif isinstance(entry.body, TurnEnd) and entry.body.status != "completed":
+                    log.info("turn %s ended %s: %s", turn_id, entry.body.status, entry.body.error)
+        except TurnTimeoutError as exc:
+            log.warning("%s", exc)
+            await self._end_here(turn_id, thread_id, exc.last_run, "failed", str(exc))
+            message = (
+                f"No {exc.waiting_for} worker picked up this message in time. Please try again in a moment."
+                if exc.waiting_for
+                else "The assistant stopped responding. Please try again."
+            )
+            yield None, ErrorEvent(code="custom", message=message, allow_retry=True)
+
+    async def stop(self, turn_id: str) -> StopOutcome:
+        """Stop a turn: the worker running it confirms within CANCEL_CONFIRM_TIMEOUT_S and saves what it has; a
+        turn no worker runs (still queued, or its worker died) is ended here so that none ever will."""
+        last = await last_entry(self._redis, self.config.namespace, turn_id)
+        if last is not None and last.is_terminal:
+            return "already_ended"
+        try:
+            await self._nc.request(
+                cancel_subject(self.config.namespace, turn_id), b"stop", timeout=self.config.cancel_confirm_s
+            )
+            return "stopping"
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            record = await self.turns.get_any(turn_id)
+            await self._end_here(
+                turn_id,
+                record.thread_id if record else None,
+                last.run if last else (0, 0),
+                "cancelled",
+                "stopped before any worker ran it",
+            )
+            return "cancelled"
+
+    async def _end_here(
+        self, turn_id: str, thread_id: str | None, last_run: tuple[int, int], status: TurnStatus, reason: str
+    ) -> None:
+        """End the turn on its stream at a run newer than any so far, so a worker that picks it up late sees it is
+        over instead of answering a client that has gone."""
+        hop, _ = last_run
+        entry = TurnEntry(turn_id=turn_id, hop=hop + 1, attempt=1, seq=0, body=TurnEnd(status=status, error=reason))
+        await append_entry(self._redis, self.config.namespace, entry, ttl_s=self.config.stream_ttl_s)
+        await self.turns.finish(turn_id, status)
+        if thread_id is not None:
+            await release_thread(self._redis, self.config.namespace, thread_id, turn_id)
+
+
+def _superseded(shown: dict[tuple[int, int], list[str]], run: tuple[int, int]) -> list[str]:
+    """Item ids shown from earlier attempts of `run`'s hop, forgotten once returned."""
+    stale: list[str] = []
+    for earlier in [r for r in shown if r[0] == run[0] and r[1] < run[1]]:
+        stale.extend(shown.pop(earlier))
+    return stale
+
+
+def _trace_id(traceparent: str | None) -> str | None:
+    # traceparent is "00-<32 hex trace id>-<16 hex span id>-<flags>".
+    parts = (traceparent or "").split("-")
+    return parts[1] if len(parts) == 4 else None
