@@ -6,8 +6,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from kitrelay.shared.store.engine import migrate
-from tests.databases import sqlite_url
 from tests.infra import *  # noqa: F403
 from tests.system import RunningSystem, running_system
 
@@ -18,9 +16,5 @@ def system(
 ) -> Iterator[RunningSystem]:
     """A gateway and a task worker as separate processes on SQLite, shared by the tests that only talk HTTP."""
     workdir = tmp_path_factory.mktemp("system")
-    database_url = sqlite_url(workdir / "kitrelay.db")
-    migrate(database_url)
-    with running_system(
-        nats_url=nats_url, redis_url=redis_url, database_url=database_url, namespace=f"{namespace}sy", log_dir=workdir
-    ) as running:
+    with running_system(nats_url=nats_url, redis_url=redis_url, namespace=f"{namespace}sy", log_dir=workdir) as running:
         yield running

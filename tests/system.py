@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from kitrelay.services.devservers import free_port
+from kitrelay.shared.store.engine import migrate
 
 START_TIMEOUT_S = 30.0
 
@@ -95,13 +96,17 @@ def running_system(
     *,
     nats_url: str,
     redis_url: str,
-    database_url: str,
     namespace: str,
     log_dir: Path,
+    database_url: str | None = None,
     workers: tuple[str, ...] = ("triage", "task", "research"),
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[RunningSystem]:
-    """A gateway and workers as separate processes that share nothing but NATS, Redis and the database."""
+    """A gateway and workers as separate processes that share nothing but NATS, Redis and the database (by
+    default a new, migrated SQLite file in `log_dir`)."""
+    if database_url is None:
+        database_url = f"sqlite+aiosqlite:///{log_dir / 'kitrelay.db'}"
+        migrate(database_url)
     port = free_port()
     env = {
         **os.environ,

@@ -1,8 +1,8 @@
-"""What a ChatKit client shows after applying a stream of events: the items it keeps, in order."""
+"""Reading ChatKit streams as a client does: all of a stream, a stream up to mid-reply, and what it shows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from kitrelay.gateway.client import StreamEvent
@@ -34,3 +34,17 @@ def assistant_texts(events: Iterable[StreamEvent]) -> list[str]:
         for item in visible_items(events)
         if item["type"] == "assistant_message"
     ]
+
+
+async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
+    return [event async for event in events]
+
+
+async def until_text(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
+    """Read a stream up to its first text delta: the middle of a reply."""
+    seen: list[StreamEvent] = []
+    async for event in events:
+        seen.append(event)
+        if event.type == "thread.item.updated" and event.data["update"]["type"].endswith("text_delta"):
+            return seen
+    raise AssertionError("the stream ended before any text")

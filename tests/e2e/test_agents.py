@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from kitrelay.gateway.client import ChatKitClient, StreamEvent
-from kitrelay.shared.store.engine import migrate
-from tests.databases import sqlite_url
+from tests.e2e.chat_view import collect
 from tests.system import RunningSystem, running_system
 
 ONBOARDING = b"""# Onboarding guide
@@ -35,12 +34,9 @@ def agents_system(
 ) -> Iterator[RunningSystem]:
     """One gateway, one triage, two task and one research worker: five processes sharing NATS, Redis, SQLite."""
     workdir = tmp_path_factory.mktemp("agents")
-    database_url = sqlite_url(workdir / "kitrelay.db")
-    migrate(database_url)
     with running_system(
         nats_url=nats_url,
         redis_url=redis_url,
-        database_url=database_url,
         namespace=f"{namespace}ag",
         log_dir=workdir,
         workers=("triage", "task", "task", "research"),
@@ -52,10 +48,6 @@ def agents_system(
 async def client(agents_system: RunningSystem) -> AsyncIterator[ChatKitClient]:
     async with httpx.AsyncClient(base_url=agents_system.base_url, timeout=30) as http:
         yield ChatKitClient(http)
-
-
-async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    return [event async for event in events]
 
 
 def text_of(events: list[StreamEvent]) -> str:

@@ -15,9 +15,7 @@ import redis.asyncio as aioredis
 from kitrelay.agents.offline_policy import GREETING_TEXT
 from kitrelay.gateway.client import ChatKitClient, StreamEvent
 from kitrelay.services.turn_log import STOPPED_MARK
-from kitrelay.shared.store.engine import migrate
-from tests.databases import sqlite_url
-from tests.e2e.chat_view import assistant_texts
+from tests.e2e.chat_view import assistant_texts, collect, until_text
 from tests.system import RunningSystem, running_system
 
 # Slow enough that a reply takes ~1.5 s, so there is time to break things in the middle of it.
@@ -30,12 +28,9 @@ def durable(
 ) -> Iterator[RunningSystem]:
     """Two gateways and two triage workers on shared servers (greetings are answered by triage itself)."""
     workdir = tmp_path_factory.mktemp("durable")
-    database_url = sqlite_url(workdir / "kitrelay.db")
-    migrate(database_url)
     with running_system(
         nats_url=nats_url,
         redis_url=redis_url,
-        database_url=database_url,
         namespace=f"{namespace}du",
         log_dir=workdir,
         workers=("triage", "triage"),
@@ -49,20 +44,6 @@ def durable(
 async def http(durable: RunningSystem) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=durable.base_url, timeout=60) as client:
         yield client
-
-
-async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    return [event async for event in events]
-
-
-async def until_text(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    """Read a stream up to its first text delta (the middle of a reply)."""
-    seen: list[StreamEvent] = []
-    async for event in events:
-        seen.append(event)
-        if event.type == "thread.item.updated" and event.data["update"]["type"].endswith("text_delta"):
-            return seen
-    raise AssertionError("the stream ended before any text")
 
 
 def turn_of(events: list[StreamEvent]) -> str:

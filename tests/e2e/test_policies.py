@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from kitrelay.agents.offline_policy import GREETING_TEXT
-from kitrelay.gateway.client import ChatKitClient, ChatKitError, StreamEvent
+from kitrelay.gateway.client import ChatKitClient, ChatKitError
 from kitrelay.services.turn_log import STOPPED_MARK
 from kitrelay.shared.store.engine import migrate
 from tests.databases import sqlite_url
-from tests.e2e.chat_view import assistant_texts
+from tests.e2e.chat_view import assistant_texts, collect, until_text
 from tests.system import RunningSystem, running_system
 
 
@@ -40,19 +40,6 @@ def make_system(nats_url: str, redis_url: str, namespace: str, tmp_path: Path) -
     yield make
     for context in started:
         context.__exit__(None, None, None)
-
-
-async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    return [event async for event in events]
-
-
-async def until_text(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    seen: list[StreamEvent] = []
-    async for event in events:
-        seen.append(event)
-        if event.type == "thread.item.updated" and event.data["update"]["type"].endswith("text_delta"):
-            return seen
-    raise AssertionError("the stream ended before any text")
 
 
 async def test_reject_refuses_a_second_message_before_storing_it(make_system: Callable[..., RunningSystem]) -> None:

@@ -11,11 +11,11 @@ import httpx
 import pytest
 
 from kitrelay.agents.offline_policy import GREETING_TEXT
-from kitrelay.gateway.client import ChatKitClient, StreamEvent
+from kitrelay.gateway.client import ChatKitClient
 from kitrelay.services.devservers import LocalServer, free_port, start_nats, start_redis
 from kitrelay.shared.store.engine import migrate
 from tests.databases import sqlite_url
-from tests.e2e.chat_view import assistant_texts
+from tests.e2e.chat_view import assistant_texts, collect, until_text
 from tests.system import RunningSystem, running_system
 
 
@@ -65,17 +65,9 @@ async def client(system: RunningSystem) -> AsyncIterator[ChatKitClient]:
         yield ChatKitClient(http)
 
 
-async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    return [event async for event in events]
-
-
 async def test_redis_restarted_mid_turn(servers: Servers, client: ChatKitClient) -> None:
     stream = client.create_thread("hello")
-    events: list[StreamEvent] = []
-    async for event in stream:
-        events.append(event)
-        if event.type == "thread.item.updated" and event.data["update"]["type"].endswith("text_delta"):
-            break
+    events = await until_text(stream)
     servers.redis.stop()
     await asyncio.sleep(0.5)
     servers.redis = servers.start_redis()

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from kitrelay.gateway.client import ChatKitClient, StreamEvent
 from kitrelay.shared.store.engine import migrate
 from tests.databases import postgres_database, sqlite_url
+from tests.e2e.chat_view import collect
 from tests.system import RunningSystem, running_system
 from tests.turn_streams import all_entry_ids
 
@@ -55,10 +56,6 @@ def system(
 async def client(system: RunningSystem) -> AsyncIterator[ChatKitClient]:
     async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as http:
         yield ChatKitClient(http)
-
-
-async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    return [event async for event in events]
 
 
 def streamed_text(events: list[StreamEvent]) -> str:
