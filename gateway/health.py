@@ -7,8 +7,9 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from nats.aio.client import Client as NATS
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,6 +21,12 @@ CHECK_TIMEOUT_S = 2.0
 @router.get("/healthz", summary="Liveness")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def prometheus_metrics() -> Response:
+    """Open like the probes: a scraper has no token, and the metrics name no user or team."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _check(name: str, probe: Any) -> tuple[str, str]:

@@ -30,6 +30,7 @@ from kitrelay.gateway.auth import AuthMode
 from kitrelay.gateway.errors import ApiError
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import Identity
+from kitrelay.shared.metrics import RATE_LIMIT_REFUSALS
 from kitrelay.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ def _unavailable() -> ApiError:
     )
 
 
-def _too_many(message: str, retry_after_s: int) -> ApiError:
+def _too_many(message: str, retry_after_s: int, *, limit: str) -> ApiError:
+    RATE_LIMIT_REFUSALS.labels(limit).inc()
     return ApiError(429, "rate_limited", message, headers={"Retry-After": str(max(1, retry_after_s))})
 
 
@@ -218,7 +220,9 @@ class Limiter:
         _, per_minute, who = buckets[index - 1]
         retry_after = math.ceil(wait_ms / 1000)
         raise _too_many(
-            f"Too many requests: {who} may send {per_minute} a minute. Try again in {retry_after} s.", retry_after
+            f"Too many requests: {who} may send {per_minute} a minute. Try again in {retry_after} s.",
+            retry_after,
+            limit="user_rate" if who == "you" else "team_rate",
         )
 
     async def acquire_turn(self, identity: Identity) -> TurnSlot:
@@ -237,6 +241,7 @@ class Limiter:
             raise _too_many(
                 f"You already have {cap} {'reply' if cap == 1 else 'replies'} in progress: wait for one to finish.",
                 IN_FLIGHT_RETRY_AFTER_S,
+                limit="turns_in_flight",
             )
         return TurnSlot(self, key, slot_id)
 

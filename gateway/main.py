@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 import uvicorn
+from fastapi import FastAPI
 
 from kitrelay.gateway.app import create_app
 from kitrelay.gateway.auth import AuthConfigError
 from kitrelay.gateway.security import CorsConfigError
 from kitrelay.shared.logging import configure_logging
 from kitrelay.shared.settings import Settings
+from kitrelay.shared.telemetry import instrument_app, setup_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,15 @@ def main(settings: Settings) -> None:
         # A configuration mistake, not a crash: say what to set, without a traceback.
         log.error("the gateway cannot start: %s", exc)
         raise SystemExit(f"kitrelay gateway: {exc}") from None
+    telemetry = setup_telemetry("kitrelay-gateway", settings)
+    instrument_app(app)
+    try:
+        _serve(app, settings)
+    finally:
+        telemetry.shutdown()
+
+
+def _serve(app: FastAPI, settings: Settings) -> None:
     uvicorn.run(
         app,
         host=settings.GATEWAY_HOST,

@@ -4,6 +4,7 @@ turn handed to the workers over NATS JetStream, and the turn's events are relaye
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,8 @@ from chatkit.types import (
     UserMessageItem,
     WidgetItem,
 )
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from kitrelay.gateway.context import RequestContext
 from kitrelay.gateway.store import GatewayStore
@@ -26,7 +29,9 @@ from kitrelay.gateway.turn_relay import BUSY_MESSAGE, TurnRejectedError, TurnRel
 from kitrelay.services.feedback import FeedbackService
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import TurnRequest, WidgetAction
+from kitrelay.shared.metrics import TIME_TO_FIRST_EVENT, TURNS_IN_FLIGHT
 from kitrelay.shared.names import action_agent
+from kitrelay.shared.telemetry import tracer
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +86,48 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
 
     async def _run(self, turn: TurnRequest, context: RequestContext) -> AsyncIterator[ThreadStreamEvent]:
         context.relay_active = True
+        # The root of the turn's trace on this side (under the HTTP request's span): the span is made current only
+        # around code that does not yield, since a generator may resume in another context.
+        span = tracer().start_span(
+            "relay turn",
+            attributes={
+                "kitrelay.turn_id": turn.turn_id,
+                "kitrelay.thread_id": turn.thread_id,
+                "kitrelay.agent": turn.agent,
+                "kitrelay.team_id": turn.identity.team_id,
+            },
+        )
+        in_flight = False
         try:
             try:
                 async for waiting in self.relay.admit(turn):
                     yield waiting
             except TurnRejectedError:
+                span.set_status(Status(StatusCode.ERROR, "rejected: the thread is busy"))
                 yield ErrorEvent(code="custom", message=BUSY_MESSAGE, allow_retry=True)
                 return
-            await self.relay.start(turn)
+            with trace.use_span(span, end_on_exit=False):
+                await self.relay.start(turn)
+            TURNS_IN_FLIGHT.labels(turn.agent).inc()
+            in_flight = True
+            published = time.monotonic()
+            first = True
             context.turn_id = turn.turn_id
             yield ClientEffectEvent(name=TURN_EFFECT, data={"turn_id": turn.turn_id, "thread_id": turn.thread_id})
             async for entry_id, event in self.relay.follow(turn.turn_id, turn.thread_id, first_agent=turn.agent):
+                if first:
+                    first = False
+                    TIME_TO_FIRST_EVENT.labels(turn.agent).observe(time.monotonic() - published)
+                    span.add_event("first event")
+                if isinstance(event, ErrorEvent):
+                    span.set_status(Status(StatusCode.ERROR, event.message or "error event"))
                 context.entry_id = entry_id
                 yield event
         finally:
             context.relay_active = False
+            if in_flight:
+                TURNS_IN_FLIGHT.labels(turn.agent).dec()
+            span.end()
 
     async def add_feedback(self, thread_id: str, item_ids: list[str], feedback: Any, context: RequestContext) -> None:
         await self._feedback.record(context.identity, thread_id=thread_id, item_ids=item_ids, kind=feedback)

@@ -13,6 +13,7 @@ from typing import Literal
 
 import nats.errors
 import redis.asyncio as aioredis
+import structlog
 from chatkit.types import (
     ErrorEvent,
     ProgressUpdateEvent,
@@ -27,8 +28,10 @@ from kitrelay.gateway.errors import ApiError
 from kitrelay.gateway.relay import Timeouts, TurnTimeoutError, read_turn
 from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.messages import ChatKitEntry, TurnEnd, TurnEntry, TurnRequest, TurnStatus
+from kitrelay.shared.metrics import EVENTS_RELAYED, SSE_STREAMS_OPEN, TURNS_STARTED
 from kitrelay.shared.names import cancel_subject, turn_watch_key
 from kitrelay.shared.settings import AgentKind, Settings
+from kitrelay.shared.telemetry import current_trace_context
 from kitrelay.shared.turn_bus import (
     active_turn,
     append_entry,
@@ -128,16 +131,22 @@ class TurnRelay:
             await asyncio.sleep(0.1)
 
     async def start(self, turn: TurnRequest) -> None:
-        """Record the turn, then hand it to the workers. The thread must already be claimed (see `admit`)."""
-        await self.turns.start(
-            turn.identity,
-            turn_id=turn.turn_id,
-            thread_id=turn.thread_id,
-            agent=turn.agent,
-            trace_id=_trace_id(turn.trace.traceparent),
-        )
-        await publish_turn(self._js, self.config.namespace, turn)
-        log.info("turn %s published for thread %s to %s", turn.turn_id, turn.thread_id, turn.agent)
+        """Record the turn, then hand it to the workers. The thread must already be claimed (see `admit`).
+
+        The current span (the gateway's relay span of the turn) becomes the turn's trace context: its trace id is
+        recorded with the turn, and every hop of the turn joins that trace."""
+        turn.trace = current_trace_context(turn.trace)
+        with structlog.contextvars.bound_contextvars(turn_id=turn.turn_id, thread_id=turn.thread_id):
+            await self.turns.start(
+                turn.identity,
+                turn_id=turn.turn_id,
+                thread_id=turn.thread_id,
+                agent=turn.agent,
+                trace_id=_trace_id(turn.trace.traceparent),
+            )
+            await publish_turn(self._js, self.config.namespace, turn)
+            TURNS_STARTED.labels(turn.agent).inc()
+            log.info("turn %s published for thread %s to %s", turn.turn_id, turn.thread_id, turn.agent)
 
     async def follow(
         self, turn_id: str, thread_id: str, *, first_agent: AgentKind, after: str = "0-0"
@@ -152,6 +161,7 @@ class TurnRelay:
         # Items this client was shown, by the run that wrote them: if a newer attempt of the same hop takes over
         # (its worker died), they are withdrawn here, whatever is left of the dead attempt's entries in Redis.
         shown: dict[tuple[int, int], list[str]] = {}
+        SSE_STREAMS_OPEN.inc()
         try:
             async for entry_id, entry in read_turn(
                 self._redis,
@@ -168,6 +178,7 @@ class TurnRelay:
                     event = entry.body.event
                     if isinstance(event, ThreadItemAddedEvent | ThreadItemDoneEvent):
                         shown.setdefault(entry.run, []).append(event.item.id)
+                    EVENTS_RELAYED.inc()
                     yield entry_id, event
                 elif isinstance(entry.body, TurnEnd) and entry.body.status != "completed":
                     log.info("turn %s ended %s: %s", turn_id, entry.body.status, entry.body.error)
@@ -180,6 +191,8 @@ class TurnRelay:
                 else "The assistant stopped responding. Please try again."
             )
             yield None, ErrorEvent(code="custom", message=message, allow_retry=True)
+        finally:
+            SSE_STREAMS_OPEN.dec()
 
     async def stop(self, turn_id: str) -> StopOutcome:
         """Stop a turn: the worker running it confirms within CANCEL_CONFIRM_TIMEOUT_S and saves what it has; a

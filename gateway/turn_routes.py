@@ -15,6 +15,8 @@ from kitrelay.gateway.sse import relayed_sse, sse_response
 from kitrelay.gateway.turn_relay import TurnRelay
 from kitrelay.services.turns import TurnNotFoundError, TurnRecord
 from kitrelay.shared.names import turn_stream_key
+from kitrelay.shared.settings import Settings
+from kitrelay.shared.telemetry import trace_url
 
 router = APIRouter(tags=["turns"], dependencies=[Depends(enforce_rate_limit)])
 
@@ -33,8 +35,10 @@ async def _turn(relay: TurnRelay, context: ContextDep, turn_id: str) -> TurnReco
         raise ApiError(404, "not_found", "Not found.") from None
 
 
-def _public(turn: TurnRecord) -> dict[str, Any]:
-    return turn.model_dump(mode="json", exclude={"team_id", "user_id"})
+def _public(turn: TurnRecord, settings: Settings) -> dict[str, Any]:
+    public = turn.model_dump(mode="json", exclude={"team_id", "user_id"})
+    public["trace_url"] = trace_url(settings.TRACE_DASHBOARD_URL, turn.trace_id)
+    return public
 
 
 @router.get("/turns/{turn_id}/events", summary="Re-attach to a turn's event stream")
@@ -67,10 +71,13 @@ async def cancel_turn(turn_id: str, request: Request, context: ContextDep) -> di
 
 
 @router.get("/threads/{thread_id}/turns", summary="A thread's turns")
-async def thread_turns(thread_id: str, request: Request, context: ContextDep, store: StoreDep) -> dict[str, Any]:
+async def thread_turns(
+    thread_id: str, request: Request, context: ContextDep, store: StoreDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Each turn's status and trace id; `trace_url` links to the trace when TRACE_DASHBOARD_URL is set."""
     await store.load_thread(thread_id, context=context)
     turns = await _relay(request).turns.for_thread(context.identity, thread_id)
-    return {"data": [_public(turn) for turn in turns]}
+    return {"data": [_public(turn, settings) for turn in turns]}
 
 
 @router.post("/threads/{thread_id}/cancel", summary="Stop the thread's running turn")

@@ -13,11 +13,13 @@ from rich.console import Console
 
 from kitrelay.gateway.client import ChatKitClient, ChatKitError
 from kitrelay.services.kb_cli import app as kb_app
+from kitrelay.services.turns_cli import turns as turns_command
 from kitrelay.shared.redact import redact_url
 from kitrelay.shared.settings import AGENT_KINDS, AgentKind, Settings
 
 app = typer.Typer(help="kitrelay: a scalable backend for ChatKit chat UIs.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb", help="The teams' knowledge base (documents the research agent answers from).")
+app.command("turns")(turns_command)
 console = Console()
 
 STATE_DIR = Path(".kitrelay")

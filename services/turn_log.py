@@ -24,6 +24,8 @@ from chatkit.types import (
     ThreadItemUpdatedEvent,
     ThreadStreamEvent,
 )
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import Status, StatusCode
 
 from kitrelay.agents.context import TurnContext
 from kitrelay.services.turns import TurnRecords
@@ -38,6 +40,7 @@ from kitrelay.shared.messages import (
     TurnStatus,
     decode_entry,
 )
+from kitrelay.shared.metrics import TURNS_ENDED
 from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.settings import AgentKind
 from kitrelay.shared.turn_bus import append_entry, expire_turn, release_thread
@@ -69,6 +72,7 @@ class TurnLog:
         ttl_s: int,
         ttl_after_end_s: int,
         trace: TraceContext | None = None,
+        agent: AgentKind | None = None,
     ) -> None:
         self._redis = redis
         self._store = store
@@ -82,6 +86,7 @@ class TurnLog:
         self._ttl_s = ttl_s
         self._ttl_after_end_s = ttl_after_end_s
         self._trace = trace or TraceContext()
+        self._agent = agent
         self._seq = 0
         # Assistant messages streamed but not finished, with their text so far: what a stop saves.
         self._pending: dict[str, AssistantMessageItem] = {}
@@ -128,6 +133,10 @@ class TurnLog:
             item.content.append(AssistantMessageContent(text=""))
         item.content[index].text += delta
 
+    def _count(self, status: str) -> None:
+        if self._agent is not None:
+            TURNS_ENDED.labels(self._agent, status).inc()
+
     async def supersede_earlier_attempts(self) -> int:
         """A redelivered run replaces what a dead attempt of the same hop wrote: its items are removed (from the
         store, and from every client through `thread.item.removed`) before the new attempt writes its own."""
@@ -154,6 +163,8 @@ class TurnLog:
     async def handoff(self, to: AgentKind) -> str:
         """Mark that the turn continues with another kind of worker (which writes the next hop's entries)."""
         entry_id = await self._append(HandoffEntry(to=to))
+        self._count("handed_off")
+        otel_trace.get_current_span().set_attribute("kitrelay.handoff.to", to)
         log.info("turn %s handed off to %s", self._turn_id, to)
         return entry_id
 
@@ -179,4 +190,9 @@ class TurnLog:
         await expire_turn(self._redis, self._namespace, self._turn_id, ttl_s=self._ttl_after_end_s)
         await release_thread(self._redis, self._namespace, self._thread_id, self._turn_id)
         await self._turns.finish(self._turn_id, status)
+        self._count(status)
+        span = otel_trace.get_current_span()
+        span.set_attribute("kitrelay.turn.status", status)
+        if status == "failed":
+            span.set_status(Status(StatusCode.ERROR, error or "failed"))
         return entry_id

@@ -37,9 +37,11 @@ from kitrelay.services.knowledge import KnowledgeService, SearchHit
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_log import TurnLog, TurnLogWriteError
 from kitrelay.services.turns import TurnRecords
-from kitrelay.shared.messages import TurnRequest
+from kitrelay.shared.agents_tracing import agents_tracing_installed
+from kitrelay.shared.messages import TurnRequest, utcnow
 from kitrelay.shared.settings import AgentKind
 from kitrelay.shared.store.chatkit_store import SqlStore
+from kitrelay.shared.telemetry import current_trace_context
 from kitrelay.shared.turn_bus import last_entry, publish_turn
 
 log = logging.getLogger(__name__)
@@ -131,7 +133,9 @@ def _turn_log(request: TurnRequest, attempt: int, context: TurnContext, deps: Tu
         attempt=attempt,
         ttl_s=deps.stream_ttl_s,
         ttl_after_end_s=deps.stream_ttl_after_end_s,
-        trace=request.trace,
+        # Entries carry this worker's span of the turn, so whoever reads them can join the turn's trace.
+        trace=current_trace_context(request.trace),
+        agent=request.agent,
     )
 
 
@@ -197,8 +201,9 @@ async def _run_agent(
             model_provider=deps.provider,
             group_id=request.thread_id,
             workflow_name=f"kitrelay {request.agent} turn",
-            # The SDK's default trace exporter uploads to OpenAI; nothing leaves this deployment unless configured.
-            tracing_disabled=True,
+            # The SDK's default trace exporter uploads to OpenAI: tracing runs only once the OpenTelemetry bridge
+            # has replaced it (shared/agents_tracing.py), so nothing leaves this deployment unless configured.
+            tracing_disabled=not agents_tracing_installed(),
         ),
     )
 
@@ -265,7 +270,9 @@ async def _hand_off(request: TurnRequest, target: str, turn_log: TurnLog, deps: 
     await turn_log.handoff(kind)
     # Same turn, same stream, next hop: the receiving worker continues where this one stopped. The publish is
     # acknowledged by JetStream before this worker acks its own message.
-    await publish_turn(deps.js, deps.namespace, request.model_copy(update={"agent": kind, "hops": request.hops + 1}))
+    # created_at restarts: the next worker's queue wait is measured from the handoff.
+    handed = request.model_copy(update={"agent": kind, "hops": request.hops + 1, "created_at": utcnow()})
+    await publish_turn(deps.js, deps.namespace, handed)
 
 
 async def _run_action(request: TurnRequest, context: TurnContext, turn_log: TurnLog, deps: TurnDeps) -> None:

@@ -13,11 +13,14 @@ import signal
 import time
 
 import nats.errors
+import structlog
 from agents import Agent
 from chatkit.agents import AgentContext
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from kitrelay.agents.context import TurnContext
@@ -27,9 +30,11 @@ from kitrelay.services.knowledge import KnowledgeService
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_runner import TurnControl, TurnDeps, dead_letter, run_turn
 from kitrelay.services.turns import TurnRecords
+from kitrelay.shared.agents_tracing import install_agents_tracing
 from kitrelay.shared.connections import connect_nats, connect_redis, ensure_turns_stream
 from kitrelay.shared.logging import configure_logging
-from kitrelay.shared.messages import TurnRequest
+from kitrelay.shared.messages import TurnRequest, utcnow
+from kitrelay.shared.metrics import TURN_DURATION, TURNS_IN_FLIGHT, TURNS_STARTED, serve_metrics
 from kitrelay.shared.names import (
     cancel_subject,
     dead_letter_subject,
@@ -41,6 +46,7 @@ from kitrelay.shared.names import (
 from kitrelay.shared.settings import AgentKind, Settings
 from kitrelay.shared.store.chatkit_store import SqlStore
 from kitrelay.shared.store.engine import make_engine, make_sessionmaker
+from kitrelay.shared.telemetry import parent_context, setup_telemetry, tracer
 
 log = logging.getLogger(__name__)
 
@@ -131,28 +137,73 @@ class Worker:
             await msg.term()
             return
         attempt = msg.metadata.num_delivered or 1
+        with (
+            structlog.contextvars.bound_contextvars(
+                turn_id=request.turn_id, thread_id=request.thread_id, agent=request.agent
+            ),
+            self._turn_span(msg, request, attempt) as span,
+        ):
+            await self._handle_turn(msg, request, attempt, span)
+
+    def _turn_span(self, msg: Msg, request: TurnRequest, attempt: int) -> contextlib.AbstractContextManager[trace.Span]:
+        """The worker's span of one run of the turn: a child of the publish that handed it over (the gateway's,
+        or the previous worker's on a handoff), through the W3C context in the message headers or body."""
+        queue_wait_s = max(0.0, (utcnow() - request.created_at).total_seconds())
+        attributes: dict[str, str | int | float] = {
+            "kitrelay.turn_id": request.turn_id,
+            "kitrelay.thread_id": request.thread_id,
+            "kitrelay.agent": request.agent,
+            "kitrelay.team_id": request.identity.team_id,
+            "kitrelay.hop": request.hops,
+            "kitrelay.attempt": attempt,
+            "kitrelay.turn.kind": "action" if request.action else "message",
+            # From the turn's creation (or, after a handoff, its republishing) to this worker taking it.
+            "kitrelay.queue_wait_ms": round(queue_wait_s * 1000, 3),
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": msg.subject,
+            "messaging.message.id": f"{request.turn_id}:{request.hops}",
+            "messaging.consumer.group.name": turns_consumer(self._settings.NAMESPACE, self.kind),
+        }
+        return tracer().start_as_current_span(
+            f"process {request.agent} turn",
+            context=parent_context(request.trace, msg.headers),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        )
+
+    async def _handle_turn(self, msg: Msg, request: TurnRequest, attempt: int, span: trace.Span) -> None:
         kind = "action" if request.action else "message"
         log.info(
             "turn %s (%s, %s) hop %d attempt %d started", request.turn_id, request.agent, kind, request.hops, attempt
         )
         if attempt > self._settings.TURN_MAX_DELIVER:
+            span.set_status(Status(StatusCode.ERROR, "dead-lettered"))
             await self._dead_letter(msg, request, attempt)
             return
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         control = self._controls[request.turn_id] = TurnControl()
+        TURNS_STARTED.labels(self.kind).inc()
+        TURNS_IN_FLIGHT.labels(self.kind).inc()
+        started = time.monotonic()
         try:
             await run_turn(request, attempt=attempt, agent=self._agent, deps=self._deps, control=control)
         except asyncio.CancelledError:
             # Drain deadline passed: give the turn back so another worker redoes it now.
+            span.set_status(Status(StatusCode.ERROR, "given back on shutdown"))
             await asyncio.shield(msg.nak())
             raise
-        except Exception:
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, "not written; redelivered"))
             log.exception("turn %s attempt %d could not be written; it will be redelivered", request.turn_id, attempt)
             await msg.nak(delay=1.0)
             return
         finally:
             heartbeat.cancel()
             self._controls.pop(request.turn_id, None)
+            TURNS_IN_FLIGHT.labels(self.kind).dec()
+            TURN_DURATION.labels(self.kind).observe(time.monotonic() - started)
         # Wait for JetStream to confirm the ack: only then is the turn surely not redelivered, and only then is
         # the slot given back.
         await msg.ack_sync()
@@ -216,6 +267,8 @@ class Worker:
 
 async def serve(kind: AgentKind, settings: Settings, *, handle_signals: bool = True) -> None:
     """The worker process: connect, run until SIGTERM/SIGINT, drain, close in reverse order."""
+    if settings.WORKER_METRICS_PORT:
+        serve_metrics(settings.WORKER_METRICS_PORT)
     agent = build_agent(kind)
     nc = await connect_nats(settings, name=f"kitrelay-worker-{kind}")
     redis = await connect_redis(settings)
@@ -253,4 +306,9 @@ async def serve(kind: AgentKind, settings: Settings, *, handle_signals: bool = T
 
 def main(kind: AgentKind, settings: Settings) -> None:
     configure_logging(settings)
-    asyncio.run(serve(kind, settings))
+    telemetry = setup_telemetry(f"kitrelay-worker-{kind}", settings)
+    install_agents_tracing(settings)
+    try:
+        asyncio.run(serve(kind, settings))
+    finally:
+        telemetry.shutdown()

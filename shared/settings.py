@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     TURN_MAX_DELIVER: int = Field(default=5, ge=1)
     WORKER_DRAIN_TIMEOUT_S: float = Field(default=25.0, ge=0)
     HISTORY_ITEMS: int = Field(default=50, ge=1)
+    # A worker serves its Prometheus metrics over HTTP on this port (0: it does not).
+    WORKER_METRICS_PORT: int = Field(default=0, ge=0, le=65535)
     # A running turn's Redis stream expires this long after its last entry (a dead turn's stream goes away)...
     TURN_STREAM_TTL_S: int = Field(default=3600, ge=1)
     # ...and a finished one this long after its end, which bounds Redis memory under sustained load.
@@ -143,6 +145,14 @@ class Settings(BaseSettings):
     MODEL_REQUEST_DEADLINE_S: float = Field(default=110.0, gt=0)
     # Rough token budget (about 4 characters a token) of the history sent to the model, on top of HISTORY_ITEMS.
     HISTORY_TOKEN_BUDGET: int = Field(default=24_000, ge=1)
+
+    # Observability. Traces and metrics are exported over OTLP/HTTP as the standard OTEL_* variables say
+    # (OTEL_EXPORTER_OTLP_ENDPOINT, ...; nothing is exported when unset). A link to a turn's trace, e.g.
+    # "http://localhost:16686/trace/{trace_id}", is shown with the thread's turns when this is set.
+    TRACE_DASHBOARD_URL: str | None = None
+    # Record tool arguments and results, and model inputs and outputs, on the Agents SDK spans (they may hold
+    # personal data: off by default).
+    TRACE_RECORD_CONTENT: bool = False
 
     LOG_LEVEL: str = "INFO"
     LOG_JSON: bool = False

@@ -7,22 +7,42 @@ from typing import cast
 import redis.asyncio as aioredis
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
+from opentelemetry.trace import SpanKind
 
 from kitrelay.shared.messages import ENTRY_FIELD, TurnEntry, TurnRequest, decode_entry
 from kitrelay.shared.names import thread_active_key, turn_stream_key, turns_subject
+from kitrelay.shared.telemetry import current_trace_context, trace_headers, tracer
 
 # Bounds a runaway turn's stream; a normal turn writes a few hundred entries.
 TURN_STREAM_MAXLEN = 50_000
 
 
 async def publish_turn(js: JetStreamContext, namespace: str, request: TurnRequest) -> PubAck:
-    """Hand a turn to the workers of `request.agent`. Returns once JetStream has stored it."""
-    return await js.publish(
-        turns_subject(namespace, request.agent),
-        request.model_dump_json().encode(),
-        # The same turn published twice within the stream's duplicate window is stored once.
-        headers={"Nats-Msg-Id": f"{request.turn_id}:{request.hops}"},
-    )
+    """Hand a turn to the workers of `request.agent`. Returns once JetStream has stored it.
+
+    The publish is a PRODUCER span under the current one; its context travels as W3C trace context in the
+    message headers and in `request.trace`, so the worker's span of the turn is its child."""
+    subject = turns_subject(namespace, request.agent)
+    message_id = f"{request.turn_id}:{request.hops}"
+    attributes: dict[str, str | int] = {
+        "messaging.system": "nats",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": subject,
+        "messaging.message.id": message_id,
+        "kitrelay.turn_id": request.turn_id,
+        "kitrelay.thread_id": request.thread_id,
+        "kitrelay.agent": request.agent,
+        "kitrelay.team_id": request.identity.team_id,
+        "kitrelay.hop": request.hops,
+    }
+    with tracer().start_as_current_span(f"send {subject}", kind=SpanKind.PRODUCER, attributes=attributes):
+        traced = request.model_copy(update={"trace": current_trace_context(request.trace)})
+        return await js.publish(
+            subject,
+            traced.model_dump_json().encode(),
+            # The same turn published twice within the stream's duplicate window is stored once.
+            headers={"Nats-Msg-Id": message_id, **trace_headers(traced.trace)},
+        )
 
 
 async def append_entry(redis: aioredis.Redis, namespace: str, entry: TurnEntry, *, ttl_s: int) -> str:

@@ -11,7 +11,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext import asyncio as sa_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -21,6 +22,8 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 def make_engine(database_url: str) -> AsyncEngine:
     """An engine for the store: `sqlite+aiosqlite://...` (embedded) or `postgresql+asyncpg://...`."""
     url = make_url(database_url)
+    # Looked up when called, so OpenTelemetry's SQLAlchemy instrumentation (shared/telemetry.py) sees the engine.
+    create_async_engine = sa_asyncio.create_async_engine
     if url.get_backend_name() == "sqlite":
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _configure_sqlite)

@@ -141,7 +141,12 @@ async def test_stop_ends_the_reply_within_a_second_and_saves_it_marked_stopped(h
     items = await saved(client, thread_id)
     assert [i["type"] for i in items] == ["user_message", "assistant_message"]
     assert items[1]["content"][0]["text"] == text
-    turns = (await http.get(f"/threads/{thread_id}/turns")).json()["data"]
+    # The status is recorded just after the end entry that closed the stream.
+    for _ in range(50):
+        turns = (await http.get(f"/threads/{thread_id}/turns")).json()["data"]
+        if turns[0]["status"] != "queued":
+            break
+        await asyncio.sleep(0.05)
     assert [t["status"] for t in turns] == ["cancelled"]
 
 

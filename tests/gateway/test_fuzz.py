@@ -71,7 +71,9 @@ def stream(http: httpx.Client, request: dict[str, Any]) -> list[dict[str, Any]]:
 
 def sse_frames(raw: bytes) -> list[dict[str, Any]]:
     frames = []
-    for line in raw.decode().splitlines():
+    # SSE lines end with \n here; str.splitlines() would also split inside a frame at U+0085 or U+2028, which JSON
+    # leaves unescaped in message text.
+    for line in raw.decode().replace("\r\n", "\n").split("\n"):
         if line.startswith("data:"):
             frames.append(json.loads(line.removeprefix("data:").strip()))
     return frames
