@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from kitrelay.gateway.attachments import KitrelayAttachmentStore
 from kitrelay.gateway.auth import Authenticator
 from kitrelay.gateway.context import RequestContext
 from kitrelay.gateway.limits import Limiter
@@ -60,9 +61,15 @@ async def enforce_rate_limit(
         await limiter.check_rate(identity)
 
 
+def get_attachment_store(request: Request) -> KitrelayAttachmentStore:
+    attachment_store: KitrelayAttachmentStore = request.state.attachment_store
+    return attachment_store
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServerDep = Annotated[RelayChatKitServer, Depends(get_server)]
 StoreDep = Annotated[GatewayStore, Depends(get_store)]
 ContextDep = Annotated[RequestContext, Depends(get_request_context)]
 LimiterDep = Annotated[Limiter | None, Depends(get_limiter)]
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
+AttachmentStoreDep = Annotated[KitrelayAttachmentStore, Depends(get_attachment_store)]

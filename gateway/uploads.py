@@ -17,10 +17,9 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from kitrelay.gateway.attachments import UploadedAttachment, payload_too_large
 from kitrelay.gateway.auth import UPLOAD_ROUTE_NAME, UPLOAD_TOKEN_HEADER, Authenticator
-from kitrelay.gateway.deps import ContextDep, StoreDep, enforce_rate_limit
+from kitrelay.gateway.deps import AttachmentStoreDep, ContextDep, StoreDep, enforce_rate_limit
 from kitrelay.gateway.errors import ERROR_RESPONSES, ApiError
 from kitrelay.gateway.requests import require_own_attachment, require_plausible_id
-from kitrelay.gateway.upload_deps import AttachmentStoreDep
 from kitrelay.shared.messages import Identity
 
 router = APIRouter()

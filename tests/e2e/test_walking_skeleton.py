@@ -142,12 +142,9 @@ async def test_gateway_and_worker_are_separate_processes(system: RunningSystem, 
 async def test_no_worker_for_the_turn_gives_a_clear_error(
     nats_url: str, redis_url: str, namespace: str, tmp_path: Path
 ) -> None:
-    database_url = sqlite_url(tmp_path / "kitrelay.db")
-    migrate(database_url)
     with running_system(
         nats_url=nats_url,
         redis_url=redis_url,
-        database_url=database_url,
         namespace=f"{namespace}nw",
         log_dir=tmp_path,
         workers=(),
@@ -164,12 +161,9 @@ async def test_no_worker_for_the_turn_gives_a_clear_error(
 async def test_a_handoff_nobody_takes_times_out_and_a_late_worker_does_not_answer(
     nats_url: str, redis_url: str, namespace: str, tmp_path: Path
 ) -> None:
-    database_url = sqlite_url(tmp_path / "kitrelay.db")
-    migrate(database_url)
     with running_system(
         nats_url=nats_url,
         redis_url=redis_url,
-        database_url=database_url,
         namespace=f"{namespace}ho",
         log_dir=tmp_path,
         workers=("triage",),
