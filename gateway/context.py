@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from kitrelay.shared.messages import Identity
+
+
+class RelayedStream(Protocol):
+    """The rest of a relayed turn, handed from the ChatKit server to the SSE response (gateway/sse.py): batches of
+    (entry id, event JSON). `close()` ends the turn's bookkeeping, also when `frames()` was never read."""
+
+    def frames(self) -> AsyncIterator[list[tuple[str | None, str]]]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -16,3 +27,5 @@ class RequestContext:
     entry_id: str | None = None
     # The turn being relayed, once it has started.
     turn_id: str | None = None
+    # Set when respond() hands the turn's events over to be streamed past the ChatKit SDK (gateway/sse.py).
+    relayed: RelayedStream | None = None

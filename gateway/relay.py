@@ -1,26 +1,38 @@
-"""Reads a turn's Redis stream (XREAD BLOCK) from a given entry id until the turn's terminal entry."""
+"""Reads turns' Redis streams for one gateway process: one hub XREADs every followed stream at once, and each
+follower reads its turn from the hub, from a given entry id until the turn's terminal entry.
+
+One blocking XREAD per open stream would hold one Redis connection (and its buffers) per stream: at thousands of
+streams that is most of the gateway's memory and a system call per event. The hub holds one connection, asks
+for all followed keys in each XREAD, and hands each follower its entries in batches."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from kitrelay.shared.messages import ENTRY_FIELD, HandoffEntry, TurnEntry, decode_entry
+from kitrelay.shared.messages import ENTRY_FIELD, EntryView, peek_entry
 from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.settings import AgentKind
 
 log = logging.getLogger(__name__)
 
-# What XREAD returns for one key with decode_responses off: [(key, [(entry id, {field: value})])].
-XReadResponse = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
+# What XREAD returns with decode_responses off: [(key, [(entry id, {field: value})])].
+RawEntries = list[tuple[bytes, dict[bytes, bytes]]]
+XReadResponse = list[tuple[bytes, RawEntries]]
+# How long the hub's XREAD blocks when nothing comes; a new follower wakes it at once (CLIENT UNBLOCK).
+HUB_BLOCK_MS = 2000
+HUB_BATCH = 512
+REDIS_RETRY_S = 0.5
 
 
 class TurnTimeoutError(Exception):
@@ -38,10 +50,186 @@ class Timeouts:
     start_s: float  # until the first entry
     handoff_s: float  # after a handoff, until the next kind's first entry
     idle_s: float  # between two entries of a running worker
-    block_ms: int
+    block_ms: int  # the longest a follower waits before its on_tick runs again
+
+
+def _id_key(entry_id: bytes | str) -> tuple[int, int]:
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = raw.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(eq=False)
+class _Follower:
+    key: bytes
+    last_id: str
+    batches: asyncio.Queue[RawEntries] = field(default_factory=asyncio.Queue)
+
+
+class StreamHub:
+    """The gateway process's one reader of turn streams. `start()` in the lifespan, `stop()` at shutdown."""
+
+    def __init__(self, redis: aioredis.Redis, *, block_ms: int = HUB_BLOCK_MS, batch: int = HUB_BATCH) -> None:
+        self._redis = redis
+        # A connection of its own: it sits in XREAD BLOCK, and CLIENT UNBLOCK names it.
+        self._reader = redis.client()
+        self._block_ms = block_ms
+        self._batch = batch
+        self._followers: dict[bytes, list[_Follower]] = {}
+        self._held: set[bytes] = set()  # keys left out of the XREAD in flight (their followers hold a batch)
+        self._changed = asyncio.Event()
+        self._generation = 0  # bumped by every new follower
+        self._reading: int | None = None  # the generation an XREAD in flight was asked for
+        self._client_id: int | None = None
+        self._waking: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="turn stream hub")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._waking):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = None
+        await self._reader.aclose()
+
+    @property
+    def followed(self) -> int:
+        return sum(len(followers) for followers in self._followers.values())
+
+    @contextlib.contextmanager
+    def follow(self, key: str, after: str) -> Iterator[_Follower]:
+        """A follower of `key` from after entry id `after`: its `batches` queue gets the entries, in order."""
+        follower = _Follower(key.encode(), after)
+        self._followers.setdefault(follower.key, []).append(follower)
+        self._generation += 1
+        self._changed.set()
+        self._wake()
+        try:
+            yield follower
+        finally:
+            followers = self._followers.get(follower.key, [])
+            if follower in followers:
+                followers.remove(follower)
+            if not followers:
+                self._followers.pop(follower.key, None)
+
+    def _wake(self) -> None:
+        """Interrupt an XREAD blocked on the keys of before: the new follower's entries must not wait for it."""
+        if self._waking is None or self._waking.done():
+            self._waking = asyncio.create_task(self._unblock())
+
+    async def _unblock(self) -> None:
+        # The XREAD may not have reached Redis yet (CLIENT UNBLOCK then answers 0): try again until the XREAD in
+        # flight is one that already includes the new keys.
+        for _ in range(200):
+            if self._reading is None or self._reading == self._generation or self._client_id is None:
+                return
+            try:
+                if await self._redis.client_unblock(self._client_id):
+                    return
+            except RedisError:
+                return  # the reader rides out what broke Redis, and reads again soon
+            await asyncio.sleep(0.001)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._followers:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            generation = self._generation
+            # Backpressure: a follower still holding a batch is not read for until it takes it, so a client (or a
+            # relay) slower than its worker leaves the backlog in Redis rather than in this process.
+            streams: dict[bytes, str] = {}
+            self._held.clear()
+            for key, followers in self._followers.items():
+                ready = [f.last_id for f in followers if f.batches.empty()]
+                if ready:
+                    streams[key] = min(ready, key=_id_key)
+                else:
+                    self._held.add(key)
+            if not streams:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            try:
+                if self._client_id is None:
+                    self._client_id = int(await self._reader.client_id())
+                self._reading = generation
+                response = cast(
+                    XReadResponse | None,
+                    await self._reader.xread(streams, count=self._batch, block=self._block_ms),  # type: ignore[arg-type]
+                )
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    # redis-py reports a cancelled read as a timeout: this is the hub stopping, not Redis failing.
+                    raise asyncio.CancelledError from exc
+                # Redis went away: followers wait within their own deadlines; read again once it is back.
+                log.warning("reading turn streams: %s; retrying", exc)
+                self._client_id = None
+                await asyncio.sleep(REDIS_RETRY_S)
+                continue
+            finally:
+                self._reading = None
+            for key, entries in response or []:
+                self._dispatch(key, entries)
+
+    def taken(self, follower: _Follower) -> None:
+        """A follower took its batch: if the XREAD in flight left its key out, it is read for again at once."""
+        if follower.key in self._held and follower.batches.empty():
+            self._held.discard(follower.key)
+            self._generation += 1
+            self._changed.set()
+            self._wake()
+
+    def _dispatch(self, key: bytes, entries: RawEntries) -> None:
+        for follower in self._followers.get(key, []):
+            if not follower.batches.empty():
+                continue  # it reads these (and more) from its own last id once it has taken what it holds
+            after = _id_key(follower.last_id)
+            mine = [entry for entry in entries if _id_key(entry[0]) > after]
+            if mine:
+                follower.last_id = mine[-1][0].decode()
+                follower.batches.put_nowait(mine)
+
+
+@dataclass
+class _Progress:
+    """Where a follower is in its turn: the newest run seen, what it waits for, and until when."""
+
+    newest_run: tuple[int, int]
+    waiting_for: AgentKind | None
+    deadline: float
+
+    def take(self, raw: RawEntries, timeouts: Timeouts) -> list[tuple[str, EntryView]]:
+        """The entries of `raw` to pass on, up to the terminal one; entries of runs older than the newest seen
+        are dropped, and each entry pushes the deadline out."""
+        batch: list[tuple[str, EntryView]] = []
+        for raw_id, fields in raw:
+            entry = peek_entry(fields[ENTRY_FIELD])
+            if entry.run < self.newest_run:
+                continue
+            self.newest_run = entry.run
+            batch.append((raw_id.decode(), entry))
+            if entry.is_terminal:
+                break
+            if entry.kind == "handoff":
+                self.waiting_for = entry.handoff_to
+                self.deadline = time.monotonic() + timeouts.handoff_s
+            else:
+                self.waiting_for = None
+                self.deadline = time.monotonic() + timeouts.idle_s
+        return batch
 
 
 async def read_turn(
+    hub: StreamHub,
     redis: aioredis.Redis,
     namespace: str,
     turn_id: str,
@@ -50,50 +238,39 @@ async def read_turn(
     timeouts: Timeouts,
     after: str = "0-0",
     on_tick: Callable[[], Awaitable[None]] | None = None,
-) -> AsyncIterator[tuple[str, TurnEntry]]:
-    """Yield (entry id, entry) in stream order, the terminal entry last.
+) -> AsyncIterator[list[tuple[str, EntryView]]]:
+    """Yield batches of (entry id, entry) in stream order, the terminal entry last.
 
     Entries of a run older than the newest seen are dropped: a redelivered (or handed-off) turn supersedes what
-    an earlier run wrote. `on_tick` runs before every read (at least every `block_ms`). A Redis that goes away
+    an earlier run wrote. `on_tick` runs before every wait (at least every `block_ms`). A Redis that goes away
     for a moment is waited for, within the same deadlines."""
     key = turn_stream_key(namespace, turn_id)
-    last_id = after
-    newest_run = (0, 0)
-    waiting_for: AgentKind | None = first_agent
+    progress = _Progress((0, 0), first_agent, time.monotonic() + timeouts.start_s)
     if after != "0-0":
         # Resuming: the entry the client last saw tells which run it was following.
-        seen = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(key, min=after, max=after))
+        seen = cast(RawEntries, await redis.xrange(key, min=after, max=after))
         if seen:
-            newest_run = decode_entry(seen[0][1][ENTRY_FIELD]).run
-            waiting_for = None
-    deadline = time.monotonic() + timeouts.start_s
-    while True:
-        remaining_ms = int((deadline - time.monotonic()) * 1000)
-        if remaining_ms <= 0:
-            raise TurnTimeoutError(turn_id, waiting_for=waiting_for, last_run=newest_run)
-        block = max(1, min(timeouts.block_ms, remaining_ms))
-        try:
-            if on_tick is not None:
-                await on_tick()
-            response = cast(XReadResponse, await redis.xread({key: last_id}, count=256, block=block))
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            log.warning("reading turn %s: %s; retrying", turn_id, exc)
-            await asyncio.sleep(0.5)
-            continue
-        if not response:
-            continue
-        for raw_id, fields in response[0][1]:
-            last_id = raw_id.decode()
-            entry = decode_entry(fields[ENTRY_FIELD])
-            if entry.run < newest_run:
-                continue
-            newest_run = entry.run
-            yield last_id, entry
-            if entry.is_terminal:
-                return
-            if isinstance(entry.body, HandoffEntry):
-                waiting_for = entry.body.to
-                deadline = time.monotonic() + timeouts.handoff_s
+            progress.newest_run = peek_entry(seen[0][1][ENTRY_FIELD]).run
+            progress.waiting_for = None
+    with hub.follow(key, after) as follower:
+        while True:
+            remaining_s = progress.deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise TurnTimeoutError(turn_id, waiting_for=progress.waiting_for, last_run=progress.newest_run)
+            if follower.batches.empty():
+                if on_tick is not None:
+                    with contextlib.suppress(RedisError):
+                        await on_tick()
+                try:
+                    async with asyncio.timeout(min(timeouts.block_ms / 1000, remaining_s)):
+                        raw = await follower.batches.get()
+                except TimeoutError:
+                    continue
             else:
-                waiting_for = None
-                deadline = time.monotonic() + timeouts.idle_s
+                raw = follower.batches.get_nowait()
+            hub.taken(follower)
+            batch = progress.take(raw, timeouts)
+            if batch:
+                yield batch
+                if batch[-1][1].is_terminal:
+                    return

@@ -18,6 +18,7 @@ from chatkit.types import (
     ThreadMetadata,
     ThreadStreamEvent,
     UserMessageItem,
+    UserMessageTextContent,
     WidgetItem,
 )
 from opentelemetry import trace
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 # The first event of every relayed turn names it, so a client can re-attach (GET /turns/{id}/events) or stop it.
 TURN_EFFECT = "kitrelay.turn"
+TITLE_MAX_CHARS = 60
 
 
 class RelayChatKitServer(ChatKitServer[RequestContext]):
@@ -55,6 +57,10 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
     async def respond(
         self, thread: ThreadMetadata, input_user_message: UserMessageItem | None, context: RequestContext
     ) -> AsyncIterator[ThreadStreamEvent]:
+        if thread.title is None and input_user_message is not None:
+            # Named after its first message, for every client at once: the SDK saves the thread and streams
+            # thread.updated after the next event.
+            thread.title = thread_title(input_user_message)
         turn = TurnRequest(
             turn_id=new_id("turn"),
             thread_id=thread.id,
@@ -97,7 +103,7 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
                 "kitrelay.team_id": turn.identity.team_id,
             },
         )
-        in_flight = False
+        handed_over = False
         try:
             try:
                 async for waiting in self.relay.admit(turn):
@@ -109,25 +115,15 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
             with trace.use_span(span, end_on_exit=False):
                 await self.relay.start(turn)
             TURNS_IN_FLIGHT.labels(turn.agent).inc()
-            in_flight = True
-            published = time.monotonic()
-            first = True
             context.turn_id = turn.turn_id
+            # The rest of the turn streams past the SDK (gateway/sse.py), which owns the span from here on.
+            context.relayed = _RelayedTurn(self.relay, turn, span)
+            handed_over = True
             yield ClientEffectEvent(name=TURN_EFFECT, data={"turn_id": turn.turn_id, "thread_id": turn.thread_id})
-            async for entry_id, event in self.relay.follow(turn.turn_id, turn.thread_id, first_agent=turn.agent):
-                if first:
-                    first = False
-                    TIME_TO_FIRST_EVENT.labels(turn.agent).observe(time.monotonic() - published)
-                    span.add_event("first event")
-                if isinstance(event, ErrorEvent):
-                    span.set_status(Status(StatusCode.ERROR, event.message or "error event"))
-                context.entry_id = entry_id
-                yield event
         finally:
             context.relay_active = False
-            if in_flight:
-                TURNS_IN_FLIGHT.labels(turn.agent).dec()
-            span.end()
+            if not handed_over:
+                span.end()
 
     async def add_feedback(self, thread_id: str, item_ids: list[str], feedback: Any, context: RequestContext) -> None:
         await self._feedback.record(context.identity, thread_id=thread_id, item_ids=item_ids, kind=feedback)
@@ -138,3 +134,51 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
         # A dropped connection is not a stop: the worker keeps going and saves the whole reply, so nothing is
         # written here (the SDK's default would store a "user cancelled" note). Stopping is POST /turns/{id}/cancel.
         log.info("client detached from turn %s of thread %s; the turn continues", context.turn_id, thread.id)
+
+
+def thread_title(message: UserMessageItem, max_chars: int = TITLE_MAX_CHARS) -> str | None:
+    """The message's text on one line, cut at a word boundary; None for a message with no text."""
+    text = " ".join(" ".join(part.text for part in message.content if isinstance(part, UserMessageTextContent)).split())
+    if len(text) <= max_chars:
+        return text or None
+    cut = text[:max_chars].rsplit(" ", 1)[0] or text[:max_chars]
+    return f"{cut}…"
+
+
+class _RelayedTurn:
+    """A started turn's events from its stream, for the SSE response to write on (gateway/context.RelayedStream).
+    It closes the turn's bookkeeping (in-flight gauge, the relay span) once, however the stream ends."""
+
+    def __init__(self, relay: TurnRelay, turn: TurnRequest, span: trace.Span) -> None:
+        self._relay = relay
+        self._turn = turn
+        self._span = span
+        self._published = time.monotonic()
+        self._finished = False
+        self._closed = False
+
+    async def frames(self) -> AsyncIterator[list[tuple[str | None, str]]]:
+        turn = self._turn
+        first = True
+        try:
+            async for frames in self._relay.follow_raw(turn.turn_id, turn.thread_id, first_agent=turn.agent):
+                if first:
+                    first = False
+                    TIME_TO_FIRST_EVENT.labels(turn.agent).observe(time.monotonic() - self._published)
+                    self._span.add_event("first event")
+                for _, data in frames:
+                    if data.startswith('{"type":"error"'):
+                        self._span.set_status(Status(StatusCode.ERROR, "error event"))
+                yield frames
+            self._finished = True
+        finally:
+            if not self._finished:
+                # A dropped connection is not a stop: the worker keeps going and saves the whole reply.
+                log.info("client detached from turn %s of thread %s; the turn continues", turn.turn_id, turn.thread_id)
+            self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            TURNS_IN_FLIGHT.labels(self._turn.agent).dec()
+            self._span.end()

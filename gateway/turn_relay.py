@@ -5,6 +5,7 @@ every gateway replica: all state lives in NATS, Redis and the database."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,17 +18,16 @@ import structlog
 from chatkit.types import (
     ErrorEvent,
     ProgressUpdateEvent,
-    ThreadItemAddedEvent,
-    ThreadItemDoneEvent,
     ThreadItemRemovedEvent,
     ThreadStreamEvent,
 )
 from nats.aio.client import Client as NATS
 
 from kitrelay.gateway.errors import ApiError
-from kitrelay.gateway.relay import Timeouts, TurnTimeoutError, read_turn
+from kitrelay.gateway.relay import StreamHub, Timeouts, TurnTimeoutError, read_turn
+from kitrelay.gateway.sse import event_json
 from kitrelay.services.turns import TurnRecords
-from kitrelay.shared.messages import ChatKitEntry, TurnEnd, TurnEntry, TurnRequest, TurnStatus
+from kitrelay.shared.messages import TurnEnd, TurnEntry, TurnRequest, TurnStatus
 from kitrelay.shared.metrics import EVENTS_RELAYED, SSE_STREAMS_OPEN, TURNS_STARTED
 from kitrelay.shared.names import cancel_subject, turn_watch_key
 from kitrelay.shared.settings import AgentKind, Settings
@@ -44,6 +44,10 @@ from kitrelay.shared.turn_bus import (
 log = logging.getLogger(__name__)
 
 StopOutcome = Literal["stopping", "cancelled", "already_ended"]
+# One relayed SSE event: its Redis entry id (None for events the relay makes itself) and its JSON.
+RelayedFrame = tuple[str | None, str]
+_ITEM_EVENTS = frozenset({"thread.item.added", "thread.item.done"})
+_HIDDEN_ITEMS = frozenset({"hidden_context_item", "sdk_hidden_context"})
 # A thread's claim outlives any sane turn; it only matters when a turn died without ending (then it frees itself).
 THREAD_CLAIM_TTL_S = 600
 
@@ -88,6 +92,8 @@ class TurnRelay:
         self._nc = nc
         self._js = nc.jetstream()
         self._redis = redis
+        # Every stream this gateway follows is read through this one hub (started with the first follower).
+        self.hub = StreamHub(redis)
         self.turns = turns
         self.config = config
 
@@ -148,11 +154,12 @@ class TurnRelay:
             TURNS_STARTED.labels(turn.agent).inc()
             log.info("turn %s published for thread %s to %s", turn.turn_id, turn.thread_id, turn.agent)
 
-    async def follow(
+    async def follow_raw(
         self, turn_id: str, thread_id: str, *, first_agent: AgentKind, after: str = "0-0"
-    ) -> AsyncIterator[tuple[str | None, ThreadStreamEvent]]:
-        """The turn's ChatKit events with their entry ids, until its end. A turn nobody picks up (or that goes
-        quiet) is ended here with a clear, retryable error event (which has no entry id)."""
+    ) -> AsyncIterator[list[RelayedFrame]]:
+        """The turn's ChatKit events until its end, in batches of (entry id, the event's JSON as the client
+        receives it), passed on as the worker wrote them, without rebuilding models. A turn nobody picks up (or
+        that goes quiet) is ended here with a clear, retryable error event (which has no entry id)."""
         watch_key = turn_watch_key(self.config.namespace, turn_id)
 
         async def still_watching() -> None:
@@ -161,9 +168,11 @@ class TurnRelay:
         # Items this client was shown, by the run that wrote them: if a newer attempt of the same hop takes over
         # (its worker died), they are withdrawn here, whatever is left of the dead attempt's entries in Redis.
         shown: dict[tuple[int, int], list[str]] = {}
+        self.hub.start()
         SSE_STREAMS_OPEN.inc()
         try:
-            async for entry_id, entry in read_turn(
+            async for batch in read_turn(
+                self.hub,
                 self._redis,
                 self.config.namespace,
                 turn_id,
@@ -172,16 +181,23 @@ class TurnRelay:
                 after=after,
                 on_tick=still_watching,
             ):
-                for stale in _superseded(shown, entry.run):
-                    yield None, ThreadItemRemovedEvent(item_id=stale)
-                if isinstance(entry.body, ChatKitEntry):
-                    event = entry.body.event
-                    if isinstance(event, ThreadItemAddedEvent | ThreadItemDoneEvent):
-                        shown.setdefault(entry.run, []).append(event.item.id)
-                    EVENTS_RELAYED.inc()
-                    yield entry_id, event
-                elif isinstance(entry.body, TurnEnd) and entry.body.status != "completed":
-                    log.info("turn %s ended %s: %s", turn_id, entry.body.status, entry.body.error)
+                frames: list[RelayedFrame] = []
+                for entry_id, entry in batch:
+                    frames.extend((None, event_json(removed)) for removed in _superseded(shown, entry.run))
+                    if entry.event is not None:
+                        event = entry.event
+                        kind = event["type"]
+                        if kind in _ITEM_EVENTS:
+                            item = event["item"]
+                            shown.setdefault(entry.run, []).append(item["id"])
+                            if kind == "thread.item.done" and item.get("type") in _HIDDEN_ITEMS:
+                                continue  # context for the model, never shown (as the ChatKit SDK does)
+                        frames.append((entry_id, json.dumps(event, separators=(",", ":"), ensure_ascii=False)))
+                    elif entry.kind == "end" and entry.status != "completed":
+                        log.info("turn %s ended %s: %s", turn_id, entry.status, entry.error)
+                if frames:
+                    EVENTS_RELAYED.inc(len(frames))
+                    yield frames
         except TurnTimeoutError as exc:
             log.warning("%s", exc)
             await self._end_here(turn_id, thread_id, exc.last_run, "failed", str(exc))
@@ -190,9 +206,12 @@ class TurnRelay:
                 if exc.waiting_for
                 else "The assistant stopped responding. Please try again."
             )
-            yield None, ErrorEvent(code="custom", message=message, allow_retry=True)
+            yield [(None, event_json(ErrorEvent(code="custom", message=message, allow_retry=True)))]
         finally:
             SSE_STREAMS_OPEN.dec()
+
+    async def close(self) -> None:
+        await self.hub.stop()
 
     async def stop(self, turn_id: str) -> StopOutcome:
         """Stop a turn: the worker running it confirms within CANCEL_CONFIRM_TIMEOUT_S and saves what it has; a
@@ -229,11 +248,11 @@ class TurnRelay:
             await release_thread(self._redis, self.config.namespace, thread_id, turn_id)
 
 
-def _superseded(shown: dict[tuple[int, int], list[str]], run: tuple[int, int]) -> list[str]:
-    """Item ids shown from earlier attempts of `run`'s hop, forgotten once returned."""
-    stale: list[str] = []
+def _superseded(shown: dict[tuple[int, int], list[str]], run: tuple[int, int]) -> list[ThreadItemRemovedEvent]:
+    """Removals of the items shown from earlier attempts of `run`'s hop, forgotten once returned."""
+    stale: list[ThreadItemRemovedEvent] = []
     for earlier in [r for r in shown if r[0] == run[0] and r[1] < run[1]]:
-        stale.extend(shown.pop(earlier))
+        stale.extend(ThreadItemRemovedEvent(item_id=item_id) for item_id in shown.pop(earlier))
     return stale
 
 

@@ -58,7 +58,7 @@ async def turn_events(
     redis = request.state.redis
     if turn.status != "queued" and not await redis.exists(turn_stream_key(settings.NAMESPACE, turn_id)):
         raise ApiError(410, "turn_expired", "This turn ended and its events are no longer kept: load the thread.")
-    events = relay.follow(turn_id, turn.thread_id, first_agent=turn.agent, after=last_event_id or after or "0-0")
+    events = relay.follow_raw(turn_id, turn.thread_id, first_agent=turn.agent, after=last_event_id or after or "0-0")
     return sse_response(relayed_sse(events), settings)
 
 

@@ -81,7 +81,7 @@ class TurnDeps:
     max_handoff_hops: int
 
 
-def _cite(event: ThreadStreamEvent, citations: list[SearchHit]) -> list[ThreadStreamEvent]:
+def cite(event: ThreadStreamEvent, citations: list[SearchHit]) -> list[ThreadStreamEvent]:
     """Attach the turn's sources to its assistant message as ChatKit file annotations (whatever the model)."""
     if not citations or not isinstance(event, ThreadItemDoneEvent):
         return [event]
@@ -214,7 +214,7 @@ async def _run_agent(
             lambda: deps.store.generate_item_id("message", thread, context),
         )
         async for event in events:
-            for out in _cite(event, context.citations):
+            for out in cite(event, context.citations):
                 await turn_log.emit(out)
 
     running = asyncio.create_task(relay_events())

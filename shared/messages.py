@@ -11,6 +11,8 @@ higher major version than it knows refuses the message instead of guessing.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
@@ -130,3 +132,55 @@ _entry_adapter: TypeAdapter[TurnEntry] = TypeAdapter(TurnEntry)
 
 def decode_entry(raw: bytes | str) -> TurnEntry:
     return _entry_adapter.validate_json(raw)
+
+
+def encode_entry(entry: TurnEntry) -> str:
+    """An entry as written to its stream. A ChatKit event inside it is already in the form the client receives
+    (as the ChatKit SDK serialises what it streams: no nulls, no integration-only metadata), so a relay can pass
+    it on without rebuilding models."""
+    return entry.model_dump_json(exclude_none=True, context={"exclude_metadata": True})
+
+
+@dataclass(frozen=True, slots=True)
+class EntryView:
+    """What a relay needs of an entry, read with a plain JSON parse instead of model validation: the entry's run,
+    its kind, and for ChatKit entries the event as a dict (its JSON is what the client receives)."""
+
+    run: tuple[int, int]
+    kind: Literal["chatkit", "handoff", "end"]
+    event: dict[str, Any] | None = None
+    handoff_to: AgentKind | None = None
+    status: TurnStatus | None = None
+    error: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.kind == "end"
+
+
+class UnreadableEntryError(ValueError):
+    """An entry of a protocol version (or shape) this reader does not know."""
+
+
+def peek_entry(raw: bytes | str) -> EntryView:
+    try:
+        data = json.loads(raw)
+        if data.get("v") != PROTOCOL_VERSION:
+            raise UnreadableEntryError(f"turn entry of protocol version {data.get('v')!r}")
+        run = (int(data.get("hop", 0)), int(data["attempt"]))
+        body = data["body"]
+        kind = body["kind"]
+        if kind == "chatkit":
+            event = body["event"]
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                raise UnreadableEntryError("a chatkit entry without an event")
+            return EntryView(run, "chatkit", event=event)
+        if kind == "handoff":
+            return EntryView(run, "handoff", handoff_to=body["to"])
+        if kind == "end":
+            return EntryView(run, "end", status=body["status"], error=body.get("error"))
+    except UnreadableEntryError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UnreadableEntryError(f"unreadable turn entry: {exc}") from exc
+    raise UnreadableEntryError(f"turn entry of unknown kind {kind!r}")

@@ -9,7 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from opentelemetry.trace import SpanKind
 
-from kitrelay.shared.messages import ENTRY_FIELD, TurnEntry, TurnRequest, decode_entry
+from kitrelay.shared.messages import ENTRY_FIELD, TurnEntry, TurnRequest, decode_entry, encode_entry
 from kitrelay.shared.names import thread_active_key, turn_stream_key, turns_subject
 from kitrelay.shared.telemetry import current_trace_context, trace_headers, tracer
 
@@ -49,7 +49,7 @@ async def append_entry(redis: aioredis.Redis, namespace: str, entry: TurnEntry, 
     """Append one entry to the turn's stream; returns its Redis entry id (the SSE `id:` the client sees)."""
     key = turn_stream_key(namespace, entry.turn_id)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.xadd(key, {ENTRY_FIELD: entry.model_dump_json()}, maxlen=TURN_STREAM_MAXLEN, approximate=True)
+        pipe.xadd(key, {ENTRY_FIELD: encode_entry(entry)}, maxlen=TURN_STREAM_MAXLEN, approximate=True)
         # Every write pushes the expiry out, so an abandoned stream disappears on its own.
         pipe.expire(key, ttl_s)
         entry_id, _ = await pipe.execute()

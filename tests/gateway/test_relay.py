@@ -1,0 +1,164 @@
+"""The stream hub and read_turn against a real Redis: many turns read through one connection, a new follower
+served at once (not after the hub's block), and read_turn's semantics (resume, superseded runs, deadlines)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from chatkit.types import ProgressUpdateEvent
+
+from kitrelay.gateway.relay import StreamHub, Timeouts, TurnTimeoutError, read_turn
+from kitrelay.shared.ids import new_id
+from kitrelay.shared.messages import ChatKitEntry, EntryView, HandoffEntry, TurnEnd, TurnEntry
+from kitrelay.shared.names import turn_stream_key
+from kitrelay.shared.turn_bus import append_entry
+from tests.infra import cleanup_redis_namespace
+
+TIMEOUTS = Timeouts(start_s=5, handoff_s=5, idle_s=5, block_ms=200)
+
+
+@pytest.fixture
+async def redis(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+    cleanup_redis_namespace(redis_url, f"{namespace}hub")
+
+
+@pytest.fixture
+async def hub(redis: aioredis.Redis) -> AsyncIterator[StreamHub]:
+    # A long block: a follower that had to wait for it would show.
+    hub = StreamHub(redis, block_ms=10_000)
+    hub.start()
+    yield hub
+    await hub.stop()
+
+
+def _progress(turn_id: str, seq: int, text: str, *, hop: int = 0, attempt: int = 1) -> TurnEntry:
+    body = ChatKitEntry(event=ProgressUpdateEvent(text=text))
+    return TurnEntry(turn_id=turn_id, hop=hop, attempt=attempt, seq=seq, body=body)
+
+
+def _end(turn_id: str, seq: int, *, hop: int = 0, attempt: int = 1) -> TurnEntry:
+    return TurnEntry(turn_id=turn_id, hop=hop, attempt=attempt, seq=seq, body=TurnEnd(status="completed"))
+
+
+async def _texts(
+    hub: StreamHub, redis: aioredis.Redis, ns: str, turn_id: str, *, after: str = "0-0", timeouts: Timeouts = TIMEOUTS
+) -> list[tuple[str, EntryView]]:
+    got: list[tuple[str, EntryView]] = []
+    async for batch in read_turn(hub, redis, ns, turn_id, first_agent="triage", timeouts=timeouts, after=after):
+        got.extend(batch)
+    return got
+
+
+def _text(entry: EntryView) -> str:
+    assert entry.event is not None
+    return str(entry.event["text"])
+
+
+async def test_many_turns_are_read_through_one_hub_each_getting_only_its_entries(
+    hub: StreamHub, redis: aioredis.Redis, namespace: str
+) -> None:
+    ns = f"{namespace}hub"
+    turns = [new_id("turn") for _ in range(20)]
+    readers = [asyncio.create_task(_texts(hub, redis, ns, turn_id)) for turn_id in turns]
+    await asyncio.sleep(0.05)  # most are following before the first entry, some may come later: both work
+    for seq in range(3):
+        for turn_id in turns:
+            await append_entry(redis, ns, _progress(turn_id, seq, f"{turn_id} {seq}"), ttl_s=60)
+    for turn_id in turns:
+        await append_entry(redis, ns, _end(turn_id, 3), ttl_s=60)
+    results = await asyncio.wait_for(asyncio.gather(*readers), timeout=10)
+    for turn_id, entries in zip(turns, results, strict=True):
+        assert [_text(e) for _, e in entries[:-1]] == [f"{turn_id} {seq}" for seq in range(3)]
+        assert entries[-1][1].is_terminal
+    assert hub.followed == 0
+
+
+async def test_a_new_follower_does_not_wait_for_the_hubs_blocked_read(
+    hub: StreamHub, redis: aioredis.Redis, namespace: str
+) -> None:
+    ns = f"{namespace}hub"
+    # The hub is blocked (10 s) on a turn that stays quiet.
+    quiet = asyncio.create_task(_texts(hub, redis, ns, new_id("turn")))
+    await asyncio.sleep(0.3)
+    turn_id = new_id("turn")
+    await append_entry(redis, ns, _progress(turn_id, 0, "already there"), ttl_s=60)
+    started = time.monotonic()
+    reader = asyncio.create_task(_texts(hub, redis, ns, turn_id))
+    await asyncio.sleep(0.05)
+    await append_entry(redis, ns, _end(turn_id, 1), ttl_s=60)
+    entries = await asyncio.wait_for(reader, timeout=5)
+    assert time.monotonic() - started < 2
+    assert [_text(e) for _, e in entries[:1]] == ["already there"]
+    quiet.cancel()
+
+
+async def test_resuming_after_an_entry_and_dropping_superseded_runs(
+    hub: StreamHub, redis: aioredis.Redis, namespace: str
+) -> None:
+    ns = f"{namespace}hub"
+    turn_id = new_id("turn")
+    first = await append_entry(redis, ns, _progress(turn_id, 0, "a1"), ttl_s=60)
+    await append_entry(redis, ns, _progress(turn_id, 1, "a2"), ttl_s=60)
+    # A redelivered attempt takes over; the dead attempt's late entry is dropped.
+    await append_entry(redis, ns, _progress(turn_id, 0, "b1", attempt=2), ttl_s=60)
+    await append_entry(redis, ns, _progress(turn_id, 2, "a3 (late)"), ttl_s=60)
+    handoff = TurnEntry(turn_id=turn_id, attempt=2, seq=1, body=HandoffEntry(to="task"))
+    await append_entry(redis, ns, handoff, ttl_s=60)
+    await append_entry(redis, ns, _progress(turn_id, 0, "c1", hop=1), ttl_s=60)
+    await append_entry(redis, ns, _end(turn_id, 1, hop=1), ttl_s=60)
+
+    everything = await _texts(hub, redis, ns, turn_id)
+    assert [_text(e) if e.kind == "chatkit" else e.kind for _, e in everything] == [
+        "a1", "a2", "b1", "handoff", "c1", "end",
+    ]  # fmt: skip
+    resumed = await _texts(hub, redis, ns, turn_id, after=first)
+    assert [_text(e) if e.kind == "chatkit" else e.kind for _, e in resumed] == ["a2", "b1", "handoff", "c1", "end"]
+    # Two followers of the same turn on one hub, from different places.
+    both = await asyncio.gather(_texts(hub, redis, ns, turn_id), _texts(hub, redis, ns, turn_id, after=first))
+    assert [len(entries) for entries in both] == [6, 5]
+
+
+async def test_a_turn_nobody_starts_times_out_naming_the_kind_it_waits_for(
+    hub: StreamHub, redis: aioredis.Redis, namespace: str
+) -> None:
+    ns = f"{namespace}hub"
+    turn_id = new_id("turn")
+    quick = Timeouts(start_s=0.5, handoff_s=0.5, idle_s=0.5, block_ms=100)
+    with pytest.raises(TurnTimeoutError) as raised:
+        await _texts(hub, redis, ns, turn_id, timeouts=quick)
+    assert raised.value.waiting_for == "triage"
+    handoff = TurnEntry(turn_id=turn_id, attempt=1, seq=0, body=HandoffEntry(to="research"))
+    await append_entry(redis, ns, handoff, ttl_s=60)
+    with pytest.raises(TurnTimeoutError) as raised:
+        await _texts(hub, redis, ns, turn_id, timeouts=quick)
+    assert raised.value.waiting_for == "research"
+    assert raised.value.last_run == (0, 1)
+    assert await redis.exists(turn_stream_key(ns, turn_id))
+
+
+async def test_a_follower_that_does_not_keep_up_leaves_the_backlog_in_redis(
+    hub: StreamHub, redis: aioredis.Redis, namespace: str
+) -> None:
+    ns = f"{namespace}hub"
+    turn_id = new_id("turn")
+    for seq in range(1500):
+        await append_entry(redis, ns, _progress(turn_id, seq, str(seq)), ttl_s=60)
+    await append_entry(redis, ns, _end(turn_id, 1500), ttl_s=60)
+    with hub.follow(turn_stream_key(ns, turn_id), "0-0") as follower:
+        await asyncio.sleep(0.5)
+        # One batch (at most HUB_BATCH entries) waits for it; the rest stays in Redis until it takes that one.
+        assert follower.batches.qsize() == 1
+        seen = 0
+        while seen < 1501:
+            batch = await asyncio.wait_for(follower.batches.get(), timeout=5)
+            hub.taken(follower)
+            seen += len(batch)
+            assert follower.batches.qsize() <= 1
+        assert seen == 1501
