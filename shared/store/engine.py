@@ -9,7 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext import asyncio as sa_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -27,14 +27,24 @@ def make_engine(database_url: str) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        event.listen(engine.sync_engine, "begin", _begin_immediate)
         return engine
     # Pre-ping drops connections a server restart or an idle timeout killed, instead of failing a request.
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, pool_recycle=1800)
 
 
+def _begin_immediate(connection: Connection) -> None:
+    # A deferred transaction that reads, then writes, fails at once with "database is locked" when another process
+    # wrote in between (SQLite cannot upgrade its read snapshot; the busy timeout does not apply). Taking the write
+    # lock at BEGIN makes concurrent writers of the gateway and the workers queue on the busy timeout instead.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _configure_sqlite(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
     # A gateway and several workers share one file: WAL lets readers run beside the writer, and the busy
     # timeout makes a writer wait for the lock instead of failing with "database is locked".
+    # The driver's own implicit BEGIN would come first; transactions are begun by _begin_immediate instead.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
