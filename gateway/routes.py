@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
-from chatkit.server import StreamingResult
-from chatkit.types import AttachmentsCreateReq, is_streaming_req
+from chatkit.server import NonStreamingResult, StreamingResult
+from chatkit.types import AttachmentsCreateReq, ChatKitReq, is_streaming_req
 from fastapi import APIRouter, Depends, Request, Response
-from sse_starlette import ServerSentEvent
 from starlette.background import BackgroundTask
 
+from kitrelay.gateway.context import RequestContext
 from kitrelay.gateway.deps import (
     AuthenticatorDep,
     ContextDep,
@@ -20,7 +21,7 @@ from kitrelay.gateway.deps import (
     enforce_rate_limit,
 )
 from kitrelay.gateway.errors import ERROR_RESPONSES
-from kitrelay.gateway.limits import TurnSlot
+from kitrelay.gateway.limits import Limiter, TurnSlot
 from kitrelay.gateway.openapi import CHATKIT_OPENAPI
 from kitrelay.gateway.requests import (
     check_access,
@@ -30,10 +31,14 @@ from kitrelay.gateway.requests import (
     read_body,
     require_json,
 )
-from kitrelay.gateway.sse import sse_events, sse_response
+from kitrelay.gateway.server import RelayChatKitServer
+from kitrelay.gateway.sse import sse_chunks, sse_response
+from kitrelay.gateway.store import GatewayStore
 from kitrelay.gateway.uploads import add_upload_token
+from kitrelay.shared.settings import Settings
 
 router = APIRouter()
+T = TypeVar("T")
 
 
 @router.post(
@@ -58,6 +63,36 @@ async def chatkit(
     require_json(request)
     body = await read_body(request, settings.MAX_BODY_BYTES)
     parsed = parse_request(body)
+    result, slot = await run_chatkit_request(
+        parsed, body, server=server, store=store, context=context, settings=settings, limiter=limiter
+    )
+    if isinstance(result, StreamingResult):
+        events = sse_chunks(result, context)
+        if slot is None:
+            return sse_response(events, settings)
+        response = sse_response(holding(slot, events), settings)
+        # Also after a stream that never started (its client left at once); releasing twice is harmless.
+        response.background = BackgroundTask(slot.release)
+        return response
+    content = result.json
+    if isinstance(parsed, AttachmentsCreateReq):
+        content = add_upload_token(content, authenticator, context.identity)
+    return Response(content=content, media_type="application/json")
+
+
+async def run_chatkit_request(
+    parsed: ChatKitReq,
+    body: bytes,
+    *,
+    server: RelayChatKitServer,
+    store: GatewayStore,
+    context: RequestContext,
+    settings: Settings,
+    limiter: Limiter | None,
+) -> tuple[StreamingResult | NonStreamingResult, TurnSlot | None]:
+    """Every check a ChatKit request goes through, then the ChatKit server: what /chatkit and the plain API
+    (gateway/plain_api.py) share. A streaming result comes with the caller's in-flight slot (None without a
+    limiter), which the caller must release when the stream ends (`holding` does)."""
     check_limits(parsed, max_message_chars=settings.MAX_MESSAGE_CHARS)
     check_supported(parsed, server)
     await check_access(parsed, store, context)
@@ -71,23 +106,13 @@ async def chatkit(
         if slot is not None:
             await slot.release()
         raise
-    if isinstance(result, StreamingResult):
-        events = sse_events(result, context)
-        if slot is None:
-            return sse_response(events, settings)
-        response = sse_response(_holding(slot, events), settings)
-        # Also after a stream that never started (its client left at once); releasing twice is harmless.
-        response.background = BackgroundTask(slot.release)
-        return response
-    if slot is not None:
+    if slot is not None and not isinstance(result, StreamingResult):
         await slot.release()
-    content = result.json
-    if isinstance(parsed, AttachmentsCreateReq):
-        content = add_upload_token(content, authenticator, context.identity)
-    return Response(content=content, media_type="application/json")
+        slot = None
+    return result, slot
 
 
-async def _holding(slot: TurnSlot, events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:
+async def holding(slot: TurnSlot, events: AsyncIterator[T]) -> AsyncIterator[T]:
     """The stream's events, with the user's in-flight slot kept while they flow and given back when the stream
     ends in any way: finished, failed, or cut by a client that went away. (A gateway that dies mid-stream leaves
     the slot to expire.)"""

@@ -10,8 +10,12 @@ from typing import Annotated
 import httpx
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from kitrelay.gateway.client import ChatKitClient, ChatKitError
+from kitrelay.gateway.tokens import DEFAULT_TTL_S, DevTokenError
+from kitrelay.services.chat_session import ChatSession, ConnectionLostError, LineReader, QuitError, describe_error
+from kitrelay.services.chat_view import ChatView
 from kitrelay.services.kb_cli import app as kb_app
 from kitrelay.services.turns_cli import turns as turns_command
 from kitrelay.shared.redact import redact_url
@@ -21,9 +25,13 @@ app = typer.Typer(help="kitrelay: a scalable backend for ChatKit chat UIs.", no_
 app.add_typer(kb_app, name="kb", help="The teams' knowledge base (documents the research agent answers from).")
 app.command("turns")(turns_command)
 console = Console()
+# Status and errors, so that stdout carries only the conversation.
+err_console = Console(stderr=True)
 
 STATE_DIR = Path(".kitrelay")
 LAST_THREAD_FILE = STATE_DIR / "last-thread"
+# Written by `kitrelay up` (services/supervisor.py): the embedded default's token secret.
+DEV_TOKEN_SECRET_FILE = STATE_DIR / "dev-token-secret"
 
 
 @app.command()
@@ -99,27 +107,77 @@ def health(
 
 
 @app.command()
-def chat(
+def chat(  # noqa: PLR0917 (typer maps each parameter to an option)
     message: Annotated[list[str] | None, typer.Argument(help="The message; without one, chat interactively.")] = None,
     url: Annotated[str, typer.Option(help="The gateway's base URL.", envvar="KITRELAY_URL")] = "http://127.0.0.1:8000",
     thread: Annotated[str | None, typer.Option(help="Continue this thread.")] = None,
     cont: Annotated[bool, typer.Option("--continue", "-c", help="Continue the last thread of this directory.")] = False,
     token: Annotated[str | None, typer.Option(help="Bearer token (JWT).", envvar="KITRELAY_TOKEN")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="User to mint a local token for (default DEV_USER_ID); see below.")
+    ] = None,
+    team: Annotated[str | None, typer.Option(help="Team of that user (default DEV_TEAM_ID).")] = None,
 ) -> None:
-    """Talk to a running kitrelay from the terminal."""
+    """Talk to a running kitrelay from the terminal.
+
+    Without --token or KITRELAY_TOKEN, a token is minted from .kitrelay/dev-token-secret when that file exists
+    (`kitrelay up` writes it), for --user of --team. Interactive commands: /1, /2, ... run a widget's numbered
+    action; /new, /threads, /help, /quit."""
     if cont and thread is None:
         if not LAST_THREAD_FILE.exists():
             raise typer.BadParameter("there is no previous thread here yet", param_hint="--continue")
         thread = LAST_THREAD_FILE.read_text().strip()
     text = " ".join(message or [])
     try:
-        asyncio.run(_chat(url, thread, text, token))
+        bearer = _chat_token(token, user, team)
+        code = asyncio.run(_chat(url, thread, text, bearer))
+    except DevTokenError as exc:
+        err_console.print(f"[red]kitrelay chat: {exc}[/]", highlight=False)
+        raise typer.Exit(1) from None
     except httpx.ConnectError:
-        console.print(f"[red]cannot reach kitrelay at {url}: is it running? (make run)[/]")
+        err_console.print(f"[red]cannot reach kitrelay at {url}: is it running? (make run)[/]", highlight=False)
         raise typer.Exit(1) from None
     except ChatKitError as exc:
-        console.print(f"[red]{exc}[/]")
+        err_console.print(Text(describe_error(exc), style="red"))
         raise typer.Exit(1) from None
+    except ConnectionLostError as exc:
+        err_console.print(Text(str(exc), style="red"))
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as exc:
+        err_console.print(Text(f"talking to {url} failed: {exc or type(exc).__name__}", style="red"))
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+def _chat_token(token: str | None, user: str | None, team: str | None) -> str | None:
+    """The given token; else one minted from the embedded default's secret file; else none (dev mode)."""
+    if token:
+        return token
+    if not DEV_TOKEN_SECRET_FILE.exists():
+        if user or team:
+            raise DevTokenError(
+                f"--user/--team need {DEV_TOKEN_SECRET_FILE} (written by `kitrelay up`) to mint a token; "
+                "otherwise pass --token."
+            )
+        return None
+    from kitrelay.gateway.auth import AuthConfigError, check_secret_strength
+    from kitrelay.gateway.tokens import mint_token
+
+    settings = Settings()
+    secret = DEV_TOKEN_SECRET_FILE.read_text(encoding="utf-8").strip().encode()
+    try:
+        check_secret_strength(secret, str(DEV_TOKEN_SECRET_FILE))
+    except AuthConfigError as exc:
+        raise DevTokenError(str(exc)) from None
+    return mint_token(
+        secret,
+        user or settings.DEV_USER_ID,
+        team or settings.DEV_TEAM_ID,
+        DEFAULT_TTL_S,
+        settings.JWT_ISSUER,
+        settings.JWT_AUDIENCE,
+        team_claim=settings.JWT_TEAM_CLAIM,
+    )
 
 
 def _remember_thread(thread_id: str) -> None:
@@ -127,32 +185,29 @@ def _remember_thread(thread_id: str) -> None:
     LAST_THREAD_FILE.write_text(thread_id)
 
 
-async def _chat(url: str, thread_id: str | None, text: str, token: str | None) -> None:
-    """Send `text` (or, without it, each line typed) to the thread, creating one on the first message."""
-    from kitrelay.services.chat_view import print_stream
-
+async def _chat(url: str, thread_id: str | None, text: str, token: str | None) -> int:
+    """Send `text` (or, without it, each line typed) to the thread, creating one on the first message. Returns
+    the exit code: 0, or 130 when Ctrl-C ended it."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    view = ChatView(console, status=err_console)
+
+    def remember(new_thread: str) -> None:
+        _remember_thread(new_thread)
+        err_console.print(f"[dim]thread {new_thread} (continue it with: kitrelay chat -c ...)[/]", highlight=False)
+
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10, read=None), headers=headers) as http:
-        client = ChatKitClient(http)
-        interactive = not text
-        while True:
-            if interactive:
-                try:
-                    text = (await asyncio.to_thread(console.input, "[bold]you>[/] ")).strip()
-                except EOFError:
-                    return
-                if text in {"/quit", "/exit"}:
-                    return
-                if not text:
-                    continue
-            events = client.send(thread_id, text) if thread_id else client.create_thread(text)
-            created = await print_stream(events, console)
-            if created:
-                thread_id = created
-                await asyncio.to_thread(_remember_thread, thread_id)
-                console.print(f"[dim]thread {thread_id} (continue it with: kitrelay chat -c ...)[/]")
-            if not interactive:
-                return
+        session = ChatSession(ChatKitClient(http), view, thread_id=thread_id, on_thread=remember)
+        session.interrupts.install()
+        try:
+            if text:
+                await session.say(text)
+            else:
+                await session.interact(LineReader(console))
+        except QuitError:
+            return 130
+        finally:
+            session.interrupts.uninstall()
+    return 0
 
 
 def _kinds(values: list[str]) -> list[AgentKind]:
