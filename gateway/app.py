@@ -14,10 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kitrelay.gateway.attachments import KitrelayAttachmentStore
 from kitrelay.gateway.auth import Authenticator
+from kitrelay.gateway.dev_signin import router as signin_router
 from kitrelay.gateway.errors import install_error_handlers
 from kitrelay.gateway.health import router as health_router
 from kitrelay.gateway.limits import Limiter
 from kitrelay.gateway.openapi import install_openapi
+from kitrelay.gateway.plain_api import router as plain_router
 from kitrelay.gateway.routes import router
 from kitrelay.gateway.security import install_security
 from kitrelay.gateway.server import RelayChatKitServer
@@ -26,6 +28,7 @@ from kitrelay.gateway.store import GatewayStore
 from kitrelay.gateway.turn_relay import RelayConfig, TurnRelay
 from kitrelay.gateway.turn_routes import router as turn_router
 from kitrelay.gateway.uploads import router as uploads_router
+from kitrelay.gateway.web import router as web_router
 from kitrelay.services.blobs import BlobStore, LocalDiskBlobStore
 from kitrelay.services.feedback import FeedbackService
 from kitrelay.services.knowledge import KnowledgeService
@@ -90,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
                 engine=engine,
             )
         finally:
+            await relay.close()
             await nc.drain()
             await redis.aclose()
             await engine.dispose()
@@ -99,7 +103,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health_router)
     app.include_router(uploads_router)
     app.include_router(turn_router)
+    app.include_router(plain_router)
     app.include_router(sessions_router)
+    app.include_router(signin_router)
+    app.include_router(web_router)
     install_error_handlers(app)
     install_security(app, settings)
     install_openapi(app)

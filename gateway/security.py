@@ -24,6 +24,19 @@ log = logging.getLogger(__name__)
 # The interactive docs load their scripts and styles from a CDN; everything else is JSON, SSE or a download.
 _DOCS_PATHS = ("/docs", "/redoc")
 _API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+# The built-in chat page (gateway/web.py) and its assets: its own scripts, styles and API only, nothing inline.
+_PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+    "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+# The ChatKit JS example loads OpenAI's web component from its CDN, which renders in an iframe of that origin.
+_CHATKIT_CDN = "https://cdn.platform.openai.com"
+_CHATKIT_JS_CSP = (
+    f"default-src 'self'; script-src 'self' {_CHATKIT_CDN}; style-src 'self' 'unsafe-inline' {_CHATKIT_CDN}; "
+    f"img-src 'self' data: blob: https:; font-src 'self' data: {_CHATKIT_CDN}; "
+    f"connect-src 'self' {_CHATKIT_CDN} https://api.openai.com; frame-src {_CHATKIT_CDN}; "
+    "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 _COMMON_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -60,6 +73,15 @@ def cors_origins(settings: Settings) -> list[str]:
     return origins
 
 
+def content_security_policy(path: str) -> str:
+    """The browser pages get a policy that lets them run their own files; every other answer runs nothing."""
+    if path == "/chatkit-js":
+        return _CHATKIT_JS_CSP
+    if path == "/" or path.startswith("/static/"):
+        return _PAGE_CSP
+    return _API_CSP
+
+
 class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
         self.app = app
@@ -78,7 +100,7 @@ class SecurityHeadersMiddleware:
                 present = {name.lower() for name, _ in headers}
                 extra = list(_COMMON_HEADERS)
                 if not is_docs:
-                    extra.append((b"content-security-policy", _API_CSP.encode()))
+                    extra.append((b"content-security-policy", content_security_policy(path).encode()))
                     # API answers are per user: never cached by a browser or a proxy (SSE sets its own).
                     extra.append((b"cache-control", b"no-store"))
                 if self.hsts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,6 +19,39 @@ from kitrelay.shared.settings import AgentKind, Settings
 from kitrelay.shared.store.engine import migrate
 
 HEALTH_TIMEOUT_S = 60.0
+# The embedded default's token secret, kept across runs in the data directory (`kitrelay chat` reads it too).
+DEV_TOKEN_SECRET_FILE = "dev-token-secret"
+DEV_TOKEN_SECRET_BYTES = 32
+
+
+def _names_a_key(settings: Settings) -> bool:
+    """Whether the operator chose how tokens are checked (environment or .env), so `up` must not pick for them."""
+    return (
+        settings.DEV_TOKEN_SECRET is not None
+        or settings.JWT_SECRET is not None
+        or bool(settings.JWT_SECRET_FILE)
+        or bool(settings.JWT_JWKS_URL)
+        or settings.AUTH_MODE is not None
+    )
+
+
+def dev_token_secret(data_dir: Path) -> str:
+    """The secret in `<data_dir>/dev-token-secret`, made once (random, readable by its owner only) and reused, so
+    tokens and signed-in browser tabs survive a restart."""
+    path = data_dir / DEV_TOKEN_SECRET_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: of two `up`s started at once, one writes and the other reads what it wrote.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_text(encoding="utf-8").strip()
+        if len(secret.encode()) < DEV_TOKEN_SECRET_BYTES:
+            raise SystemExit(f"{path} holds no usable secret (32+ characters): delete it and start again") from None
+        return secret
+    secret = secrets.token_urlsafe(DEV_TOKEN_SECRET_BYTES)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(secret)
+    return secret
 
 
 def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -72,6 +106,10 @@ def run_all(settings: Settings, *, workers: list[AgentKind], data_dir: Path, con
         console.print(f"[bold]database[/]: {redact_url(settings.DATABASE_URL)} (migrated)")
 
         env = {**os.environ, "NATS_URL": servers[0].url, "REDIS_URL": servers[1].url}
+        if not _names_a_key(settings):
+            # Multi-user by default: the browser page signs people in with tokens minted from this secret.
+            env["DEV_TOKEN_SECRET"] = dev_token_secret(data_dir)
+            console.print(f"[bold]sign-in[/]: local tokens, secret in {data_dir / DEV_TOKEN_SECRET_FILE}")
         gateway_log = logs / "gateway.log"
         procs["gateway"] = _spawn(["gateway"], env, gateway_log)
         for kind in workers:
@@ -79,7 +117,7 @@ def run_all(settings: Settings, *, workers: list[AgentKind], data_dir: Path, con
         url = f"http://{settings.GATEWAY_HOST}:{settings.GATEWAY_PORT}"
         _wait_healthy(url, procs["gateway"], gateway_log)
         console.print(f"[bold]workers[/]: {', '.join(workers)}   [bold]logs[/]: {logs}")
-        console.print(f"\nkitrelay is up at [bold cyan]{url}[/]  (ChatKit endpoint: {url}/chatkit)")
+        console.print(f"\nkitrelay is up at [bold cyan]{url}[/]  (chat in a browser there; ChatKit: {url}/chatkit)")
         console.print(f'Try: kitrelay chat --url {url} "add task buy milk"    Ctrl-C stops everything.\n')
         while all(proc.poll() is None for proc in procs.values()):
             time.sleep(0.5)

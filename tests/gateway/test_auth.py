@@ -323,8 +323,12 @@ def test_mint_token_refuses_nonsense() -> None:
 
 # -- over HTTP ------------------------------------------------------------------------------------------------------
 
-# Probes and the API description answer anyone (Kubernetes has no token); everything else needs one.
-OPEN_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# Probes, the API description and the sign-in routes (tests/gateway/test_web.py) answer anyone (Kubernetes has no
+# token; signing in is how one gets a token); everything else needs one.
+OPEN_PATHS = {
+    "/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/auth/config",
+    "/auth/dev-token",
+}  # fmt: skip
 
 
 def _api_routes(settings: Settings) -> list[tuple[str, str]]:

@@ -1,0 +1,117 @@
+// OpenAI's ChatKit web component, pointed at this gateway (a custom backend: api.url + domainKey + fetch).
+// The bearer token is the one the built-in page keeps (localStorage "kitrelay.token"), or one minted here through
+// the local dev sign-in. Uploads use ChatKit's two-phase strategy: attachments.create hands out an upload URL
+// whose descriptor carries a one-attachment upload token.
+
+const TOKEN_KEY = "kitrelay.token";
+const USER_KEY = "kitrelay.user";
+const params = new URLSearchParams(location.search);
+// ChatKit wants a domain key (register the domain at platform.openai.com → Settings → Security → Domain
+// allowlist); ?domainKey=domain_pk_... sets it, the placeholder works for local development.
+const domainKey = params.get("domainKey") || "domain_pk_localhost_dev";
+const $ = (id) => document.getElementById(id);
+
+function authorization() {
+  const token = localStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function authFetch(input, init = {}) {
+  const headers = new Headers(init.headers || {});
+  for (const [name, value] of Object.entries(authorization())) if (!headers.has(name)) headers.set(name, value);
+  const response = await fetch(input, { ...init, headers });
+  if (response.status === 401) {
+    localStorage.removeItem(TOKEN_KEY);
+    showSignIn("Your session has ended: sign in again.");
+  }
+  return response;
+}
+
+let config = null;
+
+function showSignIn(reason) {
+  if (!config || config.mode !== "jwt") return;
+  if (!config.dev_sign_in) {
+    $("status").textContent = "Sign in on the built-in page first (/), then come back: this page reuses its token.";
+    return;
+  }
+  $("signin").hidden = false;
+  $("status").textContent = "Sign in to start chatting.";
+  $("user").value ||= config.default_user;
+  $("team").value ||= config.default_team;
+  $("signin-error").textContent = reason || "";
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const response = await fetch("/auth/dev-token", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ user: $("user").value.trim(), team: $("team").value.trim() }),
+  });
+  const body = await response.json();
+  if (!response.ok) {
+    $("signin-error").textContent = body.message || "Sign-in failed.";
+    return;
+  }
+  localStorage.setItem(TOKEN_KEY, body.token);
+  localStorage.setItem(USER_KEY, body.user);
+  location.reload();
+}
+
+function mount() {
+  const chat = $("chat");
+  chat.setOptions({
+    api: {
+      url: `${location.origin}/chatkit`,
+      domainKey,
+      fetch: authFetch,
+      uploadStrategy: { type: "two_phase" },
+    },
+    theme: { colorScheme: matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light", radius: "round" },
+    history: { enabled: true },
+    threadItemActions: { feedback: true },
+    startScreen: {
+      greeting: "How can I help?",
+      prompts: [
+        { label: "Add a task", prompt: "add task buy milk", icon: "write" },
+        { label: "List my tasks", prompt: "list my tasks", icon: "check-circle" },
+        { label: "Ask the guide", prompt: "what does the guide say about VPN access?", icon: "book-open" },
+      ],
+    },
+    composer: {
+      placeholder: "Message kitrelay…",
+      attachments: {
+        enabled: true,
+        accept: { "text/plain": [".txt"], "text/markdown": [".md", ".markdown"], "application/pdf": [".pdf"] },
+        maxSize: 10 * 1024 * 1024,
+      },
+    },
+  });
+  $("status").hidden = true;
+}
+
+async function start() {
+  $("signin").addEventListener("submit", signIn);
+  $("signout").addEventListener("click", () => {
+    localStorage.removeItem(TOKEN_KEY);
+    localStorage.removeItem(USER_KEY);
+    location.reload();
+  });
+  config = await (await fetch("/auth/config")).json();
+  const dev = config.mode === "dev";
+  $("who").textContent = dev ? config.user : localStorage.getItem(USER_KEY) || "";
+  $("signout").hidden = dev || !localStorage.getItem(TOKEN_KEY);
+  if (!dev && !localStorage.getItem(TOKEN_KEY)) {
+    showSignIn();
+    return;
+  }
+  const timeout = setTimeout(() => {
+    $("status").textContent = "ChatKit JS did not load: this page needs access to cdn.platform.openai.com.";
+  }, 10000);
+  await customElements.whenDefined("openai-chatkit");
+  clearTimeout(timeout);
+  mount();
+}
+
+start();

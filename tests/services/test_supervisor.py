@@ -1,0 +1,138 @@
+"""`kitrelay up`'s embedded default is multi-user: with no key configured it makes a token secret once, keeps it in
+`.kitrelay/dev-token-secret` (owner-only), reuses it on later runs, and hands it to the gateway, whose page then
+signs people in (gateway/dev_signin.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from kitrelay.services.devservers import free_port
+from kitrelay.services.supervisor import DEV_TOKEN_SECRET_FILE, _names_a_key, dev_token_secret
+from kitrelay.shared.settings import Settings
+
+START_TIMEOUT_S = 60.0
+KEY_VARIABLES = ("DEV_TOKEN_SECRET", "JWT_SECRET", "JWT_SECRET_FILE", "JWT_JWKS_URL", "AUTH_MODE")
+
+
+def test_the_secret_is_made_once_owner_only_and_reused(tmp_path: Path) -> None:
+    data_dir = tmp_path / ".kitrelay"
+    first = dev_token_secret(data_dir)
+    path = data_dir / DEV_TOKEN_SECRET_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(first.encode()) >= 32 and first.isprintable()
+    assert path.read_text() == first  # plain text, as `kitrelay chat` reads it
+    assert dev_token_secret(data_dir) == first
+    assert dev_token_secret(tmp_path / "elsewhere") != first
+
+
+def test_an_unusable_secret_file_stops_up_with_a_message(tmp_path: Path) -> None:
+    (tmp_path / DEV_TOKEN_SECRET_FILE).write_text("short\n")
+    with pytest.raises(SystemExit, match="no usable secret"):
+        dev_token_secret(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DEV_TOKEN_SECRET", "x" * 40),
+        ("JWT_SECRET", "x" * 40),
+        ("JWT_SECRET_FILE", "/run/secrets/jwt"),
+        ("JWT_JWKS_URL", "https://id.example.com/jwks"),
+        ("AUTH_MODE", "dev"),
+    ],
+)
+def test_an_operator_choice_of_keys_is_left_alone(variable: str, value: str) -> None:
+    assert not _names_a_key(Settings(_env_file=None))
+    chosen: dict[str, Any] = {variable: value}
+    assert _names_a_key(Settings(_env_file=None, **chosen))
+
+
+@contextmanager
+def kitrelay_up(cwd: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    log = (cwd / "up.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kitrelay.services.cli", "up", "--worker", "triage"],
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def wait_up(url: str, proc: subprocess.Popen[bytes], cwd: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (cwd / "up.log").read_text()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"kitrelay up did not come up:\n{(cwd / 'up.log').read_text()}")
+
+
+def threads(url: str, token: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/chatkit",
+        json={"type": "threads.list", "params": {}},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+
+
+@pytest.mark.timeout(240)
+def test_up_signs_people_in_with_a_secret_that_survives_a_restart(
+    nats_url: str, redis_url: str, unique_namespace: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env: dict[str, Any] = {
+        **{name: value for name, value in os.environ.items() if name not in KEY_VARIABLES},
+        "NATS_URL": nats_url,
+        "REDIS_URL": redis_url,
+        "NAMESPACE": unique_namespace,
+        "GATEWAY_PORT": str(port),
+        "PUBLIC_BASE_URL": url,
+        "WORKER_DRAIN_TIMEOUT_S": "2",
+    }
+    with kitrelay_up(tmp_path, env) as proc:
+        wait_up(url, proc, tmp_path)
+        secret_file = tmp_path / ".kitrelay" / DEV_TOKEN_SECRET_FILE
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        assert httpx.get(f"{url}/auth/config").json()["dev_sign_in"] is True
+        minted = httpx.post(f"{url}/auth/dev-token", json={"user": "alice", "team": "acme"})
+        assert minted.status_code == 200, minted.text
+        token = minted.json()["token"]
+        assert threads(url, token).status_code == 200
+        assert threads(url, "not-a-token").status_code == 401
+        first_secret = secret_file.read_text()
+    with kitrelay_up(tmp_path, env) as proc:
+        wait_up(url, proc, tmp_path)
+        assert secret_file.read_text() == first_secret
+        # A token from the first run (a signed-in browser tab) still works.
+        assert threads(url, token).status_code == 200
