@@ -17,7 +17,8 @@ import httpx
 from kitrelay.services.devservers import free_port
 from kitrelay.shared.store.engine import migrate
 
-START_TIMEOUT_S = 30.0
+# Generous: on a loaded 2-core machine a gateway with every import can take half a minute to answer.
+START_TIMEOUT_S = 60.0
 
 
 @dataclass
