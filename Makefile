@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format clean
+.PHONY: install browser run test bench lint format clean
 
 install: $(STAMP)
 
@@ -18,8 +18,20 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/kitrelay up
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The browser tests drive Debian's Chromium (Playwright cannot download its own here): install it when missing.
+browser:
+	@if [ -x "$${KITRELAY_CHROMIUM:-/usr/bin/chromium}" ] || command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+		|| echo "make browser: installing chromium failed; the browser tests will be skipped"; \
+	else echo "make browser: no Chromium; the browser tests will be skipped. Install it: sudo apt-get install chromium"; fi
+
+# The load generator against the embedded default and the in-process baseline (benchmarks/README.md).
+bench: install
+	$(BIN)/python -m benchmarks.load $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -28,7 +40,7 @@ lint: install
 	@# them through a tree of links laid out as the installed package.
 	@rm -rf build/typecheck && mkdir -p build/typecheck/kitrelay
 	@for d in gateway agents services shared; do ln -s "$(CURDIR)/$$d" build/typecheck/kitrelay/$$d; done
-	MYPYPATH=build/typecheck $(BIN)/python -m mypy -p kitrelay -p tests
+	MYPYPATH=build/typecheck $(BIN)/python -m mypy -p kitrelay -p tests -p benchmarks
 
 format: install
 	$(BIN)/ruff format .

@@ -1,0 +1,214 @@
+"""The stream feeder: stands in for the triage worker where real Python workers cannot keep up with the load
+generator, so that what is measured is one gateway process relaying many open streams.
+
+It pulls turns from the triage consumer exactly as a worker does, and answers each with real `TurnEntry`
+entries on the turn's Redis stream, written the way the worker's single writer writes them (XADD with MAXLEN,
+EXPIRE, the thread's claim released at the end): an assistant message added, `--tokens` text deltas, the message
+done, the turn's end. It runs no agent and saves nothing to the database (the gateway never reads a reply's items
+from there: it relays the stream). All turns that are streaming are written in one pipelined round per
+`--token-delay-ms` tick, so 2,000 streams at 50 ms take one process a fraction of a core.
+
+    .venv/bin/python -m benchmarks.feeder --tokens 600 --token-delay-ms 50    # NATS_URL, REDIS_URL, NAMESPACE
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import nats.errors
+import redis.asyncio as aioredis
+from chatkit.types import (
+    AssistantMessageContent,
+    AssistantMessageContentPartTextDelta,
+    AssistantMessageItem,
+    ThreadItemAddedEvent,
+    ThreadItemDoneEvent,
+    ThreadItemUpdatedEvent,
+)
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from kitrelay.shared.connections import connect_nats, connect_redis, ensure_turns_stream
+from kitrelay.shared.ids import new_id
+from kitrelay.shared.messages import ENTRY_FIELD, ChatKitEntry, TurnEnd, TurnEntry, TurnRequest
+from kitrelay.shared.names import thread_active_key, turn_stream_key, turns_consumer, turns_stream, turns_subject
+from kitrelay.shared.settings import Settings
+from kitrelay.shared.turn_bus import TURN_STREAM_MAXLEN
+
+log = logging.getLogger("benchmarks.feeder")
+TOKEN = "word "
+# A seq no real turn reaches: the delta entry is serialised once per turn and only its seq is rewritten per token.
+_SEQ_MARK = 987654321
+HOLD_TIMEOUT_S = 300.0
+
+
+@dataclass
+class FedTurn:
+    request: TurnRequest
+    key: str
+    item: AssistantMessageItem
+    delta_json: str  # the turn's delta entry, seq marked
+    written: int = 0  # entries written so far
+
+
+def _entry(turn: FedTurn, seq: int, body: ChatKitEntry | TurnEnd) -> str:
+    return TurnEntry(turn_id=turn.request.turn_id, attempt=1, seq=seq, body=body).model_dump_json()
+
+
+def _start(request: TurnRequest, namespace: str) -> FedTurn:
+    item = AssistantMessageItem(
+        id=new_id("msg"),
+        thread_id=request.thread_id,
+        created_at=datetime.now(),
+        content=[AssistantMessageContent(text="")],
+    )
+    delta = ThreadItemUpdatedEvent(
+        item_id=item.id, update=AssistantMessageContentPartTextDelta(content_index=0, delta=TOKEN)
+    )
+    turn = FedTurn(request, turn_stream_key(namespace, request.turn_id), item, "")
+    turn.delta_json = _entry(turn, _SEQ_MARK, ChatKitEntry(event=delta))
+    return turn
+
+
+def _next_entry(turn: FedTurn, tokens: int) -> str:
+    """Entry number `turn.written`: added, `tokens` deltas, done, end."""
+    seq = turn.written
+    if seq == 0:
+        return _entry(turn, 0, ChatKitEntry(event=ThreadItemAddedEvent(item=turn.item)))
+    if seq <= tokens:
+        return turn.delta_json.replace(f'"seq":{_SEQ_MARK}', f'"seq":{seq}', 1)
+    if seq == tokens + 1:
+        done = turn.item.model_copy(update={"content": [AssistantMessageContent(text=TOKEN * tokens)]})
+        return _entry(turn, seq, ChatKitEntry(event=ThreadItemDoneEvent(item=done)))
+    return _entry(turn, seq, TurnEnd(status="completed"))
+
+
+class Feeder:
+    def __init__(
+        self, settings: Settings, *, tokens: int, token_delay_s: float, per_round: int, hold_until: int
+    ) -> None:
+        self._settings = settings
+        # Write nothing until this many turns are open (or HOLD_TIMEOUT_S passed): the figures are then those of
+        # every stream open at once, not of the gateway opening streams while it relays.
+        self._hold_until = hold_until
+        self._tokens = tokens
+        self._delay_s = token_delay_s
+        # Entries written per turn per round: 1 at a token delay; more make a delay-free run a pure relay test.
+        self._per_round = per_round
+        self._active: dict[str, FedTurn] = {}
+        self._stopping = asyncio.Event()
+        self._enough = asyncio.Event()
+        self.turns_done = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._enough.set()  # stop holding too
+
+    async def run(self) -> None:
+        ns = self._settings.NAMESPACE
+        nc = await connect_nats(self._settings, name="kitrelay-bench-feeder")
+        redis = await connect_redis(self._settings)
+        js = nc.jetstream()
+        await ensure_turns_stream(js, ns)
+        sub = await js.pull_subscribe(
+            turns_subject(ns, "triage"),
+            durable=turns_consumer(ns, "triage"),
+            stream=turns_stream(ns),
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=100_000),
+        )
+        log.warning("feeder pulling %s", turns_subject(ns, "triage"))
+
+        async def pull() -> None:
+            while not self._stopping.is_set():
+                try:
+                    msgs = await sub.fetch(batch=256, timeout=0.2)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                for msg in msgs:
+                    request = TurnRequest.model_validate_json(msg.data)
+                    self._active[request.turn_id] = _start(request, ns)
+                    if len(self._active) >= self._hold_until:
+                        self._enough.set()
+                    # Acked at once: redelivery is not what this process is for.
+                    await msg.ack()
+
+        puller = asyncio.create_task(pull())
+        try:
+            if self._hold_until:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._enough.wait(), HOLD_TIMEOUT_S)
+                log.warning("feeder starts with %d turns open", len(self._active))
+            while not self._stopping.is_set():
+                started = time.monotonic()
+                if self._active:
+                    await self._round(redis)
+                else:
+                    await asyncio.sleep(0.005)
+                    continue
+                if self._delay_s:
+                    await asyncio.sleep(max(0.0, self._delay_s - (time.monotonic() - started)))
+                else:
+                    await asyncio.sleep(0)  # let the puller in
+        finally:
+            puller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await puller
+            await nc.drain()
+            await redis.aclose()
+            log.warning("feeder stopped after %d turns", self.turns_done)
+
+    async def _round(self, redis: aioredis.Redis) -> None:
+        settings = self._settings
+        finished: list[FedTurn] = []
+        async with redis.pipeline(transaction=False) as pipe:
+            for turn in list(self._active.values()):
+                for _ in range(self._per_round):
+                    entry = _next_entry(turn, self._tokens)
+                    pipe.xadd(turn.key, {ENTRY_FIELD: entry}, maxlen=TURN_STREAM_MAXLEN, approximate=True)
+                    if turn.written == 0:
+                        pipe.expire(turn.key, settings.TURN_STREAM_TTL_S)
+                    turn.written += 1
+                    if turn.written == self._tokens + 3:
+                        pipe.expire(turn.key, settings.TURN_STREAM_TTL_AFTER_END_S)
+                        pipe.delete(thread_active_key(settings.NAMESPACE, turn.request.thread_id))
+                        finished.append(turn)
+                        break
+            await pipe.execute()
+        for turn in finished:
+            del self._active[turn.request.turn_id]
+            self.turns_done += 1
+
+
+async def _main(args: argparse.Namespace) -> None:
+    feeder = Feeder(
+        Settings(),
+        tokens=args.tokens,
+        token_delay_s=args.token_delay_ms / 1000,
+        per_round=args.per_round,
+        hold_until=args.hold_until,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, feeder.stop)
+    await feeder.run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.feeder", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=600, help="text deltas per reply")
+    parser.add_argument("--token-delay-ms", type=float, default=50.0)
+    parser.add_argument("--per-round", type=int, default=1, help="entries per turn per round")
+    parser.add_argument("--hold-until", type=int, default=0, help="write nothing until this many turns are open")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()
