@@ -298,7 +298,8 @@ async def test_a_provider_outage_ends_the_turn_with_a_retryable_error(
     env: WorkerEnv, fake: FakeOpenAIServer, path: str, outage: str
 ) -> None:
     start_outage, _, requests = OUTAGES[outage]
-    settings = settings_for(path, fake, MODEL_TIMEOUT_S=0.3, MODEL_MAX_RETRIES=1, MODEL_REQUEST_DEADLINE_S=0.6)
+    # The deadline leaves room for the one retry even on a loaded machine (0.3 s, a backoff, 0.3 s again).
+    settings = settings_for(path, fake, MODEL_TIMEOUT_S=0.3, MODEL_MAX_RETRIES=1, MODEL_REQUEST_DEADLINE_S=2.0)
     start_outage(fake)
     started = time.monotonic()
 
