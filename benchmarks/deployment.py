@@ -9,13 +9,11 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psutil
 
 from benchmarks.users import HANDBOOK
@@ -24,9 +22,8 @@ from kitrelay.services.knowledge import KnowledgeService
 from kitrelay.shared.store.engine import make_engine, make_sessionmaker, migrate
 from tests.databases import postgres_database
 from tests.infra import cleanup_nats_namespace, cleanup_redis_namespace
-from tests.system import running_system
+from tests.system import running_system, wait_healthy
 
-START_TIMEOUT_S = 60.0
 DEV_TEAM = "local-team"
 
 
@@ -197,7 +194,7 @@ def _baseline(work_dir: Path, env: dict[str, str], database_url: str) -> Iterato
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc, work_dir / "baseline.log")
+        wait_healthy(url, proc, work_dir / "baseline.log", name="baseline")
         yield Deployment("baseline", url, {"baseline": proc.pid})
     finally:
         proc.terminate()
@@ -206,17 +203,3 @@ def _baseline(work_dir: Path, env: dict[str, str], database_url: str) -> Iterato
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not healthy after {START_TIMEOUT_S:.0f}s")

@@ -77,19 +77,26 @@ class RunningSystem:
         proc.wait()
 
     def wait_healthy(self, name: str = "gateway", url: str | None = None) -> None:
-        base_url = url or self.base_url
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            proc = self.processes[name]
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{name} not healthy after {START_TIMEOUT_S}s:\n{self.log(name)[-3000:]}")
+        wait_healthy(url or self.base_url, self.processes[name], self.log_dir / f"{name}.log", name=name)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path, *, name: str) -> None:
+    """Until `url` answers /healthz; fails with the end of the process's log when it exits or takes too long."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{_tail(log_path)}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} not healthy after {START_TIMEOUT_S}s:\n{_tail(log_path)}")
+
+
+def _tail(log_path: Path) -> str:
+    return log_path.read_text(errors="replace")[-3000:]
 
 
 @contextmanager
