@@ -38,6 +38,8 @@ from kitrelay.agents.handoffs import find_handoff
 from kitrelay.agents.providers import model_for, model_provider
 from kitrelay.agents.registry import action_handler, build_agent, kind_of
 from kitrelay.agents.stream_ids import with_real_ids
+from kitrelay.gateway.process import process_parsed
+from kitrelay.gateway.requests import parse_request
 from kitrelay.services.knowledge import KnowledgeService
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_runner import cite
@@ -140,7 +142,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/chatkit")
     async def chatkit(request: Request) -> Response:
-        result = await server.process(await request.body(), BaselineContext(identity))
+        # Parsed once, as the gateway does (gateway/process.py): the SDK's process() would build a TypeAdapter for
+        # every request, a cost that is not the design's and that the gateway no longer pays either.
+        parsed = parse_request(await request.body())
+        result = await process_parsed(server, parsed, BaselineContext(identity))
         if isinstance(result, StreamingResult):
             return StreamingResponse(result, media_type="text/event-stream")
         return Response(content=result.json, media_type="application/json")

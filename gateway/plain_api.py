@@ -341,7 +341,6 @@ async def chat(
     body = _chatkit_body(chat_request)
     result, slot = await run_chatkit_request(
         parse_request(body),
-        body,
         server=server,
         store=store,
         context=context,

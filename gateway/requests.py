@@ -45,6 +45,7 @@ from kitrelay.gateway.context import RequestContext
 from kitrelay.gateway.errors import ApiError
 from kitrelay.shared.messages import Identity
 from kitrelay.shared.store.chatkit_store import SqlStore
+from kitrelay.shared.store.engine import read_session
 from kitrelay.shared.store.models import ID_LENGTH, AttachmentRow
 
 _request_adapter: TypeAdapter[ChatKitReq] = TypeAdapter(ChatKitReq)
@@ -240,7 +241,7 @@ async def owns_attachment(store: SqlStore[RequestContext], attachment_id: str, i
     members upload); attaching one to a message, uploading its bytes or deleting it is for its uploader only, so
     one user can never re-point or remove another's file."""
     # The store has no query for an attachment's uploader, so this reads its table through the store's sessions.
-    async with store._sessions() as session:
+    async with read_session(store._sessions) as session:
         query = select(AttachmentRow.id).where(
             AttachmentRow.id == attachment_id,
             AttachmentRow.team_id == identity.team_id,

@@ -23,6 +23,7 @@ from kitrelay.gateway.deps import (
 from kitrelay.gateway.errors import ERROR_RESPONSES
 from kitrelay.gateway.limits import Limiter, TurnSlot
 from kitrelay.gateway.openapi import CHATKIT_OPENAPI
+from kitrelay.gateway.process import process_parsed
 from kitrelay.gateway.requests import (
     check_access,
     check_limits,
@@ -64,7 +65,7 @@ async def chatkit(
     body = await read_body(request, settings.MAX_BODY_BYTES)
     parsed = parse_request(body)
     result, slot = await run_chatkit_request(
-        parsed, body, server=server, store=store, context=context, settings=settings, limiter=limiter
+        parsed, server=server, store=store, context=context, settings=settings, limiter=limiter
     )
     if isinstance(result, StreamingResult):
         events = sse_chunks(result, context)
@@ -82,7 +83,6 @@ async def chatkit(
 
 async def run_chatkit_request(
     parsed: ChatKitReq,
-    body: bytes,
     *,
     server: RelayChatKitServer,
     store: GatewayStore,
@@ -101,7 +101,7 @@ async def run_chatkit_request(
     try:
         if is_streaming_req(parsed) and (thread_id := getattr(parsed.params, "thread_id", None)):
             await server.relay.make_way(thread_id)
-        result = await server.process(body, context)
+        result = await process_parsed(server, parsed, context)
     except BaseException:
         if slot is not None:
             await slot.release()

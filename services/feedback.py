@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kitrelay.shared.messages import Identity
+from kitrelay.shared.store.engine import read_session
 from kitrelay.shared.store.models import FeedbackRow
 
 FeedbackKind = Literal["positive", "negative"]
@@ -95,7 +96,7 @@ class FeedbackService:
             query = query.where(FeedbackRow.kind == kind)
         # The id breaks ties between votes cast in the same instant.
         query = query.order_by(FeedbackRow.created_at.desc(), FeedbackRow.id.desc()).limit(min(limit, MAX_LIST_LIMIT))
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             rows = (await session.execute(query)).all()
         return [FeedbackRecord.model_validate(dict(row._mapping)) for row in rows]
 

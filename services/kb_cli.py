@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from kitrelay.services.documents import UnsupportedDocumentError, extract_text, normalize_mime, title_from
 from kitrelay.services.knowledge import DocumentNotFoundError, DocumentRecord, KnowledgeService
 from kitrelay.shared.settings import Settings
-from kitrelay.shared.store.engine import make_engine, make_sessionmaker
+from kitrelay.shared.store.engine import make_engine, make_sessionmaker, read_session
 from kitrelay.shared.store.models import FeedbackRow
 
 T = TypeVar("T")
@@ -168,7 +168,7 @@ def feedback(
     query = query.order_by(FeedbackRow.created_at.desc(), FeedbackRow.id.desc()).limit(limit)
 
     async def votes(sessions: async_sessionmaker[AsyncSession]) -> list[_Vote]:
-        async with sessions() as session:
+        async with read_session(sessions) as session:
             return [_Vote(**row._mapping) for row in (await session.execute(query)).all()]
 
     rows = _run_sessions(votes)

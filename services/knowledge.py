@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kitrelay.services.documents import chunk_document, normalize_mime
 from kitrelay.shared.ids import new_id
+from kitrelay.shared.store.engine import read_session
 from kitrelay.shared.store.models import TITLE_MAX_LENGTH, DocumentChunkRow, DocumentRow
 
 DocumentSource = Literal["upload", "admin"]
@@ -250,7 +251,7 @@ class KnowledgeService:
         terms = search_terms(query)
         if not terms:
             return []
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             search = _Search(session, team_id)
             hits = await search.best_chunks(terms, limit=limit)
             for index, hit in enumerate(hits):
@@ -275,7 +276,7 @@ class KnowledgeService:
             .where(DocumentRow.team_id == team_id, *where)
             .order_by(DocumentRow.created_at.desc(), DocumentRow.id.desc())
         )
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             rows = (await session.execute(query)).all()
         return [_record(row._mapping) for row in rows]
 

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kitrelay.shared.messages import Identity
+from kitrelay.shared.store.engine import read_session
 from kitrelay.shared.store.models import TITLE_MAX_LENGTH, TaskRow, UTCDateTime
 
 TaskStatus = Literal["all", "open", "done"]
@@ -100,7 +101,7 @@ class TaskService:
 
     async def _by_request_key(self, identity: Identity, request_key: str) -> TaskRecord | None:
         query = select(*_COLUMNS).where(TaskRow.request_key == request_key, TaskRow.team_id == identity.team_id)
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             row = (await session.execute(query)).first()
         return None if row is None else _record(row._mapping)
 
@@ -121,18 +122,18 @@ class TaskService:
             .order_by(TaskRow.done.asc(), TaskRow.id.asc())
             .limit(limit)
         )
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             rows = (await session.execute(query)).all()
         return [_record(row._mapping) for row in rows]
 
     async def count(self, identity: Identity, *, status: TaskStatus = "all", assignee_id: str | None = None) -> int:
         query: Select[int] = select(func.count()).select_from(TaskRow).where(*_filters(identity, status, assignee_id))
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             return (await session.execute(query)).scalar_one()
 
     async def get(self, identity: Identity, task_id: int) -> TaskRecord:
         query = select(*_COLUMNS).where(TaskRow.id == task_id, TaskRow.team_id == identity.team_id)
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             row = (await session.execute(query)).first()
         if row is None:
             raise TaskNotFoundError(task_id)

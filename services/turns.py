@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kitrelay.shared.messages import Identity, TurnStatus
 from kitrelay.shared.settings import AgentKind
+from kitrelay.shared.store.engine import read_session
 from kitrelay.shared.store.models import ThreadRow, TurnRow
 
 TurnState = Literal["queued", "completed", "failed", "cancelled"]
@@ -71,7 +72,7 @@ class TurnRecords:
         query = select(TurnRow).where(
             TurnRow.id == turn_id, TurnRow.team_id == identity.team_id, TurnRow.user_id == identity.user_id
         )
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             row = (await session.execute(query)).scalar_one_or_none()
         if row is None:
             raise TurnNotFoundError(turn_id)
@@ -79,7 +80,7 @@ class TurnRecords:
 
     async def get_any(self, turn_id: str) -> TurnRecord | None:
         """A turn whoever it belongs to: for the gateway's own bookkeeping, never for answering a caller."""
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             row = (await session.execute(select(TurnRow).where(TurnRow.id == turn_id))).scalar_one_or_none()
         return None if row is None else _record(row)
 
@@ -95,7 +96,7 @@ class TurnRecords:
             )
             .order_by(TurnRow.created_at, TurnRow.id)
         )
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             rows = (await session.execute(query)).scalars().all()
         return [_record(row) for row in rows]
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from kitrelay.services.kb_cli import _fail, _id_column, _run_sessions, _when, console
 from kitrelay.services.turns import TurnRecord
 from kitrelay.shared.settings import Settings
+from kitrelay.shared.store.engine import read_session
 from kitrelay.shared.store.models import TurnRow
 from kitrelay.shared.telemetry import trace_url
 
@@ -30,7 +31,7 @@ def turns(
     query = select(TurnRow).where(TurnRow.thread_id == thread_id).order_by(TurnRow.created_at, TurnRow.id)
 
     async def load(sessions: async_sessionmaker[AsyncSession]) -> list[TurnRecord]:
-        async with sessions() as session:
+        async with read_session(sessions) as session:
             rows = (await session.execute(query)).scalars().all()
         return [TurnRecord.model_validate(row, from_attributes=True) for row in rows]
 

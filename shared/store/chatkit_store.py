@@ -22,6 +22,7 @@ from sqlalchemy.sql.expression import ColumnCollection
 
 from kitrelay.shared.context import HasIdentity
 from kitrelay.shared.ids import new_id
+from kitrelay.shared.store.engine import read_session
 from kitrelay.shared.store.models import AttachmentRow, Base, ThreadItemRow, ThreadRow, as_utc
 
 # chatkit's own prefixes (its `_ID_PREFIXES` is private); tests check they still match.
@@ -70,7 +71,7 @@ class SqlStore(Store[C]):
     # -- threads --------------------------------------------------------------------------------------------------
 
     async def load_thread(self, thread_id: str, context: C) -> ThreadMetadata:
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             row = (await session.execute(_owned_threads(context).where(ThreadRow.id == thread_id))).scalar_one_or_none()
         if row is None:
             raise NotFoundError(f"Thread {thread_id} not found")
@@ -104,7 +105,7 @@ class SqlStore(Store[C]):
 
     async def load_threads(self, limit: int, after: str | None, order: str, context: C) -> Page[ThreadMetadata]:
         descending = _is_descending(order)
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             query = _owned_threads(context)
             if after is not None:
                 cursor_row = select(ThreadRow.created_at, ThreadRow.id).where(ThreadRow.id == after, _owned_by(context))
@@ -141,7 +142,7 @@ class SqlStore(Store[C]):
         self, thread_id: str, after: str | None, limit: int, order: str, context: C
     ) -> Page[ThreadItem]:
         descending = _is_descending(order)
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             await _require_thread(session, thread_id, context)
             query = select(ThreadItemRow.data).where(ThreadItemRow.thread_id == thread_id)
             if after is not None:
@@ -167,7 +168,7 @@ class SqlStore(Store[C]):
         await self._upsert_item(thread_id, item, context)
 
     async def load_item(self, thread_id: str, item_id: str, context: C) -> ThreadItem:
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             query = (
                 select(ThreadItemRow.data)
                 .join(ThreadRow, ThreadRow.id == ThreadItemRow.thread_id)
@@ -240,7 +241,7 @@ class SqlStore(Store[C]):
             raise NotFoundError(f"Attachment {attachment.id} not found")
 
     async def load_attachment(self, attachment_id: str, context: C) -> Attachment:
-        async with self._sessions() as session:
+        async with read_session(self._sessions) as session:
             query = select(AttachmentRow.data).where(
                 AttachmentRow.id == attachment_id, AttachmentRow.team_id == context.identity.team_id
             )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,9 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_POOL_TIMEOUT_S = 30.0
+# The execution option `read_session` sets on its connection.
+_READ_ONLY = "kitrelay_read_only"
 
 
 def make_engine(database_url: str) -> AsyncEngine:
@@ -25,7 +30,11 @@ def make_engine(database_url: str) -> AsyncEngine:
     # Looked up when called, so OpenTelemetry's SQLAlchemy instrumentation (shared/telemetry.py) sees the engine.
     create_async_engine = sa_asyncio.create_async_engine
     if url.get_backend_name() == "sqlite":
-        engine = create_async_engine(url)
+        # One connection per process: SQLite has one writer at a time anyway, and every transaction takes the write
+        # lock (below). Sessions of one process then queue fairly on the pool, and only one connection per process
+        # waits on the file lock, whose busy handler is not fair: with a pool of 15 per process, 50 users starved
+        # some writers past the busy timeout ("database is locked").
+        engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S)
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
         event.listen(engine.sync_engine, "begin", _begin_immediate)
         return engine
@@ -37,7 +46,11 @@ def _begin_immediate(connection: Connection) -> None:
     # A deferred transaction that reads, then writes, fails at once with "database is locked" when another process
     # wrote in between (SQLite cannot upgrade its read snapshot; the busy timeout does not apply). Taking the write
     # lock at BEGIN makes concurrent writers of the gateway and the workers queue on the busy timeout instead.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # A session opened with `read_session` never writes: it reads a WAL snapshot beside the writer, no lock taken.
+    if connection.get_execution_options().get(_READ_ONLY):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -58,6 +71,15 @@ def _configure_sqlite(dbapi_connection: Any, _record: ConnectionPoolEntry) -> No
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.asynccontextmanager
+async def read_session(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session for reads only. On SQLite its transaction takes no write lock, so reads never queue behind the
+    writers of other processes (every other transaction takes the lock at BEGIN, see `_begin_immediate`)."""
+    async with sessions() as session:
+        await session.connection(execution_options={_READ_ONLY: True})
+        yield session
 
 
 def alembic_config(database_url: str) -> Config:
