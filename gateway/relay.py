@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import redis.asyncio as aioredis
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -126,6 +127,10 @@ class StreamHub:
     async def _unblock(self) -> None:
         # The XREAD may not have reached Redis yet (CLIENT UNBLOCK then answers 0): try again until the XREAD in
         # flight is one that already includes the new keys.
+        with suppress_instrumentation():
+            await self._unblock_untraced()
+
+    async def _unblock_untraced(self) -> None:
         for _ in range(200):
             if self._reading is None or self._reading == self._generation or self._client_id is None:
                 return
@@ -137,6 +142,11 @@ class StreamHub:
             await asyncio.sleep(0.001)
 
     async def _run(self) -> None:
+        # The hub's reads belong to no turn: a span for each (hundreds a second) would be a trace of its own.
+        with suppress_instrumentation():
+            await self._read_forever()
+
+    async def _read_forever(self) -> None:
         while True:
             if not self._followers:
                 self._changed.clear()

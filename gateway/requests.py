@@ -35,7 +35,6 @@ from chatkit.types import (
     ThreadsUpdateReq,
     UserMessageInput,
     UserMessageItem,
-    WidgetItem,
 )
 from fastapi import Request
 from pydantic import TypeAdapter, ValidationError
@@ -271,6 +270,10 @@ async def check_access(request: ChatKitReq, store: SqlStore[RequestContext], con
     if thread_id is None:
         return
     await store.load_thread(thread_id, context=context)
+    if isinstance(request, ThreadsCustomActionReq | ThreadsSyncCustomActionReq):
+        # The most frequent check, and the SDK loads the sender right after: only the item's type is read here.
+        await _require_widget(store, thread_id, request.params.item_id, context)
+        return
     item_ids: list[str] = []
     if (item_id := getattr(params, "item_id", None)) is not None:
         item_ids.append(item_id)
@@ -302,12 +305,21 @@ async def _check_thread_state(
         case ThreadsRetryAfterItemReq():
             if not isinstance(items[request.params.item_id], UserMessageItem):
                 raise ApiError(400, "invalid_request", "Only a user message can be retried.")
-        case ThreadsCustomActionReq() | ThreadsSyncCustomActionReq():
-            item_id = request.params.item_id
-            if item_id is not None and not isinstance(items[item_id], WidgetItem):
-                raise ApiError(400, "invalid_request", "Actions come from widgets: that item is not one.")
         case _:
             pass
+
+
+async def _require_widget(
+    store: SqlStore[RequestContext], thread_id: str, item_id: str | None, context: RequestContext
+) -> None:
+    if item_id is None:
+        return
+    try:
+        item_type = await store.load_item_type(thread_id, item_id, context=context)
+    except NotFoundError:
+        raise _not_found() from None
+    if item_type != "widget":
+        raise ApiError(400, "invalid_request", "Actions come from widgets: that item is not one.")
 
 
 def human_size(size: int) -> str:

@@ -193,6 +193,7 @@ class TurnLog:
         self._count(status)
         span = otel_trace.get_current_span()
         span.set_attribute("kitrelay.turn.status", status)
+        span.set_attribute("kitrelay.turn.entries", self._seq)
         if status == "failed":
             span.set_status(Status(StatusCode.ERROR, error or "failed"))
         return entry_id

@@ -179,6 +179,20 @@ class SqlStore(Store[C]):
             raise NotFoundError(f"Item {item_id} not found")
         return _item_from_json(data)
 
+    async def load_item_type(self, thread_id: str, item_id: str, context: C) -> str:
+        """The type of one of the thread's items (`widget`, `user_message`, ...), without parsing the item: a
+        task list widget takes milliseconds to validate."""
+        async with read_session(self._sessions) as session:
+            query = (
+                select(ThreadItemRow.type)
+                .join(ThreadRow, ThreadRow.id == ThreadItemRow.thread_id)
+                .where(ThreadItemRow.id == item_id, ThreadItemRow.thread_id == thread_id, _owned_by(context))
+            )
+            item_type = (await session.execute(query)).scalar_one_or_none()
+        if item_type is None:
+            raise NotFoundError(f"Item {item_id} not found")
+        return item_type
+
     async def delete_thread_item(self, thread_id: str, item_id: str, context: C) -> None:
         async with self._sessions() as session, session.begin():
             await _require_thread(session, thread_id, context)

@@ -189,6 +189,7 @@ def test_turn_spans_carry_the_turn_and_messaging_attributes(turn: TracedTurn) ->
         assert 0 <= attributes["kitrelay.queue_wait_ms"] < 15_000
     assert triage.attributes["kitrelay.handoff.to"] == "task"
     assert task.attributes["kitrelay.turn.status"] == "completed"
+    assert task.attributes["kitrelay.turn.entries"] > 3  # counted on the span, not a span per entry
     # The worker's Redis and database calls are in the turn's trace too.
     under_task = turn.under(task)
     assert any(s.attributes.get("db.system") == "sqlite" for s in under_task)

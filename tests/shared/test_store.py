@@ -239,6 +239,7 @@ async def test_a_thread_is_invisible_to_everyone_but_its_owner(store: SqlStore) 
             store.save_thread(thread.model_copy(update={"title": "stolen"}), intruder),
             store.load_thread_items(thread.id, None, 10, "asc", intruder),
             store.load_item(thread.id, item.id, intruder),
+            store.load_item_type(thread.id, item.id, intruder),
             store.add_thread_item(thread.id, user_message(thread.id, "injected"), intruder),
             store.save_item(thread.id, item.model_copy(update={"content": []}), intruder),
             store.delete_thread_item(thread.id, item.id, intruder),
@@ -376,9 +377,12 @@ async def test_load_item_only_finds_items_of_that_thread(store: SqlStore) -> Non
     await store.add_thread_item(thread.id, item, context)
 
     assert text_of(await store.load_item(thread.id, item.id, context)) == "hello"
+    assert await store.load_item_type(thread.id, item.id, context) == "assistant_message"
     for thread_id, item_id in ((other.id, item.id), (thread.id, new_id("msg"))):
         with pytest.raises(NotFoundError):
             await store.load_item(thread_id, item_id, context)
+        with pytest.raises(NotFoundError):
+            await store.load_item_type(thread_id, item_id, context)
 
 
 async def test_save_item_replaces_in_place_or_appends(store: SqlStore) -> None:
