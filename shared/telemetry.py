@@ -93,6 +93,12 @@ def _instrument_libraries() -> None:
     if not SQLAlchemyInstrumentor().is_instrumented_by_opentelemetry:
         # The instrumentation declares SQLAlchemy < 2.1 only, but works on the 2.1 we use (tests/e2e/test_tracing.py).
         SQLAlchemyInstrumentor().instrument(enable_commenter=False, skip_dep_check=True)
+        # Its "connect" span is a pool checkout, one per transaction, not a connection: noise in every trace, and
+        # a few percent of each process's CPU. The statements keep their spans.
+        import sqlalchemy.engine.base  # noqa: PLC0415
+        from opentelemetry.instrumentation.utils import unwrap  # noqa: PLC0415
+
+        unwrap(sqlalchemy.engine.base.Engine, "connect")
 
 
 def instrument_app(app: FastAPI) -> None:

@@ -7,6 +7,7 @@ thread raises the same `NotFoundError` as asking for one that does not exist, so
 from __future__ import annotations
 
 import operator
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -38,6 +39,8 @@ ID_PREFIXES: dict[StoreItemType, str] = {
 
 # A page never holds more than this, whatever a client asks for; `has_more` tells it to fetch the rest.
 MAX_PAGE_SIZE = 1000
+# Threads whose owner a store remembers (see SqlStore._owners).
+OWNER_MEMO_SIZE = 10_000
 
 # Whatever context type a caller uses, the store only reads its identity.
 C = TypeVar("C", bound=HasIdentity)
@@ -58,6 +61,25 @@ class SqlStore(Store[C]):
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+        # Threads this process has seen belong to a caller, so that writing a turn's items does not read the
+        # thread again before each one. A thread never changes owner, and a deleted thread's items cannot be
+        # written (its foreign key), so the memo needs no expiry; it is only bounded.
+        self._owners: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+
+    def _owner_key(self, thread_id: str, context: C) -> tuple[str, str, str]:
+        return (context.identity.team_id, context.identity.user_id, thread_id)
+
+    def _remember_owner(self, thread_id: str, context: C) -> None:
+        key = self._owner_key(thread_id, context)
+        self._owners[key] = None
+        self._owners.move_to_end(key)
+        if len(self._owners) > OWNER_MEMO_SIZE:
+            self._owners.popitem(last=False)
+
+    async def _require_owned(self, session: AsyncSession, thread_id: str, context: C) -> None:
+        if self._owner_key(thread_id, context) not in self._owners:
+            await _require_thread(session, thread_id, context)
+            self._remember_owner(thread_id, context)
 
     # -- ids ------------------------------------------------------------------------------------------------------
 
@@ -75,6 +97,7 @@ class SqlStore(Store[C]):
             row = (await session.execute(_owned_threads(context).where(ThreadRow.id == thread_id))).scalar_one_or_none()
         if row is None:
             raise NotFoundError(f"Thread {thread_id} not found")
+        self._remember_owner(thread_id, context)
         return _thread_from_row(row)
 
     async def save_thread(self, thread: ThreadMetadata, context: C) -> None:
@@ -133,6 +156,7 @@ class SqlStore(Store[C]):
             # Items go with the thread: ON DELETE CASCADE.
             stmt = delete(ThreadRow).where(ThreadRow.id == thread_id, _owned_by(context)).returning(ThreadRow.id)
             deleted = (await session.execute(stmt)).first()
+        self._owners.pop(self._owner_key(thread_id, context), None)
         if deleted is None:
             raise NotFoundError(f"Thread {thread_id} not found")
 
@@ -195,7 +219,7 @@ class SqlStore(Store[C]):
 
     async def delete_thread_item(self, thread_id: str, item_id: str, context: C) -> None:
         async with self._sessions() as session, session.begin():
-            await _require_thread(session, thread_id, context)
+            await self._require_owned(session, thread_id, context)
             # Deleting an item that is already gone is fine: a redelivered turn repeats its removals.
             await session.execute(
                 delete(ThreadItemRow).where(ThreadItemRow.thread_id == thread_id, ThreadItemRow.id == item_id)
@@ -211,7 +235,7 @@ class SqlStore(Store[C]):
             "data": item.model_dump_json(),
         }
         async with self._sessions() as session, session.begin():
-            await _require_thread(session, thread_id, context)
+            await self._require_owned(session, thread_id, context)
             # seq and thread_id stay as first written; an id taken in another thread is never overwritten.
             stmt = _upsert(
                 session,

@@ -385,6 +385,26 @@ async def test_load_item_only_finds_items_of_that_thread(store: SqlStore) -> Non
             await store.load_item_type(thread_id, item_id, context)
 
 
+async def test_items_of_a_thread_another_process_deleted_are_refused(
+    store: SqlStore, db_sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # This store remembers the thread's owner after its first write; another process (another store) deletes it.
+    context = new_context()
+    thread = await new_thread(store, context)
+    await store.add_thread_item(thread.id, assistant_message(thread.id, "first"), context)
+    await SqlStore(db_sessions).delete_thread(thread.id, context)
+
+    with pytest.raises(NotFoundError):
+        await store.add_thread_item(thread.id, assistant_message(thread.id, "too late"), context)
+    with pytest.raises(NotFoundError):
+        await store.load_thread_items(thread.id, None, 10, "asc", context)
+    # A thread's owner is remembered per identity: someone else is still checked.
+    mine = await new_thread(store, context)
+    await store.add_thread_item(mine.id, assistant_message(mine.id, "mine"), context)
+    with pytest.raises(NotFoundError):
+        await store.add_thread_item(mine.id, assistant_message(mine.id, "theirs"), new_context(context.identity.team_id))
+
+
 async def test_save_item_replaces_in_place_or_appends(store: SqlStore) -> None:
     context = new_context()
     thread = await new_thread(store, context)
