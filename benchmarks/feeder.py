@@ -36,7 +36,15 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from kitrelay.shared.connections import connect_nats, connect_redis, ensure_turns_stream
 from kitrelay.shared.ids import new_id
-from kitrelay.shared.messages import ENTRY_FIELD, ChatKitEntry, TurnEnd, TurnEntry, TurnRequest
+from kitrelay.shared.messages import (
+    ENTRY_FIELD,
+    EVENT_FIELD,
+    ChatKitEntry,
+    TurnEnd,
+    TurnEntry,
+    TurnRequest,
+    encode_entry,
+)
 from kitrelay.shared.names import thread_active_key, turn_stream_key, turns_consumer, turns_stream, turns_subject
 from kitrelay.shared.settings import Settings
 from kitrelay.shared.turn_bus import TURN_STREAM_MAXLEN
@@ -53,12 +61,12 @@ class FedTurn:
     request: TurnRequest
     key: str
     item: AssistantMessageItem
-    delta_json: str  # the turn's delta entry, seq marked
+    delta: dict[bytes, str]  # the turn's delta entry, seq marked
     written: int = 0  # entries written so far
 
 
-def _entry(turn: FedTurn, seq: int, body: ChatKitEntry | TurnEnd) -> str:
-    return TurnEntry(turn_id=turn.request.turn_id, attempt=1, seq=seq, body=body).model_dump_json()
+def _entry(turn: FedTurn, seq: int, body: ChatKitEntry | TurnEnd) -> dict[bytes, str]:
+    return encode_entry(TurnEntry(turn_id=turn.request.turn_id, attempt=1, seq=seq, body=body))
 
 
 def _start(request: TurnRequest, namespace: str) -> FedTurn:
@@ -71,18 +79,19 @@ def _start(request: TurnRequest, namespace: str) -> FedTurn:
     delta = ThreadItemUpdatedEvent(
         item_id=item.id, update=AssistantMessageContentPartTextDelta(content_index=0, delta=TOKEN)
     )
-    turn = FedTurn(request, turn_stream_key(namespace, request.turn_id), item, "")
-    turn.delta_json = _entry(turn, _SEQ_MARK, ChatKitEntry(event=delta))
+    turn = FedTurn(request, turn_stream_key(namespace, request.turn_id), item, {})
+    turn.delta = _entry(turn, _SEQ_MARK, ChatKitEntry(event=delta))
     return turn
 
 
-def _next_entry(turn: FedTurn, tokens: int) -> str:
+def _next_entry(turn: FedTurn, tokens: int) -> dict[bytes, str]:
     """Entry number `turn.written`: added, `tokens` deltas, done, end."""
     seq = turn.written
     if seq == 0:
         return _entry(turn, 0, ChatKitEntry(event=ThreadItemAddedEvent(item=turn.item)))
     if seq <= tokens:
-        return turn.delta_json.replace(f'"seq":{_SEQ_MARK}', f'"seq":{seq}', 1)
+        head = turn.delta[ENTRY_FIELD].replace(f'"seq":{_SEQ_MARK}', f'"seq":{seq}', 1)
+        return {ENTRY_FIELD: head, EVENT_FIELD: turn.delta[EVENT_FIELD]}
     if seq == tokens + 1:
         done = turn.item.model_copy(update={"content": [AssistantMessageContent(text=TOKEN * tokens)]})
         return _entry(turn, seq, ChatKitEntry(event=ThreadItemDoneEvent(item=done)))
@@ -170,7 +179,7 @@ class Feeder:
             for turn in list(self._active.values()):
                 for _ in range(self._per_round):
                     entry = _next_entry(turn, self._tokens)
-                    pipe.xadd(turn.key, {ENTRY_FIELD: entry}, maxlen=TURN_STREAM_MAXLEN, approximate=True)
+                    pipe.xadd(turn.key, entry, maxlen=TURN_STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
                     if turn.written == 0:
                         pipe.expire(turn.key, settings.TURN_STREAM_TTL_S)
                     turn.written += 1

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from kitrelay.shared.messages import ENTRY_FIELD, EntryView, peek_entry
+from kitrelay.shared.messages import EntryView, peek_entry
 from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.settings import AgentKind
 
@@ -222,7 +222,7 @@ class _Progress:
         are dropped, and each entry pushes the deadline out."""
         batch: list[tuple[str, EntryView]] = []
         for raw_id, fields in raw:
-            entry = peek_entry(fields[ENTRY_FIELD])
+            entry = peek_entry(fields)
             if entry.run < self.newest_run:
                 continue
             self.newest_run = entry.run
@@ -260,7 +260,7 @@ async def read_turn(
         # Resuming: the entry the client last saw tells which run it was following.
         seen = cast(RawEntries, await redis.xrange(key, min=after, max=after))
         if seen:
-            progress.newest_run = peek_entry(seen[0][1][ENTRY_FIELD]).run
+            progress.newest_run = peek_entry(seen[0][1]).run
             progress.waiting_for = None
     tick_s = timeouts.block_ms / 1000
     next_tick = 0.0

@@ -13,7 +13,6 @@ import logging
 from collections.abc import AsyncIterator
 
 from chatkit.server import StreamingResult
-from chatkit.types import ThreadStreamEvent
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from kitrelay.gateway.context import RequestContext
@@ -92,11 +91,6 @@ async def sse_events(result: StreamingResult, context: RequestContext) -> AsyncI
     finally:
         if context.relayed is not None:
             context.relayed.close()
-
-
-def event_json(event: ThreadStreamEvent) -> str:
-    """An event serialised exactly as the ChatKit SDK serialises the events it streams."""
-    return event.model_dump_json(by_alias=True, exclude_none=True, context={"exclude_metadata": True})
 
 
 async def relayed_sse(frames: AsyncIterator[list[tuple[str | None, str]]]) -> AsyncIterator[bytes]:

@@ -5,7 +5,6 @@ every gateway replica: all state lives in NATS, Redis and the database."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,9 +24,8 @@ from nats.aio.client import Client as NATS
 
 from kitrelay.gateway.errors import ApiError
 from kitrelay.gateway.relay import StreamHub, Timeouts, TurnTimeoutError, read_turn
-from kitrelay.gateway.sse import event_json
 from kitrelay.services.turns import TurnRecords
-from kitrelay.shared.messages import TurnEnd, TurnEntry, TurnRequest, TurnStatus
+from kitrelay.shared.messages import TurnEnd, TurnEntry, TurnRequest, TurnStatus, event_json
 from kitrelay.shared.metrics import EVENTS_RELAYED, SSE_STREAMS_OPEN, TURNS_STARTED
 from kitrelay.shared.names import cancel_subject, turn_watch_key
 from kitrelay.shared.settings import AgentKind, Settings
@@ -185,14 +183,12 @@ class TurnRelay:
                 for entry_id, entry in batch:
                     frames.extend((None, event_json(removed)) for removed in _superseded(shown, entry.run))
                     if entry.event is not None:
-                        event = entry.event
-                        kind = event["type"]
-                        if kind in _ITEM_EVENTS:
-                            item = event["item"]
-                            shown.setdefault(entry.run, []).append(item["id"])
-                            if kind == "thread.item.done" and item.get("type") in _HIDDEN_ITEMS:
+                        kind = entry.event_type
+                        if kind in _ITEM_EVENTS and entry.item_id is not None:
+                            shown.setdefault(entry.run, []).append(entry.item_id)
+                            if kind == "thread.item.done" and entry.item_type in _HIDDEN_ITEMS:
                                 continue  # context for the model, never shown (as the ChatKit SDK does)
-                        frames.append((entry_id, json.dumps(event, separators=(",", ":"), ensure_ascii=False)))
+                        frames.append((entry_id, entry.event))
                     elif entry.kind == "end" and entry.status != "completed":
                         log.info("turn %s ended %s: %s", turn_id, entry.status, entry.error)
                 if frames:

@@ -31,7 +31,6 @@ from kitrelay.agents.context import TurnContext
 from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import (
-    ENTRY_FIELD,
     ChatKitEntry,
     HandoffEntry,
     TraceContext,
@@ -146,7 +145,7 @@ class TurnLog:
         )
         stale: dict[str, None] = {}
         for _, fields in raw:
-            entry = decode_entry(fields[ENTRY_FIELD])
+            entry = decode_entry(fields)
             if entry.hop != self._hop or entry.attempt >= self._attempt or not isinstance(entry.body, ChatKitEntry):
                 continue
             event = entry.body.event

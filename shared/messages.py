@@ -12,6 +12,7 @@ higher major version than it knows refuses the message instead of guessing.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
@@ -22,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from kitrelay.shared.settings import AgentKind
 
 PROTOCOL_VERSION: Final = 1
+# Turn entries are at version 2 (the event in a field of its own); readers still take version 1 entries.
+ENTRY_VERSION: Final = 2
+_ENTRY_VERSIONS: Final = frozenset({1, 2})
 
 TurnStatus = Literal["completed", "failed", "cancelled"]
 
@@ -104,9 +108,12 @@ class TurnEntry(BaseModel):
     `hop` counts the handoffs before the worker run that wrote it, `attempt` is that run's JetStream delivery
     count and `seq` counts entries within the run. (hop, attempt) only grows along a turn, so readers drop what
     a dead attempt wrote and spot gaps or duplicates.
+
+    On the stream an entry is two fields (`encode_entry`): the entry without its event, and a ChatKit event's
+    JSON exactly as the client receives it, so that a relay passes the event on without parsing it.
     """
 
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[1, 2] = ENTRY_VERSION
     turn_id: str
     hop: int = Field(default=0, ge=0)
     attempt: int = Field(ge=1)
@@ -124,31 +131,62 @@ class TurnEntry(BaseModel):
         return (self.hop, self.attempt)
 
 
-# One field per Redis stream entry; its value is the JSON of a TurnEntry.
+# The fields of a stream entry: the entry (for a ChatKit entry, without its event but with what a relay needs to
+# know of it), and the event's JSON. Version 1 entries held the event inside the entry and had no second field.
 ENTRY_FIELD = b"e"
+EVENT_FIELD = b"d"
+StreamFields = dict[bytes, bytes]
 
 _entry_adapter: TypeAdapter[TurnEntry] = TypeAdapter(TurnEntry)
+_JSON_SEPARATORS = (",", ":")
 
 
-def decode_entry(raw: bytes | str) -> TurnEntry:
-    return _entry_adapter.validate_json(raw)
+def event_json(event: ThreadStreamEvent) -> str:
+    """An event serialised exactly as the ChatKit SDK serialises the events it streams (no nulls, no
+    integration-only metadata)."""
+    return event.model_dump_json(by_alias=True, exclude_none=True, context={"exclude_metadata": True})
 
 
-def encode_entry(entry: TurnEntry) -> str:
-    """An entry as written to its stream. A ChatKit event inside it is already in the form the client receives
-    (as the ChatKit SDK serialises what it streams: no nulls, no integration-only metadata), so a relay can pass
-    it on without rebuilding models."""
-    return entry.model_dump_json(exclude_none=True, context={"exclude_metadata": True})
+def _event_head(event: ThreadStreamEvent) -> dict[str, str]:
+    """What a relay needs to know of an event without reading it: its type, and an item event's item."""
+    head: dict[str, str] = {"type": event.type}
+    item = getattr(event, "item", None)
+    if item is not None and event.type in ("thread.item.added", "thread.item.done"):
+        head["item_id"] = item.id
+        head["item_type"] = item.type
+    return head
+
+
+def encode_entry(entry: TurnEntry) -> dict[bytes, str]:
+    """An entry as written to its stream: its fields (see ENTRY_FIELD)."""
+    if isinstance(entry.body, ChatKitEntry):
+        event = entry.body.event
+        head = entry.model_dump(mode="json", exclude={"body"}, exclude_none=True)
+        head["body"] = {"kind": "chatkit", **_event_head(event)}
+        return {ENTRY_FIELD: json.dumps(head, separators=_JSON_SEPARATORS), EVENT_FIELD: event_json(event)}
+    return {ENTRY_FIELD: entry.model_dump_json(exclude_none=True)}
+
+
+def decode_entry(fields: Mapping[bytes, bytes]) -> TurnEntry:
+    """The whole entry, validated (for readers that look inside events, not for the relay)."""
+    if EVENT_FIELD not in fields:
+        return _entry_adapter.validate_json(fields[ENTRY_FIELD])
+    head = json.loads(fields[ENTRY_FIELD])
+    head["body"] = {"kind": "chatkit", "event": json.loads(fields[EVENT_FIELD])}
+    return _entry_adapter.validate_python(head)
 
 
 @dataclass(frozen=True, slots=True)
 class EntryView:
-    """What a relay needs of an entry, read with a plain JSON parse instead of model validation: the entry's run,
-    its kind, and for ChatKit entries the event as a dict (its JSON is what the client receives)."""
+    """What a relay needs of an entry, read with a plain JSON parse of the small entry field: the entry's run,
+    its kind, and for ChatKit entries the event's type, its item (for item events) and its JSON, untouched."""
 
     run: tuple[int, int]
     kind: Literal["chatkit", "handoff", "end"]
-    event: dict[str, Any] | None = None
+    event_type: str | None = None
+    event: str | None = None  # the event's JSON, as the client receives it
+    item_id: str | None = None
+    item_type: str | None = None
     handoff_to: AgentKind | None = None
     status: TurnStatus | None = None
     error: str | None = None
@@ -162,19 +200,27 @@ class UnreadableEntryError(ValueError):
     """An entry of a protocol version (or shape) this reader does not know."""
 
 
-def peek_entry(raw: bytes | str) -> EntryView:
+def peek_entry(fields: Mapping[bytes, bytes]) -> EntryView:
     try:
-        data = json.loads(raw)
-        if data.get("v") != PROTOCOL_VERSION:
-            raise UnreadableEntryError(f"turn entry of protocol version {data.get('v')!r}")
+        data = json.loads(fields[ENTRY_FIELD])
+        version = data.get("v")
+        if version not in _ENTRY_VERSIONS:
+            raise UnreadableEntryError(f"turn entry of protocol version {version!r}")
         run = (int(data.get("hop", 0)), int(data["attempt"]))
         body = data["body"]
         kind = body["kind"]
         if kind == "chatkit":
-            event = body["event"]
-            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                raise UnreadableEntryError("a chatkit entry without an event")
-            return EntryView(run, "chatkit", event=event)
+            raw_event = fields.get(EVENT_FIELD)
+            if raw_event is not None:
+                return EntryView(
+                    run,
+                    "chatkit",
+                    event_type=body["type"],
+                    event=raw_event.decode(),
+                    item_id=body.get("item_id"),
+                    item_type=body.get("item_type"),
+                )
+            return _peek_inline_event(run, body["event"])
         if kind == "handoff":
             return EntryView(run, "handoff", handoff_to=body["to"])
         if kind == "end":
@@ -184,3 +230,20 @@ def peek_entry(raw: bytes | str) -> EntryView:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UnreadableEntryError(f"unreadable turn entry: {exc}") from exc
     raise UnreadableEntryError(f"turn entry of unknown kind {kind!r}")
+
+
+def _peek_inline_event(run: tuple[int, int], event: Any) -> EntryView:
+    # A version 1 entry (written by a worker of an earlier release during a rolling upgrade): the event is inside.
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise UnreadableEntryError("a chatkit entry without an event")
+    item = event.get("item")
+    if not isinstance(item, dict):
+        item = {}
+    return EntryView(
+        run,
+        "chatkit",
+        event_type=event["type"],
+        event=json.dumps(event, separators=_JSON_SEPARATORS, ensure_ascii=False),
+        item_id=item.get("id"),
+        item_type=item.get("type"),
+    )

@@ -10,7 +10,7 @@ from nats.js.api import PubAck
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import SpanKind
 
-from kitrelay.shared.messages import ENTRY_FIELD, TurnEntry, TurnRequest, decode_entry, encode_entry
+from kitrelay.shared.messages import TurnEntry, TurnRequest, decode_entry, encode_entry
 from kitrelay.shared.names import thread_active_key, turn_stream_key, turns_subject
 from kitrelay.shared.telemetry import current_trace_context, trace_headers, tracer
 
@@ -53,7 +53,7 @@ async def append_entry(redis: aioredis.Redis, namespace: str, entry: TurnEntry, 
     # The turn's span counts them instead (kitrelay.turn.entries).
     with suppress_instrumentation():
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, {ENTRY_FIELD: encode_entry(entry)}, maxlen=TURN_STREAM_MAXLEN, approximate=True)
+            pipe.xadd(key, encode_entry(entry), maxlen=TURN_STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
             # Every write pushes the expiry out, so an abandoned stream disappears on its own.
             pipe.expire(key, ttl_s)
             entry_id, _ = await pipe.execute()
@@ -68,7 +68,7 @@ async def last_entry(redis: aioredis.Redis, namespace: str, turn_id: str) -> Tur
     if not newest:
         return None
     _, fields = newest[0]
-    return decode_entry(fields[ENTRY_FIELD])
+    return decode_entry(fields)
 
 
 async def expire_turn(redis: aioredis.Redis, namespace: str, turn_id: str, *, ttl_s: int) -> None:

@@ -6,7 +6,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
-from kitrelay.shared.messages import ENTRY_FIELD, TurnEntry, decode_entry
+from kitrelay.shared.messages import TurnEntry, decode_entry
 from kitrelay.shared.names import turn_stream_key
 
 XRangeResult = list[tuple[bytes, dict[bytes, bytes]]]
@@ -14,7 +14,7 @@ XRangeResult = list[tuple[bytes, dict[bytes, bytes]]]
 
 async def turn_entries(redis: aioredis.Redis, namespace: str, turn_id: str) -> list[tuple[str, TurnEntry]]:
     raw = cast(XRangeResult, await redis.xrange(turn_stream_key(namespace, turn_id)))
-    return [(entry_id.decode(), decode_entry(fields[ENTRY_FIELD])) for entry_id, fields in raw]
+    return [(entry_id.decode(), decode_entry(fields)) for entry_id, fields in raw]
 
 
 async def all_entry_ids(redis: aioredis.Redis, namespace: str) -> dict[str, list[str]]:

@@ -4,6 +4,7 @@ served at once (not after the hub's block), and read_turn's semantics (resume, s
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -58,7 +59,7 @@ async def _texts(
 
 def _text(entry: EntryView) -> str:
     assert entry.event is not None
-    return str(entry.event["text"])
+    return str(json.loads(entry.event)["text"])
 
 
 async def test_many_turns_are_read_through_one_hub_each_getting_only_its_entries(

@@ -392,7 +392,8 @@ async def test_items_of_a_thread_another_process_deleted_are_refused(
     context = new_context()
     thread = await new_thread(store, context)
     await store.add_thread_item(thread.id, assistant_message(thread.id, "first"), context)
-    await SqlStore(db_sessions).delete_thread(thread.id, context)
+    other_process: SqlStore[StoreContext] = SqlStore(db_sessions)
+    await other_process.delete_thread(thread.id, context)
 
     with pytest.raises(NotFoundError):
         await store.add_thread_item(thread.id, assistant_message(thread.id, "too late"), context)
@@ -402,7 +403,9 @@ async def test_items_of_a_thread_another_process_deleted_are_refused(
     mine = await new_thread(store, context)
     await store.add_thread_item(mine.id, assistant_message(mine.id, "mine"), context)
     with pytest.raises(NotFoundError):
-        await store.add_thread_item(mine.id, assistant_message(mine.id, "theirs"), new_context(context.identity.team_id))
+        await store.add_thread_item(
+            mine.id, assistant_message(mine.id, "theirs"), new_context(context.identity.team_id)
+        )
 
 
 async def test_save_item_replaces_in_place_or_appends(store: SqlStore) -> None:
