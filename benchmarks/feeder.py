@@ -38,7 +38,6 @@ from kitrelay.shared.connections import connect_nats, connect_redis, ensure_turn
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import (
     ENTRY_FIELD,
-    EVENT_FIELD,
     ChatKitEntry,
     TurnEnd,
     TurnEntry,
@@ -90,8 +89,7 @@ def _next_entry(turn: FedTurn, tokens: int) -> dict[bytes, str]:
     if seq == 0:
         return _entry(turn, 0, ChatKitEntry(event=ThreadItemAddedEvent(item=turn.item)))
     if seq <= tokens:
-        head = turn.delta[ENTRY_FIELD].replace(f'"seq":{_SEQ_MARK}', f'"seq":{seq}', 1)
-        return {ENTRY_FIELD: head, EVENT_FIELD: turn.delta[EVENT_FIELD]}
+        return {**turn.delta, ENTRY_FIELD: turn.delta[ENTRY_FIELD].replace(f'"seq":{_SEQ_MARK}', f'"seq":{seq}', 1)}
     if seq == tokens + 1:
         done = turn.item.model_copy(update={"content": [AssistantMessageContent(text=TOKEN * tokens)]})
         return _entry(turn, seq, ChatKitEntry(event=ThreadItemDoneEvent(item=done)))

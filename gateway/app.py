@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -78,6 +79,9 @@ def create_app(settings: Settings) -> FastAPI:
             store=store, attachment_store=attachment_store, feedback=FeedbackService(sessions), relay=relay
         )
         log.info("gateway ready: NATS %s, Redis %s", redact_url(settings.NATS_URL), redact_url(settings.REDIS_URL))
+        # What is loaded by now lives as long as the process: leave it out of every garbage collection, which the
+        # relay's many short-lived objects would otherwise make scan it over and over.
+        gc.freeze()
         try:
             yield State(
                 settings=settings,

@@ -166,6 +166,7 @@ class TurnRelay:
         # Items this client was shown, by the run that wrote them: if a newer attempt of the same hop takes over
         # (its worker died), they are withdrawn here, whatever is left of the dead attempt's entries in Redis.
         shown: dict[tuple[int, int], list[str]] = {}
+        current_run = (-1, -1)
         self.hub.start()
         SSE_STREAMS_OPEN.inc()
         try:
@@ -181,7 +182,10 @@ class TurnRelay:
             ):
                 frames: list[RelayedFrame] = []
                 for entry_id, entry in batch:
-                    frames.extend((None, event_json(removed)) for removed in _superseded(shown, entry.run))
+                    if entry.run != current_run:
+                        # A newer run took over: what earlier attempts of its hop showed is withdrawn first.
+                        current_run = entry.run
+                        frames.extend((None, event_json(removed)) for removed in _superseded(shown, entry.run))
                     if entry.event is not None:
                         kind = entry.event_type
                         if kind in _ITEM_EVENTS and entry.item_id is not None:

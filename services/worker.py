@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -295,6 +296,8 @@ async def serve(kind: AgentKind, settings: Settings, *, handle_signals: bool = T
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
+    # Startup's objects live as long as the process: no garbage collection needs to scan them again.
+    gc.freeze()
     try:
         await worker.run()
     finally:

@@ -131,11 +131,16 @@ class TurnEntry(BaseModel):
         return (self.hop, self.attempt)
 
 
-# The fields of a stream entry: the entry (for a ChatKit entry, without its event but with what a relay needs to
-# know of it), and the event's JSON. Version 1 entries held the event inside the entry and had no second field.
+# The fields of a stream entry (version 2):
+#   e  the entry as JSON; for a ChatKit entry without its event, but with the event's type and item,
+#   d  a ChatKit entry's event as JSON, exactly as the client receives it,
+#   h  what a relay needs, without parsing JSON: "2|hop|attempt|kind|event type|item id|item type", the last
+#      three empty where they do not apply (ids and type names never hold "|").
+# Version 1 entries had the event inside `e`, and no other field.
 ENTRY_FIELD = b"e"
 EVENT_FIELD = b"d"
-StreamFields = dict[bytes, bytes]
+RELAY_FIELD = b"h"
+_HEAD_PARTS = 7
 
 _entry_adapter: TypeAdapter[TurnEntry] = TypeAdapter(TurnEntry)
 _JSON_SEPARATORS = (",", ":")
@@ -159,12 +164,19 @@ def _event_head(event: ThreadStreamEvent) -> dict[str, str]:
 
 def encode_entry(entry: TurnEntry) -> dict[bytes, str]:
     """An entry as written to its stream: its fields (see ENTRY_FIELD)."""
+    run = f"{ENTRY_VERSION}|{entry.hop}|{entry.attempt}|{entry.body.kind}"
     if isinstance(entry.body, ChatKitEntry):
         event = entry.body.event
+        event_head = _event_head(event)
         head = entry.model_dump(mode="json", exclude={"body"}, exclude_none=True)
-        head["body"] = {"kind": "chatkit", **_event_head(event)}
-        return {ENTRY_FIELD: json.dumps(head, separators=_JSON_SEPARATORS), EVENT_FIELD: event_json(event)}
-    return {ENTRY_FIELD: entry.model_dump_json(exclude_none=True)}
+        head["body"] = {"kind": "chatkit", **event_head}
+        relay = f"{run}|{event.type}|{event_head.get('item_id', '')}|{event_head.get('item_type', '')}"
+        return {
+            ENTRY_FIELD: json.dumps(head, separators=_JSON_SEPARATORS),
+            EVENT_FIELD: event_json(event),
+            RELAY_FIELD: relay,
+        }
+    return {ENTRY_FIELD: entry.model_dump_json(exclude_none=True), RELAY_FIELD: f"{run}|||"}
 
 
 def decode_entry(fields: Mapping[bytes, bytes]) -> TurnEntry:
@@ -201,6 +213,30 @@ class UnreadableEntryError(ValueError):
 
 
 def peek_entry(fields: Mapping[bytes, bytes]) -> EntryView:
+    head = fields.get(RELAY_FIELD)
+    if head is not None:
+        parts = head.decode().split("|")
+        if len(parts) != _HEAD_PARTS or parts[0] != str(ENTRY_VERSION):
+            raise UnreadableEntryError(f"turn entry with an unreadable head {head[:60]!r}")
+        event = fields.get(EVENT_FIELD)
+        if parts[3] == "chatkit" and event is not None:
+            try:
+                run = (int(parts[1]), int(parts[2]))
+            except ValueError as exc:
+                raise UnreadableEntryError(f"turn entry with an unreadable head {head[:60]!r}") from exc
+            return EntryView(
+                run,
+                "chatkit",
+                event_type=parts[4],
+                event=event.decode(),
+                item_id=parts[5] or None,
+                item_type=parts[6] or None,
+            )
+    # A handoff or an end (one or two a turn), or a version 1 entry: read from the entry's JSON.
+    return _peek_json(fields)
+
+
+def _peek_json(fields: Mapping[bytes, bytes]) -> EntryView:
     try:
         data = json.loads(fields[ENTRY_FIELD])
         version = data.get("v")
