@@ -32,7 +32,9 @@ RawEntries = list[tuple[bytes, dict[bytes, bytes]]]
 XReadResponse = list[tuple[bytes, RawEntries]]
 # How long the hub's XREAD blocks when nothing comes; a new follower wakes it at once (CLIENT UNBLOCK).
 HUB_BLOCK_MS = 2000
-HUB_BATCH = 512
+# Entries per stream per XREAD: what one follower holds at most while its client is slower than its worker (the
+# rest waits in Redis), so it bounds the gateway's memory per open stream.
+HUB_BATCH = 64
 REDIS_RETRY_S = 0.5
 
 
