@@ -22,9 +22,10 @@ from tests.infra import cleanup_redis_namespace
 TIMEOUTS = Timeouts(start_s=5, handoff_s=5, idle_s=5, block_ms=200)
 
 
-@pytest.fixture
-async def redis(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+# The hub reads XREAD replies as hiredis returns them: a map under RESP3 (redis-py's default), pairs under RESP2.
+@pytest.fixture(params=[3, 2], ids=["resp3", "resp2"])
+async def redis(redis_url: str, namespace: str, request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, protocol=request.param)
     yield client
     await client.aclose()
     cleanup_redis_namespace(redis_url, f"{namespace}hub")
