@@ -13,6 +13,9 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from kitrelay.shared.names import dead_letter_stream, dead_letter_subject, turns_stream, turns_subject
 from kitrelay.shared.settings import AGENT_KINDS, Settings
@@ -50,12 +53,22 @@ async def connect_nats(settings: Settings, *, name: str) -> NATS:
     return await _with_retries(f"NATS at {settings.NATS_URL}", settings, connect)
 
 
+REDIS_COMMAND_RETRIES = 3
+REDIS_RETRY_BASE_S = 0.05
+REDIS_RETRY_CAP_S = 0.5
+
+
 async def connect_redis(settings: Settings, *, max_connections: int | None = None) -> aioredis.Redis:
     client = aioredis.Redis.from_url(
         settings.REDIS_URL,
         max_connections=max_connections,
         health_check_interval=30,
         socket_keepalive=True,
+        # After a Redis restart every pooled connection is dead, and a command sent on one fails with "Connection
+        # closed by server": reconnect and send it again (a few times, backing off) instead of failing a request.
+        # Only connection errors: a timeout may mean the command ran.
+        retry=Retry(ExponentialBackoff(cap=REDIS_RETRY_CAP_S, base=REDIS_RETRY_BASE_S), REDIS_COMMAND_RETRIES),
+        retry_on_error=[RedisConnectionError],
     )
 
     async def ping() -> aioredis.Redis:
