@@ -83,6 +83,7 @@ class StreamHub:
         self._batch = batch
         self._followers: dict[bytes, list[_Follower]] = {}
         self._held: set[bytes] = set()  # keys left out of the XREAD in flight (their followers hold a batch)
+        self._read_from: dict[bytes, str] = {}  # where the XREAD in flight reads each key from
         self._changed = asyncio.Event()
         self._generation = 0  # bumped by every new follower
         self._reading: int | None = None  # the generation an XREAD in flight was asked for
@@ -176,6 +177,7 @@ class StreamHub:
                 if self._client_id is None:
                     self._client_id = int(await self._reader.client_id())
                 self._reading = generation
+                self._read_from = streams
                 response = _xread_entries(
                     await self._reader.xread(streams, count=self._batch, block=self._block_ms)  # type: ignore[arg-type]
                 )
@@ -195,17 +197,28 @@ class StreamHub:
                 self._dispatch(key, entries)
 
     def taken(self, follower: _Follower) -> None:
-        """A follower took its batch: if the XREAD in flight left its key out, it is read for again at once."""
-        if follower.key in self._held and follower.batches.empty():
+        """A follower took its batch: if the XREAD in flight left its key out, or reads it from beyond where this
+        follower is, it is read for again at once."""
+        if not follower.batches.empty():
+            return
+        if follower.key in self._held or self._behind_read(follower):
             self._held.discard(follower.key)
             self._generation += 1
             self._changed.set()
             self._wake()
 
+    def _behind_read(self, follower: _Follower) -> bool:
+        start = self._read_from.get(follower.key)
+        return start is not None and _id_key(follower.last_id) < _id_key(start)
+
     def _dispatch(self, key: bytes, entries: RawEntries) -> None:
         for follower in self._followers.get(key, []):
             if not follower.batches.empty():
                 continue  # it reads these (and more) from its own last id once it has taken what it holds
+            if self._behind_read(follower):
+                # It came (or took its batch) after this read was asked for, from further back: the entries in
+                # between are not in this reply. The next read starts from its own last id.
+                continue
             after = _id_key(follower.last_id)
             mine = [entry for entry in entries if _id_key(entry[0]) > after]
             if mine:

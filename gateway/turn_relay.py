@@ -35,6 +35,7 @@ from kitrelay.shared.turn_bus import (
     append_entry,
     claim_thread,
     last_entry,
+    newest_entry_id,
     publish_turn,
     release_thread,
 )
@@ -48,6 +49,10 @@ _ITEM_EVENTS = frozenset({"thread.item.added", "thread.item.done"})
 _HIDDEN_ITEMS = frozenset({"hidden_context_item", "sdk_hidden_context"})
 # A thread's claim outlives any sane turn; it only matters when a turn died without ending (then it frees itself).
 THREAD_CLAIM_TTL_S = 600
+# A stop that its worker did not confirm in time is asked again, this many times longer, if the turn's newest entry
+# is younger than RECENT_ENTRY_S: its worker is alive.
+STOP_RETRY_FACTOR = 5
+RECENT_ENTRY_S = 2.0
 
 
 BUSY_MESSAGE = "The previous reply in this conversation is still being written. Wait for it, or stop it first."
@@ -219,12 +224,19 @@ class TurnRelay:
         last = await last_entry(self._redis, self.config.namespace, turn_id)
         if last is not None and last.is_terminal:
             return "already_ended"
+        subject = cancel_subject(self.config.namespace, turn_id)
         try:
-            await self._nc.request(
-                cancel_subject(self.config.namespace, turn_id), b"stop", timeout=self.config.cancel_confirm_s
-            )
+            await self._nc.request(subject, b"stop", timeout=self.config.cancel_confirm_s)
             return "stopping"
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            # A worker that wrote to the turn a moment ago is alive, only slow to answer (a loaded machine): ending
+            # the turn here would cut the client's stream while that worker goes on and saves another reply.
+            if isinstance(exc, nats.errors.TimeoutError) and await self._recently_written(turn_id):
+                try:
+                    await self._nc.request(subject, b"stop", timeout=self.config.cancel_confirm_s * STOP_RETRY_FACTOR)
+                    return "stopping"
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    pass
             record = await self.turns.get_any(turn_id)
             await self._end_here(
                 turn_id,
@@ -234,6 +246,15 @@ class TurnRelay:
                 "stopped before any worker ran it",
             )
             return "cancelled"
+
+    async def _recently_written(self, turn_id: str) -> bool:
+        """The turn's newest entry is younger than RECENT_ENTRY_S by Redis's clock (entry ids are its times)."""
+        newest = await newest_entry_id(self._redis, self.config.namespace, turn_id)
+        if newest is None:
+            return False
+        seconds, micros = await self._redis.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        return now_ms - int(newest.split("-", 1)[0]) < RECENT_ENTRY_S * 1000
 
     async def _end_here(
         self, turn_id: str, thread_id: str | None, last_run: tuple[int, int], status: TurnStatus, reason: str

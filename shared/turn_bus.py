@@ -71,6 +71,12 @@ async def last_entry(redis: aioredis.Redis, namespace: str, turn_id: str) -> Tur
     return decode_entry(fields)
 
 
+async def newest_entry_id(redis: aioredis.Redis, namespace: str, turn_id: str) -> str | None:
+    """The id of a turn's newest entry (None for a turn nobody has written yet)."""
+    newest = cast(list[tuple[bytes, object]], await redis.xrevrange(turn_stream_key(namespace, turn_id), count=1))
+    return newest[0][0].decode() if newest else None
+
+
 async def expire_turn(redis: aioredis.Redis, namespace: str, turn_id: str, *, ttl_s: int) -> None:
     """Shorten a finished turn's stream's life: late readers get a while, memory stays bounded."""
     await redis.expire(turn_stream_key(namespace, turn_id), ttl_s)

@@ -79,7 +79,8 @@ async def test_interrupt_stops_the_running_reply_for_the_new_message(make_system
 
 
 async def test_cancel_policy_stops_a_turn_nobody_follows(make_system: Callable[..., RunningSystem]) -> None:
-    system = make_system("dc", DETACHED_TURN_POLICY="cancel", DETACHED_GRACE_S="1", OFFLINE_TOKEN_DELAY_MS="300")
+    # Slow tokens: the reply outlasts the grace, the watch key's expiry and the watchdog's next look, loaded or not.
+    system = make_system("dc", DETACHED_TURN_POLICY="cancel", DETACHED_GRACE_S="1", OFFLINE_TOKEN_DELAY_MS="700")
     async with httpx.AsyncClient(base_url=system.base_url, timeout=60) as http:
         client = ChatKitClient(http)
         stream = client.create_thread("hello")

@@ -101,6 +101,28 @@ async def test_a_new_follower_does_not_wait_for_the_hubs_blocked_read(
     quiet.cancel()
 
 
+async def test_followers_joining_a_stream_others_are_reading_get_it_from_their_own_start(
+    hub: StreamHub, redis: aioredis.Redis, namespace: str
+) -> None:
+    # Tabs open on a turn while another tab (or a re-attached client) is already reading it and the worker keeps
+    # writing: a read the hub asked for from the first tab's position must not be what a new tab starts from.
+    ns = f"{namespace}hub"
+    for _ in range(15):
+        turn_id = new_id("turn")
+        for seq in range(3):
+            await append_entry(redis, ns, _progress(turn_id, seq, f"early {seq}"), ttl_s=60)
+        first = asyncio.create_task(_texts(hub, redis, ns, turn_id))
+        await asyncio.sleep(0.02)  # it has read the early entries; the hub reads on from there
+        tabs = [asyncio.create_task(_texts(hub, redis, ns, turn_id)) for _ in range(3)]
+        for seq in range(3, 8):
+            await append_entry(redis, ns, _progress(turn_id, seq, f"late {seq}"), ttl_s=60)
+        await append_entry(redis, ns, _end(turn_id, 8), ttl_s=60)
+        everyone = await asyncio.wait_for(asyncio.gather(first, *tabs), timeout=10)
+        expected = [f"early {n}" for n in range(3)] + [f"late {n}" for n in range(3, 8)]
+        for entries in everyone:
+            assert [_text(e) for _, e in entries[:-1]] == expected
+
+
 async def test_resuming_after_an_entry_and_dropping_superseded_runs(
     hub: StreamHub, redis: aioredis.Redis, namespace: str
 ) -> None:
