@@ -82,8 +82,9 @@ class StreamHub:
         self._block_ms = block_ms
         self._batch = batch
         self._followers: dict[bytes, list[_Follower]] = {}
-        self._held: set[bytes] = set()  # keys left out of the XREAD in flight (their followers hold a batch)
-        self._read_from: dict[bytes, str] = {}  # where the XREAD in flight reads each key from
+        # Where the XREAD in flight reads each key from; a followed key missing here was left out (its followers
+        # all held a batch) or came after the read was asked for.
+        self._read_from: dict[bytes, str] = {}
         self._changed = asyncio.Event()
         self._generation = 0  # bumped by every new follower
         self._reading: int | None = None  # the generation an XREAD in flight was asked for
@@ -162,13 +163,11 @@ class StreamHub:
             # Backpressure: a follower still holding a batch is not read for until it takes it, so a client (or a
             # relay) slower than its worker leaves the backlog in Redis rather than in this process.
             streams: dict[bytes, str] = {}
-            self._held.clear()
             for key, followers in self._followers.items():
                 ready = [f.last_id for f in followers if f.batches.empty()]
                 if ready:
                     streams[key] = min(ready, key=_id_key)
-                else:
-                    self._held.add(key)
+            self._read_from = streams
             if not streams:
                 self._changed.clear()
                 await self._changed.wait()
@@ -177,7 +176,6 @@ class StreamHub:
                 if self._client_id is None:
                     self._client_id = int(await self._reader.client_id())
                 self._reading = generation
-                self._read_from = streams
                 response = _xread_entries(
                     await self._reader.xread(streams, count=self._batch, block=self._block_ms)  # type: ignore[arg-type]
                 )
@@ -201,8 +199,7 @@ class StreamHub:
         follower is, it is read for again at once."""
         if not follower.batches.empty():
             return
-        if follower.key in self._held or self._behind_read(follower):
-            self._held.discard(follower.key)
+        if follower.key not in self._read_from or self._behind_read(follower):
             self._generation += 1
             self._changed.set()
             self._wake()

@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, Select, and_, asc, delete, desc, or_, sele
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.expression import ColumnCollection
 
 from kitrelay.shared.context import HasIdentity
@@ -192,30 +193,25 @@ class SqlStore(Store[C]):
         await self._upsert_item(thread_id, item, context)
 
     async def load_item(self, thread_id: str, item_id: str, context: C) -> ThreadItem:
-        async with read_session(self._sessions) as session:
-            query = (
-                select(ThreadItemRow.data)
-                .join(ThreadRow, ThreadRow.id == ThreadItemRow.thread_id)
-                .where(ThreadItemRow.id == item_id, ThreadItemRow.thread_id == thread_id, _owned_by(context))
-            )
-            data = (await session.execute(query)).scalar_one_or_none()
-        if data is None:
-            raise NotFoundError(f"Item {item_id} not found")
-        return _item_from_json(data)
+        return _item_from_json(await self._item_column(ThreadItemRow.data, thread_id, item_id, context))
 
     async def load_item_type(self, thread_id: str, item_id: str, context: C) -> str:
         """The type of one of the thread's items (`widget`, `user_message`, ...), without parsing the item: a
         task list widget takes milliseconds to validate."""
+        return await self._item_column(ThreadItemRow.type, thread_id, item_id, context)
+
+    async def _item_column(self, column: InstrumentedAttribute[str], thread_id: str, item_id: str, context: C) -> str:
+        """One column of one of the caller's thread's items; NotFoundError for an item they cannot see."""
         async with read_session(self._sessions) as session:
             query = (
-                select(ThreadItemRow.type)
+                select(column)
                 .join(ThreadRow, ThreadRow.id == ThreadItemRow.thread_id)
                 .where(ThreadItemRow.id == item_id, ThreadItemRow.thread_id == thread_id, _owned_by(context))
             )
-            item_type = (await session.execute(query)).scalar_one_or_none()
-        if item_type is None:
+            value = (await session.execute(query)).scalar_one_or_none()
+        if value is None:
             raise NotFoundError(f"Item {item_id} not found")
-        return item_type
+        return value
 
     async def delete_thread_item(self, thread_id: str, item_id: str, context: C) -> None:
         async with self._sessions() as session, session.begin():
