@@ -39,6 +39,7 @@ from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import (
     ENTRY_FIELD,
     ChatKitEntry,
+    PackEntry,
     TurnEnd,
     TurnEntry,
     TurnRequest,
@@ -60,12 +61,19 @@ class FedTurn:
     request: TurnRequest
     key: str
     item: AssistantMessageItem
+    delta_event: ThreadItemUpdatedEvent
     delta: dict[bytes, str]  # the turn's delta entry, seq marked
-    written: int = 0  # entries written so far
+    written: int = 0  # events written so far
+    seq: int = 0  # entries written so far
+    packs: dict[int, dict[bytes, str]] | None = None  # pack entries by size, seq marked
 
 
-def _entry(turn: FedTurn, seq: int, body: ChatKitEntry | TurnEnd) -> dict[bytes, str]:
+def _entry(turn: FedTurn, seq: int, body: ChatKitEntry | PackEntry | TurnEnd) -> dict[bytes, str]:
     return encode_entry(TurnEntry(turn_id=turn.request.turn_id, attempt=1, seq=seq, body=body))
+
+
+def _with_seq(marked: dict[bytes, str], seq: int) -> dict[bytes, str]:
+    return {**marked, ENTRY_FIELD: marked[ENTRY_FIELD].replace(f'"seq":{_SEQ_MARK}', f'"seq":{seq}', 1)}
 
 
 def _start(request: TurnRequest, namespace: str) -> FedTurn:
@@ -78,27 +86,35 @@ def _start(request: TurnRequest, namespace: str) -> FedTurn:
     delta = ThreadItemUpdatedEvent(
         item_id=item.id, update=AssistantMessageContentPartTextDelta(content_index=0, delta=TOKEN)
     )
-    turn = FedTurn(request, turn_stream_key(namespace, request.turn_id), item, {})
+    turn = FedTurn(request, turn_stream_key(namespace, request.turn_id), item, delta, {})
     turn.delta = _entry(turn, _SEQ_MARK, ChatKitEntry(event=delta))
     return turn
 
 
-def _next_entry(turn: FedTurn, tokens: int) -> dict[bytes, str]:
-    """Entry number `turn.written`: added, `tokens` deltas, done, end."""
-    seq = turn.written
-    if seq == 0:
-        return _entry(turn, 0, ChatKitEntry(event=ThreadItemAddedEvent(item=turn.item)))
-    if seq <= tokens:
-        return {**turn.delta, ENTRY_FIELD: turn.delta[ENTRY_FIELD].replace(f'"seq":{_SEQ_MARK}', f'"seq":{seq}', 1)}
-    if seq == tokens + 1:
+def _next_entry(turn: FedTurn, tokens: int, pack: int = 1) -> tuple[dict[bytes, str], int]:
+    """The next entry of the turn (added, `tokens` deltas, done, end) and how many events it holds: up to `pack`
+    deltas in one entry, as the worker's writer packs the updates a model produced during its last write."""
+    n, seq = turn.written, turn.seq
+    if n == 0:
+        return _entry(turn, seq, ChatKitEntry(event=ThreadItemAddedEvent(item=turn.item))), 1
+    if n <= tokens:
+        size = min(pack, tokens - n + 1)
+        if size == 1:
+            return _with_seq(turn.delta, seq), 1
+        if turn.packs is None:
+            turn.packs = {}
+        if size not in turn.packs:
+            turn.packs[size] = _entry(turn, _SEQ_MARK, PackEntry(events=[turn.delta_event] * size))
+        return _with_seq(turn.packs[size], seq), size
+    if n == tokens + 1:
         done = turn.item.model_copy(update={"content": [AssistantMessageContent(text=TOKEN * tokens)]})
-        return _entry(turn, seq, ChatKitEntry(event=ThreadItemDoneEvent(item=done)))
-    return _entry(turn, seq, TurnEnd(status="completed"))
+        return _entry(turn, seq, ChatKitEntry(event=ThreadItemDoneEvent(item=done))), 1
+    return _entry(turn, seq, TurnEnd(status="completed")), 1
 
 
 class Feeder:
     def __init__(
-        self, settings: Settings, *, tokens: int, token_delay_s: float, per_round: int, hold_until: int
+        self, settings: Settings, *, tokens: int, token_delay_s: float, per_round: int, hold_until: int, pack: bool
     ) -> None:
         self._settings = settings
         # Write nothing until this many turns are open (or HOLD_TIMEOUT_S passed): the figures are then those of
@@ -108,6 +124,8 @@ class Feeder:
         self._delay_s = token_delay_s
         # Entries written per turn per round: 1 at a token delay; more make a delay-free run a pure relay test.
         self._per_round = per_round
+        # A round's deltas of a turn in one entry (a pack), as a worker writes a model that outruns its writes.
+        self._pack = per_round if pack else 1
         self._active: dict[str, FedTurn] = {}
         self._stopping = asyncio.Event()
         self._enough = asyncio.Event()
@@ -175,12 +193,15 @@ class Feeder:
         finished: list[FedTurn] = []
         async with redis.pipeline(transaction=False) as pipe:
             for turn in list(self._active.values()):
-                for _ in range(self._per_round):
-                    entry = _next_entry(turn, self._tokens)
+                budget = self._per_round
+                while budget > 0:
+                    entry, events = _next_entry(turn, self._tokens, min(self._pack, budget))
                     pipe.xadd(turn.key, entry, maxlen=TURN_STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
                     if turn.written == 0:
                         pipe.expire(turn.key, settings.TURN_STREAM_TTL_S)
-                    turn.written += 1
+                    turn.written += events
+                    turn.seq += 1
+                    budget -= events
                     if turn.written == self._tokens + 3:
                         pipe.expire(turn.key, settings.TURN_STREAM_TTL_AFTER_END_S)
                         pipe.delete(thread_active_key(settings.NAMESPACE, turn.request.thread_id))
@@ -199,6 +220,7 @@ async def _main(args: argparse.Namespace) -> None:
         token_delay_s=args.token_delay_ms / 1000,
         per_round=args.per_round,
         hold_until=args.hold_until,
+        pack=args.pack,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -210,7 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.feeder", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=600, help="text deltas per reply")
     parser.add_argument("--token-delay-ms", type=float, default=50.0)
-    parser.add_argument("--per-round", type=int, default=1, help="entries per turn per round")
+    parser.add_argument("--per-round", type=int, default=1, help="events per turn per round")
+    parser.add_argument(
+        "--pack", action="store_true", help="write a round's deltas of a turn as one entry, as a worker packs them"
+    )
     parser.add_argument("--hold-until", type=int, default=0, help="write nothing until this many turns are open")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")

@@ -310,6 +310,8 @@ def run_stream_scenario(args: argparse.Namespace, work: Path, scenario: str) -> 
     else:
         streams = args.relay_streams
         feeder = ["--tokens", str(args.relay_tokens), "--token-delay-ms", "0", "--per-round", str(args.relay_batch)]
+        if args.relay_pack:
+            feeder.append("--pack")
     feeder += ["--hold-until", str(streams)]
     with _deployment(args, work, scenario, feeder_args=feeder) as kitrelay:
         return uvloop.run(
@@ -442,7 +444,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--open-concurrency", type=int, default=20, help="streams being opened at once")
     parser.add_argument("--relay-streams", type=int, default=200)
     parser.add_argument("--relay-tokens", type=int, default=1000)
-    parser.add_argument("--relay-batch", type=int, default=20, help="relay: entries per stream per feeder round")
+    parser.add_argument("--relay-batch", type=int, default=20, help="relay: deltas per stream per feeder round")
+    parser.add_argument(
+        "--relay-pack",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="relay: a round's deltas of a stream in one entry, as a worker packs a model that outruns its writes",
+    )
     parser.add_argument("--turn-timeout-s", type=float, default=180.0)
     parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the services under test")
     parser.add_argument("--pg", help="a PostgreSQL server URL: a fresh database on it instead of SQLite")

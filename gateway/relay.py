@@ -62,6 +62,21 @@ def _id_key(entry_id: bytes | str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def split_event_id(event_id: str) -> tuple[str, int]:
+    """An SSE event id as (entry id, how many of the entry's events it covers beyond the first): "<entry id>" is
+    a whole entry, "<entry id>.<n>" event n of a pack (0 for an id that is a whole entry)."""
+    entry_id, _, index = event_id.partition(".")
+    return entry_id, int(index) + 1 if index else 0
+
+
+def entry_before(entry_id: str) -> str:
+    """The greatest stream id below `entry_id`: reading after it reads `entry_id` itself again."""
+    ms, seq = _id_key(entry_id)
+    if seq > 0:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{2**64 - 1}" if ms > 0 else "0-0"
+
+
 @dataclass(eq=False)
 class _Follower:
     key: bytes

@@ -23,9 +23,9 @@ from chatkit.types import (
 from nats.aio.client import Client as NATS
 
 from kitrelay.gateway.errors import ApiError
-from kitrelay.gateway.relay import StreamHub, Timeouts, TurnTimeoutError, read_turn
+from kitrelay.gateway.relay import StreamHub, Timeouts, TurnTimeoutError, entry_before, read_turn, split_event_id
 from kitrelay.services.turns import TurnRecords
-from kitrelay.shared.messages import TurnEnd, TurnEntry, TurnRequest, TurnStatus, event_json
+from kitrelay.shared.messages import EntryView, TurnEnd, TurnEntry, TurnRequest, TurnStatus, event_json
 from kitrelay.shared.metrics import EVENTS_RELAYED, SSE_STREAMS_OPEN, TURNS_STARTED
 from kitrelay.shared.names import cancel_subject, turn_watch_key
 from kitrelay.shared.settings import AgentKind, Settings
@@ -168,10 +168,11 @@ class TurnRelay:
         async def still_watching() -> None:
             await self._redis.set(watch_key, b"1", px=int(self.config.watch_ttl_s * 1000))
 
-        # Items this client was shown, by the run that wrote them: if a newer attempt of the same hop takes over
-        # (its worker died), they are withdrawn here, whatever is left of the dead attempt's entries in Redis.
-        shown: dict[tuple[int, int], list[str]] = {}
-        current_run = (-1, -1)
+        # Resuming inside a pack ("<entry id>.<n>"): that entry is read again and its first n + 1 events skipped.
+        start, resumed_in = split_event_id(after)
+        if resumed_in:
+            after = entry_before(start)
+        client = _ClientView(turn_id, resume_at=start, skip=resumed_in)
         self.hub.start()
         SSE_STREAMS_OPEN.inc()
         try:
@@ -185,22 +186,7 @@ class TurnRelay:
                 after=after,
                 on_tick=still_watching,
             ):
-                frames: list[RelayedFrame] = []
-                for entry_id, entry in batch:
-                    if entry.run != current_run:
-                        # A newer run took over: what earlier attempts of its hop showed is withdrawn first.
-                        current_run = entry.run
-                        frames.extend((None, event_json(removed)) for removed in _superseded(shown, entry.run))
-                    if entry.event is not None:
-                        kind = entry.event_type
-                        if kind in _ITEM_EVENTS and entry.item_id is not None:
-                            shown.setdefault(entry.run, []).append(entry.item_id)
-                            if kind == "thread.item.done" and entry.item_type in _HIDDEN_ITEMS:
-                                continue  # context for the model, never shown (as the ChatKit SDK does)
-                        frames.append((entry_id, entry.event))
-                    elif entry.kind == "end" and entry.status != "completed":
-                        log.info("turn %s ended %s: %s", turn_id, entry.status, entry.error)
-                if frames:
+                if frames := client.frames(batch):
                     EVENTS_RELAYED.inc(len(frames))
                     yield frames
         except TurnTimeoutError as exc:
@@ -267,6 +253,48 @@ class TurnRelay:
         await self.turns.finish(turn_id, status)
         if thread_id is not None:
             await release_thread(self._redis, self.config.namespace, thread_id, turn_id)
+
+
+class _ClientView:
+    """What one client is shown of a turn's entries: each event as the worker wrote it, minus hidden context items,
+    plus the withdrawal of items an earlier attempt showed once a newer attempt of the same hop takes over (its
+    worker died), whatever is left of the dead attempt's entries in Redis."""
+
+    def __init__(self, turn_id: str, *, resume_at: str, skip: int) -> None:
+        self._turn_id = turn_id
+        self._shown: dict[tuple[int, int], list[str]] = {}  # item ids shown, by the run that wrote them
+        self._run = (-1, -1)
+        self._resume_at = resume_at  # the entry a resume inside a pack starts in, and how many of its events to skip
+        self._skip = skip
+
+    def frames(self, batch: list[tuple[str, EntryView]]) -> list[RelayedFrame]:
+        frames: list[RelayedFrame] = []
+        for entry_id, entry in batch:
+            if entry.run != self._run:
+                self._run = entry.run
+                frames.extend((None, event_json(removed)) for removed in _superseded(self._shown, entry.run))
+            if entry.kind == "pack" and entry.event is not None:
+                frames.extend(
+                    _pack_frames(entry_id, entry.event, skip=self._skip if entry_id == self._resume_at else 0)
+                )
+            elif entry.event is not None:
+                kind = entry.event_type
+                if kind in _ITEM_EVENTS and entry.item_id is not None:
+                    self._shown.setdefault(entry.run, []).append(entry.item_id)
+                    if kind == "thread.item.done" and entry.item_type in _HIDDEN_ITEMS:
+                        continue  # context for the model, never shown (as the ChatKit SDK does)
+                frames.append((entry_id, entry.event))
+            elif entry.kind == "end" and entry.status != "completed":
+                log.info("turn %s ended %s: %s", self._turn_id, entry.status, entry.error)
+        return frames
+
+
+def _pack_frames(entry_id: str, events: str, *, skip: int) -> list[RelayedFrame]:
+    """A pack's events as frames: each has an id of its own to resume after ("<entry id>.<n>"), the last one the
+    entry's id (after it, the whole entry was seen)."""
+    parts = events.split("\n")
+    last = len(parts) - 1
+    return [(entry_id if n == last else f"{entry_id}.{n}", data) for n, data in enumerate(parts) if n >= skip]
 
 
 def _superseded(shown: dict[tuple[int, int], list[str]], run: tuple[int, int]) -> list[ThreadItemRemovedEvent]:

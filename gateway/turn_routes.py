@@ -20,7 +20,8 @@ from kitrelay.shared.telemetry import trace_url
 
 router = APIRouter(tags=["turns"], dependencies=[Depends(enforce_rate_limit)])
 
-ENTRY_ID_PATTERN = r"^\d+-\d+$"
+# A Redis entry id, or one event of a pack: "<entry id>.<n>" (gateway/turn_relay._pack_frames).
+ENTRY_ID_PATTERN = r"^\d+-\d+(\.\d+)?$"
 
 
 def _relay(request: Request) -> TurnRelay:

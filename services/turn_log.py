@@ -2,10 +2,17 @@
 
 Saving happens here, in the worker, and not in the gateway's SSE generator, so that a client that goes away (or
 a gateway that dies) loses nothing: the turn is complete in the store whoever is watching.
+
+Item updates (text deltas, widget updates: nothing to store) do not wait for Redis: they queue, and one write at a
+time takes the whole queue as one entry (a pack). A model slower than a write gets an entry per delta, as before;
+a fast model (or a busy worker) gets a write per round trip instead of one per token. Every other event first
+waits for the queue to be written, so the stream keeps the order the agent produced.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from datetime import datetime
 from typing import cast
@@ -33,6 +40,7 @@ from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import (
     ChatKitEntry,
     HandoffEntry,
+    PackEntry,
     TraceContext,
     TurnEnd,
     TurnEntry,
@@ -48,6 +56,9 @@ log = logging.getLogger(__name__)
 
 STOPPED_MARK = "\n\n_Stopped._"
 STOPPED_NOTE = "The user stopped the previous reply before it was finished."
+# At most this many updates in one entry: a bound on what a relay holds and a client gets in one chunk. A model
+# that outruns its writes by more waits for the write in flight.
+PACK_MAX_EVENTS = 64
 
 
 class TurnLogWriteError(Exception):
@@ -87,28 +98,70 @@ class TurnLog:
         self._trace = trace or TraceContext()
         self._agent = agent
         self._seq = 0
+        self.events = 0  # events written (a pack holds several)
         # Assistant messages streamed but not finished, with their text so far: what a stop saves.
         self._pending: dict[str, AssistantMessageItem] = {}
+        # Item updates not yet written, and the one task writing them.
+        self._outbox: list[ThreadItemUpdatedEvent] = []
+        self._writing: asyncio.Task[None] | None = None
         self.ended = False
 
-    async def _append(self, body: ChatKitEntry | HandoffEntry | TurnEnd) -> str:
+    async def _append(self, body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd) -> str:
         entry = TurnEntry(
             turn_id=self._turn_id, hop=self._hop, attempt=self._attempt, seq=self._seq, body=body, trace=self._trace
         )
         entry_id = await append_entry(self._redis, self._namespace, entry, ttl_s=self._ttl_s)
         self._seq += 1
+        self.events += len(body.events) if isinstance(body, PackEntry) else 1
         return entry_id
 
-    async def emit(self, event: ThreadStreamEvent) -> str:
-        """Persist the event's effect on the thread (idempotent upserts by item id), then publish it."""
+    async def emit(self, event: ThreadStreamEvent) -> None:
+        """Persist the event's effect on the thread (idempotent upserts by item id), then publish it (an item
+        update is queued, see the module's docstring)."""
         try:
-            return await self._emit(event)
+            await self._emit(event)
         except TurnLogWriteError:
             raise
         except Exception as exc:
             raise TurnLogWriteError(f"turn {self._turn_id}: {type(exc).__name__}: {exc}") from exc
 
-    async def _emit(self, event: ThreadStreamEvent) -> str:
+    async def flush(self) -> None:
+        """Return once every queued update is on the stream; raises what a write of them raised."""
+        while (writing := self._writing) is not None:
+            if not writing.done():
+                # Shielded: a stop cancels the agent's task, not a write that is half on its way. The write's own
+                # error is raised below, once, after the task is forgotten.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(writing)
+            if writing is self._writing:
+                self._writing = None
+            writing.result()
+
+    async def _write_outbox(self) -> None:
+        while self._outbox:
+            events = self._outbox[:PACK_MAX_EVENTS]
+            del self._outbox[:PACK_MAX_EVENTS]
+            await self._append(ChatKitEntry(event=events[0]) if len(events) == 1 else PackEntry(events=events))
+
+    async def _queue(self, event: ThreadItemUpdatedEvent) -> None:
+        writing = self._writing
+        if writing is not None and writing.done():
+            await self.flush()  # raises what the last write raised
+            writing = None
+        if len(self._outbox) >= PACK_MAX_EVENTS:
+            await self.flush()
+            writing = None
+        self._outbox.append(event)
+        if writing is None:
+            self._writing = asyncio.create_task(self._write_outbox(), name=f"turn {self._turn_id} updates")
+
+    async def _emit(self, event: ThreadStreamEvent) -> None:
+        if isinstance(event, ThreadItemUpdatedEvent):
+            if isinstance(event.update, AssistantMessageContentPartTextDelta):
+                self._add_text(event.item_id, event.update.content_index, event.update.delta)
+            await self._queue(event)
+            return
+        await self.flush()
         match event:
             case ThreadItemDoneEvent():
                 await self._store.add_thread_item(self._thread_id, event.item, context=self._context)
@@ -120,9 +173,13 @@ class TurnLog:
                 self._pending.pop(event.item_id, None)
             case ThreadItemAddedEvent(item=AssistantMessageItem() as item):
                 self._pending[item.id] = item.model_copy(deep=True)
-            case ThreadItemUpdatedEvent(update=AssistantMessageContentPartTextDelta() as delta):
-                self._add_text(event.item_id, delta.content_index, delta.delta)
-        return await self._append(ChatKitEntry(event=event))
+        await self._append(ChatKitEntry(event=event))
+
+    async def _flushed(self) -> None:
+        try:
+            await self.flush()
+        except Exception as exc:
+            raise TurnLogWriteError(f"turn {self._turn_id}: {type(exc).__name__}: {exc}") from exc
 
     def _add_text(self, item_id: str, index: int, delta: str) -> None:
         item = self._pending.get(item_id)
@@ -161,6 +218,7 @@ class TurnLog:
 
     async def handoff(self, to: AgentKind) -> str:
         """Mark that the turn continues with another kind of worker (which writes the next hop's entries)."""
+        await self._flushed()
         entry_id = await self._append(HandoffEntry(to=to))
         self._count("handed_off")
         otel_trace.get_current_span().set_attribute("kitrelay.handoff.to", to)
@@ -170,6 +228,7 @@ class TurnLog:
     async def stop(self, reason: str) -> str:
         """End a turn that was stopped: what was streamed so far is saved, marked as stopped, and the model is told
         on the next turn that the user stopped it."""
+        await self._flushed()
         for item in list(self._pending.values()):
             if item.content and item.content[0].text:
                 item.content[0].text += STOPPED_MARK
@@ -183,9 +242,10 @@ class TurnLog:
         return await self.end("cancelled", error=reason)
 
     async def end(self, status: TurnStatus, error: str | None = None) -> str:
+        await self._flushed()
         entry_id = await self._append(TurnEnd(status=status, error=error))
         self.ended = True
-        log.info("turn %s ended: %s after %d entries", self._turn_id, status, self._seq)
+        log.info("turn %s ended: %s after %d entries (%d events)", self._turn_id, status, self._seq, self.events)
         await expire_turn(self._redis, self._namespace, self._turn_id, ttl_s=self._ttl_after_end_s)
         await release_thread(self._redis, self._namespace, self._thread_id, self._turn_id)
         await self._turns.finish(self._turn_id, status)
@@ -193,6 +253,7 @@ class TurnLog:
         span = otel_trace.get_current_span()
         span.set_attribute("kitrelay.turn.status", status)
         span.set_attribute("kitrelay.turn.entries", self._seq)
+        span.set_attribute("kitrelay.turn.events", self.events)
         if status == "failed":
             span.set_status(Status(StatusCode.ERROR, error or "failed"))
         return entry_id

@@ -17,15 +17,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from chatkit.types import ThreadStreamEvent
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from chatkit.types import ThreadItemUpdatedEvent, ThreadStreamEvent
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from kitrelay.shared.settings import AgentKind
 
 PROTOCOL_VERSION: Final = 1
-# Turn entries are at version 2 (the event in a field of its own); readers still take version 1 entries.
+# Turn entries are at version 2 (the event in a field of its own); a pack of events is version 3, so that a relay
+# of an earlier release refuses it instead of passing several events on as one. Readers still take version 1.
 ENTRY_VERSION: Final = 2
-_ENTRY_VERSIONS: Final = frozenset({1, 2})
+PACK_VERSION: Final = 3
+_ENTRY_VERSIONS: Final = frozenset({1, 2, 3})
+# The event type a pack holds: updates of an item (text deltas, widget updates), which change nothing stored.
+PACKED_EVENT_TYPE: Final = "thread.item.updated"
 
 TurnStatus = Literal["completed", "failed", "cancelled"]
 
@@ -84,6 +88,14 @@ class ChatKitEntry(BaseModel):
     event: ThreadStreamEvent
 
 
+class PackEntry(BaseModel):
+    """Several consecutive item updates in one entry: what a worker's model produced while its previous write was
+    on its way. One write, one read and one client chunk for all of them; the client still gets each event."""
+
+    kind: Literal["pack"] = "pack"
+    events: list[ThreadItemUpdatedEvent] = Field(min_length=1)
+
+
 class TurnEnd(BaseModel):
     """The terminal entry of a turn: the relay ends the client's stream when it reads it."""
 
@@ -99,7 +111,7 @@ class HandoffEntry(BaseModel):
     to: AgentKind
 
 
-EntryBody = Annotated[ChatKitEntry | HandoffEntry | TurnEnd, Field(discriminator="kind")]
+EntryBody = Annotated[ChatKitEntry | PackEntry | HandoffEntry | TurnEnd, Field(discriminator="kind")]
 
 
 class TurnEntry(BaseModel):
@@ -113,13 +125,19 @@ class TurnEntry(BaseModel):
     JSON exactly as the client receives it, so that a relay passes the event on without parsing it.
     """
 
-    v: Literal[1, 2] = ENTRY_VERSION
+    v: Literal[1, 2, 3] = ENTRY_VERSION
     turn_id: str
     hop: int = Field(default=0, ge=0)
     attempt: int = Field(ge=1)
     seq: int = Field(ge=0)
     body: EntryBody
     trace: TraceContext = Field(default_factory=TraceContext)
+
+    @model_validator(mode="after")
+    def _packs_are_version_3(self) -> TurnEntry:
+        if isinstance(self.body, PackEntry):
+            self.v = PACK_VERSION
+        return self
 
     @property
     def is_terminal(self) -> bool:
@@ -136,11 +154,15 @@ class TurnEntry(BaseModel):
 #   d  a ChatKit entry's event as JSON, exactly as the client receives it,
 #   h  what a relay needs, without parsing JSON: "2|hop|attempt|kind|event type|item id|item type", the last
 #      three empty where they do not apply (ids and type names never hold "|").
+# A pack (version 3) has the same fields: `d` holds its events' JSON one per line (JSON text never holds a raw
+# newline), `h` reads "3|hop|attempt|pack|thread.item.updated||" and `e` counts the events instead of naming one.
 # Version 1 entries had the event inside `e`, and no other field.
 ENTRY_FIELD = b"e"
 EVENT_FIELD = b"d"
 RELAY_FIELD = b"h"
 _HEAD_PARTS = 7
+_HEAD_VERSIONS = frozenset({str(ENTRY_VERSION), str(PACK_VERSION)})
+_EVENT_KINDS = frozenset({"chatkit", "pack"})
 
 _entry_adapter: TypeAdapter[TurnEntry] = TypeAdapter(TurnEntry)
 _JSON_SEPARATORS = (",", ":")
@@ -176,6 +198,15 @@ def encode_entry(entry: TurnEntry) -> dict[bytes, str]:
             EVENT_FIELD: event_json(event),
             RELAY_FIELD: relay,
         }
+    if isinstance(entry.body, PackEntry):
+        events = entry.body.events
+        head = entry.model_dump(mode="json", exclude={"body"}, exclude_none=True)
+        head["body"] = {"kind": "pack", "type": PACKED_EVENT_TYPE, "count": len(events)}
+        return {
+            ENTRY_FIELD: json.dumps(head, separators=_JSON_SEPARATORS),
+            EVENT_FIELD: "\n".join(event_json(event) for event in events),
+            RELAY_FIELD: f"{PACK_VERSION}|{entry.hop}|{entry.attempt}|pack|{PACKED_EVENT_TYPE}||",
+        }
     return {ENTRY_FIELD: entry.model_dump_json(exclude_none=True), RELAY_FIELD: f"{run}|||"}
 
 
@@ -184,7 +215,11 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> TurnEntry:
     if EVENT_FIELD not in fields:
         return _entry_adapter.validate_json(fields[ENTRY_FIELD])
     head = json.loads(fields[ENTRY_FIELD])
-    head["body"] = {"kind": "chatkit", "event": json.loads(fields[EVENT_FIELD])}
+    if head.get("body", {}).get("kind") == "pack":
+        events = [json.loads(line) for line in fields[EVENT_FIELD].split(b"\n")]
+        head["body"] = {"kind": "pack", "events": events}
+    else:
+        head["body"] = {"kind": "chatkit", "event": json.loads(fields[EVENT_FIELD])}
     return _entry_adapter.validate_python(head)
 
 
@@ -194,9 +229,9 @@ class EntryView:
     its kind, and for ChatKit entries the event's type, its item (for item events) and its JSON, untouched."""
 
     run: tuple[int, int]
-    kind: Literal["chatkit", "handoff", "end"]
+    kind: Literal["chatkit", "pack", "handoff", "end"]
     event_type: str | None = None
-    event: str | None = None  # the event's JSON, as the client receives it
+    event: str | None = None  # the event's JSON, as the client receives it (a pack's: one per line)
     item_id: str | None = None
     item_type: str | None = None
     handoff_to: AgentKind | None = None
@@ -207,6 +242,12 @@ class EntryView:
     def is_terminal(self) -> bool:
         return self.kind == "end"
 
+    def events(self) -> list[str]:
+        """The JSON of each event the entry holds, in order (none for a handoff or an end)."""
+        if self.event is None:
+            return []
+        return self.event.split("\n") if self.kind == "pack" else [self.event]
+
 
 class UnreadableEntryError(ValueError):
     """An entry of a protocol version (or shape) this reader does not know."""
@@ -216,17 +257,18 @@ def peek_entry(fields: Mapping[bytes, bytes]) -> EntryView:
     head = fields.get(RELAY_FIELD)
     if head is not None:
         parts = head.decode().split("|")
-        if len(parts) != _HEAD_PARTS or parts[0] != str(ENTRY_VERSION):
+        # Version 3 is a pack's, and only a pack's.
+        if len(parts) != _HEAD_PARTS or parts[0] not in _HEAD_VERSIONS or (parts[0] == "3") != (parts[3] == "pack"):
             raise UnreadableEntryError(f"turn entry with an unreadable head {head[:60]!r}")
         event = fields.get(EVENT_FIELD)
-        if parts[3] == "chatkit" and event is not None:
+        if parts[3] in _EVENT_KINDS and event is not None:
             try:
                 run = (int(parts[1]), int(parts[2]))
             except ValueError as exc:
                 raise UnreadableEntryError(f"turn entry with an unreadable head {head[:60]!r}") from exc
             return EntryView(
                 run,
-                "chatkit",
+                "pack" if parts[3] == "pack" else "chatkit",
                 event_type=parts[4],
                 event=event.decode(),
                 item_id=parts[5] or None,
@@ -245,6 +287,8 @@ def _peek_json(fields: Mapping[bytes, bytes]) -> EntryView:
         run = (int(data.get("hop", 0)), int(data["attempt"]))
         body = data["body"]
         kind = body["kind"]
+        if (version == PACK_VERSION) != (kind == "pack"):
+            raise UnreadableEntryError(f"turn entry of protocol version {version!r} and kind {kind!r}")
         if kind == "chatkit":
             raw_event = fields.get(EVENT_FIELD)
             if raw_event is not None:
@@ -257,6 +301,11 @@ def _peek_json(fields: Mapping[bytes, bytes]) -> EntryView:
                     item_type=body.get("item_type"),
                 )
             return _peek_inline_event(run, body["event"])
+        if kind == "pack":
+            raw_events = fields.get(EVENT_FIELD)
+            if raw_events is None:
+                raise UnreadableEntryError("a pack entry without its events")
+            return EntryView(run, "pack", event_type=PACKED_EVENT_TYPE, event=raw_events.decode())
         if kind == "handoff":
             return EntryView(run, "handoff", handoff_to=body["to"])
         if kind == "end":

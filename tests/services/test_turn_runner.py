@@ -15,10 +15,10 @@ from kitrelay.agents.offline_model import OfflineModelProvider
 from kitrelay.agents.registry import build_agent
 from kitrelay.services.turn_runner import run_turn
 from kitrelay.shared.ids import new_id
-from kitrelay.shared.messages import ChatKitEntry, HandoffEntry, Identity, TurnEnd, TurnEntry, TurnRequest, WidgetAction
+from kitrelay.shared.messages import HandoffEntry, Identity, TurnEnd, TurnEntry, TurnRequest, WidgetAction
 from kitrelay.shared.names import turns_subject
 from tests.services.worker_env import ALICE, StoreContext, WorkerEnv, worker_env
-from tests.turn_streams import turn_entries
+from tests.turn_streams import entry_events, turn_entries
 
 
 class ScriptedProvider(ModelProvider):
@@ -53,7 +53,7 @@ async def entries_of(env: WorkerEnv, turn_id: str) -> list[TurnEntry]:
 
 
 def chatkit_events(entries: list[TurnEntry]) -> list:
-    return [e.body.event for e in entries if isinstance(e.body, ChatKitEntry)]
+    return entry_events(entries)
 
 
 async def test_the_model_sees_the_thread_history_not_only_the_new_message(env: WorkerEnv) -> None:

@@ -21,6 +21,7 @@ from kitrelay.shared.messages import (
     RELAY_FIELD,
     ChatKitEntry,
     HandoffEntry,
+    PackEntry,
     TraceContext,
     TurnEnd,
     TurnEntry,
@@ -44,7 +45,13 @@ def _done() -> ThreadItemDoneEvent:
     return ThreadItemDoneEvent(item=item)
 
 
-def _entry(body: ChatKitEntry | HandoffEntry | TurnEnd) -> TurnEntry:
+def _delta(text: str) -> ThreadItemUpdatedEvent:
+    return ThreadItemUpdatedEvent(
+        item_id="msg_1", update=AssistantMessageContentPartTextDelta(content_index=0, delta=text)
+    )
+
+
+def _entry(body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd) -> TurnEntry:
     trace = TraceContext(traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     return TurnEntry(turn_id="turn_1", hop=1, attempt=2, seq=7, body=body, trace=trace)
 
@@ -58,11 +65,12 @@ def _entry(body: ChatKitEntry | HandoffEntry | TurnEnd) -> TurnEntry:
                 item_id="msg_1", update=AssistantMessageContentPartTextDelta(content_index=0, delta="a|b")
             )
         ),
+        PackEntry(events=[_delta("one\n"), _delta(' "two" '), _delta("thrée|")]),
         HandoffEntry(to="task"),
         TurnEnd(status="failed", error="boom"),
     ],
 )
-def test_an_entry_decodes_to_what_was_written(body: ChatKitEntry | HandoffEntry | TurnEnd) -> None:
+def test_an_entry_decodes_to_what_was_written(body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd) -> None:
     entry = _entry(body)
     assert decode_entry(_wire(entry)) == entry
 
@@ -77,6 +85,22 @@ def test_a_relay_gets_the_event_as_the_sdk_serialises_it_and_its_item_without_pa
     assert (view.item_id, view.item_type, view.event) == ("msg_1", "assistant_message", event_json(event))
     # The relay never reads the entry field of a ChatKit entry: a broken one does not stop it.
     assert peek_entry({**fields, ENTRY_FIELD: b"not json"}).event == event_json(event)
+
+
+def test_a_pack_is_version_3_and_a_relay_gets_each_of_its_events_as_the_sdk_serialises_it() -> None:
+    deltas = [_delta("line one\nline two"), _delta("{not json}"), _delta("")]
+    entry = _entry(PackEntry(events=deltas))
+    assert entry.v == 3
+    fields = _wire(entry)
+    assert fields[RELAY_FIELD] == b"3|1|2|pack|thread.item.updated||"
+    assert json.loads(fields[ENTRY_FIELD])["body"] == {"kind": "pack", "type": "thread.item.updated", "count": 3}
+    view = peek_entry(fields)
+    assert (view.run, view.kind, view.is_terminal) == ((1, 2), "pack", False)
+    assert view.events() == [event_json(delta) for delta in deltas]
+    # A single event is one event, whatever its text holds.
+    single = peek_entry(_wire(_entry(ChatKitEntry(event=deltas[0]))))
+    assert single.events() == [event_json(deltas[0])]
+    assert peek_entry(_wire(_entry(TurnEnd(status="completed")))).events() == []
 
 
 def test_handoffs_and_ends_are_read_from_the_entry() -> None:
@@ -99,10 +123,14 @@ def test_version_1_entries_with_the_event_inside_are_still_read() -> None:
 @pytest.mark.parametrize(
     "fields",
     [
-        {RELAY_FIELD: b"3|0|1|chatkit|progress_update||", EVENT_FIELD: b"{}"},  # a newer version
+        {RELAY_FIELD: b"4|0|1|chatkit|progress_update||", EVENT_FIELD: b"{}"},  # a newer version
+        {RELAY_FIELD: b"3|0|1|chatkit|progress_update||", EVENT_FIELD: b"{}"},  # version 3 is for packs only
+        {RELAY_FIELD: b"2|0|1|pack|thread.item.updated||", EVENT_FIELD: b"{}"},
         {RELAY_FIELD: b"2|0|one|chatkit|progress_update||", EVENT_FIELD: b"{}"},
         {RELAY_FIELD: b"2|0|1|chatkit", EVENT_FIELD: b"{}"},
+        {ENTRY_FIELD: b'{"v": 4, "attempt": 1, "body": {"kind": "end", "status": "completed"}}'},
         {ENTRY_FIELD: b'{"v": 3, "attempt": 1, "body": {"kind": "end", "status": "completed"}}'},
+        {ENTRY_FIELD: b'{"v": 2, "attempt": 1, "body": {"kind": "pack", "type": "thread.item.updated"}}'},
         {ENTRY_FIELD: b"{"},
     ],
 )

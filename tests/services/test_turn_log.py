@@ -1,0 +1,152 @@
+"""The turn's single writer on a real Redis and SQLite store: item updates a model produces faster than Redis
+takes them are packed into one entry per write, in order, while a slow model still gets one entry per update."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from chatkit.types import (
+    AssistantMessageContent,
+    AssistantMessageContentPartTextDelta,
+    AssistantMessageItem,
+    ThreadItemAddedEvent,
+    ThreadItemDoneEvent,
+    ThreadItemUpdatedEvent,
+)
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from kitrelay.agents.context import TurnContext
+from kitrelay.services.turn_log import PACK_MAX_EVENTS, TurnLog, TurnLogWriteError
+from kitrelay.shared.ids import new_id
+from kitrelay.shared.messages import ChatKitEntry, PackEntry, TurnEnd
+from tests.services.worker_env import ALICE, StoreContext, WorkerEnv, worker_env
+from tests.turn_streams import entry_events, turn_entries
+
+
+@pytest.fixture
+async def env(nats_url: str, redis_url: str, unique_namespace: str, tmp_path: Path) -> AsyncIterator[WorkerEnv]:
+    async with worker_env(nats_url, redis_url, unique_namespace, tmp_path) as built:
+        yield built
+
+
+def _turn_log(env: WorkerEnv, thread_id: str, *, redis: aioredis.Redis | None = None) -> tuple[TurnLog, str]:
+    turn_id = new_id("turn")
+    context = TurnContext(
+        identity=ALICE, turn_id=turn_id, thread_id=thread_id, tasks=env.tasks, knowledge=env.knowledge
+    )
+    log = TurnLog(
+        redis=redis or env.redis,
+        store=env.store,
+        turns=env.turns,
+        context=context,
+        namespace=env.namespace,
+        thread_id=thread_id,
+        turn_id=turn_id,
+        hop=0,
+        attempt=1,
+        ttl_s=60,
+        ttl_after_end_s=60,
+    )
+    return log, turn_id
+
+
+def _message(thread_id: str, text: str = "") -> AssistantMessageItem:
+    return AssistantMessageItem(
+        id=new_id("msg"), thread_id=thread_id, created_at=datetime.now(), content=[AssistantMessageContent(text=text)]
+    )
+
+
+def _delta(item_id: str, text: str) -> ThreadItemUpdatedEvent:
+    return ThreadItemUpdatedEvent(
+        item_id=item_id, update=AssistantMessageContentPartTextDelta(content_index=0, delta=text)
+    )
+
+
+async def test_updates_a_fast_model_produces_go_out_packed_in_order_and_the_reply_is_saved_whole(
+    env: WorkerEnv,
+) -> None:
+    thread_id, _ = await env.new_thread("write a lot")
+    log, turn_id = _turn_log(env, thread_id)
+    item = _message(thread_id)
+    words = [f"w{n} " for n in range(300)]
+
+    await log.emit(ThreadItemAddedEvent(item=item))
+    for word in words:  # no await in between that waits for anything: a model faster than Redis
+        await log.emit(_delta(item.id, word))
+    await log.emit(
+        ThreadItemDoneEvent(item=item.model_copy(update={"content": [AssistantMessageContent(text="".join(words))]}))
+    )
+    await log.end("completed")
+
+    entries = [entry for _, entry in await turn_entries(env.redis, env.namespace, turn_id)]
+    packs = [e.body for e in entries if isinstance(e.body, PackEntry)]
+    assert packs, "updates were written one entry each"
+    assert all(len(pack.events) <= PACK_MAX_EVENTS for pack in packs)
+    assert len(entries) < len(words) // 4
+    assert [e.seq for e in entries] == list(range(len(entries)))
+    events = entry_events(entries)
+    assert [e.type for e in events] == ["thread.item.added", *["thread.item.updated"] * 300, "thread.item.done"]
+    assert [e.update.delta for e in events if isinstance(e, ThreadItemUpdatedEvent)] == words  # type: ignore[union-attr]
+    assert isinstance(entries[-1].body, TurnEnd)
+    assert log.events == len(events) + 1  # and the end
+    saved = await env.store.load_item(thread_id, item.id, context=StoreContext(ALICE))  # type: ignore[arg-type]
+    assert isinstance(saved, AssistantMessageItem) and saved.content[0].text == "".join(words)
+
+
+async def test_a_model_slower_than_a_write_gets_an_entry_per_update_without_waiting(env: WorkerEnv) -> None:
+    thread_id, _ = await env.new_thread("take your time")
+    log, turn_id = _turn_log(env, thread_id)
+    item = _message(thread_id)
+    await log.emit(ThreadItemAddedEvent(item=item))
+    for n in range(5):
+        await log.emit(_delta(item.id, f"t{n} "))
+        # The update is on the stream while the model thinks about the next token: nothing waits for a pack.
+        await asyncio.sleep(0.05)
+        assert len(await turn_entries(env.redis, env.namespace, turn_id)) == n + 2
+    await log.end("completed")
+    entries = [entry for _, entry in await turn_entries(env.redis, env.namespace, turn_id)]
+    assert all(isinstance(e.body, ChatKitEntry | TurnEnd) for e in entries)
+    assert {e.v for e in entries} == {2}  # single events stay readable by relays that know no packs
+
+
+async def test_a_stop_saves_the_text_of_updates_still_queued(env: WorkerEnv) -> None:
+    thread_id, _ = await env.new_thread("stop me")
+    log, turn_id = _turn_log(env, thread_id)
+    item = _message(thread_id)
+    await log.emit(ThreadItemAddedEvent(item=item))
+    for word in ("half ", "a ", "reply"):
+        await log.emit(_delta(item.id, word))
+    await log.stop("the user stopped it")
+
+    events = entry_events([entry for _, entry in await turn_entries(env.redis, env.namespace, turn_id)])
+    updates = [e.update.delta for e in events if isinstance(e, ThreadItemUpdatedEvent)]  # type: ignore[union-attr]
+    assert updates == ["half ", "a ", "reply"]
+    done = next(e for e in events if isinstance(e, ThreadItemDoneEvent) and e.item.id == item.id)
+    assert isinstance(done.item, AssistantMessageItem) and done.item.content[0].text.startswith("half a reply")
+    assert events.index(done) > max(events.index(e) for e in events if isinstance(e, ThreadItemUpdatedEvent))
+
+
+async def test_a_queued_write_redis_refuses_fails_the_turn_log_not_silently(env: WorkerEnv, tmp_path: Path) -> None:
+    thread_id, _ = await env.new_thread("nowhere to write")
+    # A Redis client of a server that is not there (a unix socket nobody listens on): every write fails.
+    gone = aioredis.Redis(unix_socket_path=str(tmp_path / "no-redis.sock"), retry=Retry(NoBackoff(), 0))
+    log, _ = _turn_log(env, thread_id, redis=gone)
+    item = _message(thread_id)
+    try:
+        await log.emit(_delta(item.id, "lost? "))  # queued: the write fails in the background
+        with pytest.raises(TurnLogWriteError):
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                await log.emit(_delta(item.id, "no "))
+        # The end is not written either (and no queued write is left to fail it later).
+        with pytest.raises(RedisConnectionError):
+            await log.end("completed")
+    finally:
+        await gone.aclose()
