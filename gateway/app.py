@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +34,7 @@ from kitrelay.services.feedback import FeedbackService
 from kitrelay.services.knowledge import KnowledgeService
 from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.connections import connect_nats, connect_redis, ensure_turns_stream
+from kitrelay.shared.heap import settle_after_startup
 from kitrelay.shared.redact import redact_url
 from kitrelay.shared.settings import Settings
 from kitrelay.shared.store.engine import make_engine, make_sessionmaker
@@ -79,9 +79,9 @@ def create_app(settings: Settings) -> FastAPI:
             store=store, attachment_store=attachment_store, feedback=FeedbackService(sessions), relay=relay
         )
         log.info("gateway ready: NATS %s, Redis %s", redact_url(settings.NATS_URL), redact_url(settings.REDIS_URL))
-        # What is loaded by now lives as long as the process: leave it out of every garbage collection, which the
-        # relay's many short-lived objects would otherwise make scan it over and over.
-        gc.freeze()
+        # What is loaded by now lives as long as the process; the relay's many short-lived objects would otherwise
+        # make the garbage collector scan it over and over.
+        settle_after_startup()
         try:
             yield State(
                 settings=settings,

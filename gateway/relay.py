@@ -320,7 +320,8 @@ async def read_turn(
             if on_tick is not None and now >= next_tick:
                 # Once per block_ms, not per batch: a write per batch cost the gateway a tenth of its CPU.
                 next_tick = now + tick_s
-                with contextlib.suppress(RedisError):
+                # Untraced: a span per stream per tick is thousands a second, in no turn's trace.
+                with contextlib.suppress(RedisError), suppress_instrumentation():
                     await on_tick()
             if follower.batches.empty():
                 try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import time
@@ -33,6 +32,7 @@ from kitrelay.services.turn_runner import TurnControl, TurnDeps, dead_letter, ru
 from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.agents_tracing import install_agents_tracing
 from kitrelay.shared.connections import connect_nats, connect_redis, ensure_turns_stream
+from kitrelay.shared.heap import settle_after_startup
 from kitrelay.shared.logging import configure_logging
 from kitrelay.shared.messages import TurnRequest, utcnow
 from kitrelay.shared.metrics import TURN_DURATION, TURNS_IN_FLIGHT, TURNS_STARTED, serve_metrics
@@ -297,7 +297,7 @@ async def serve(kind: AgentKind, settings: Settings, *, handle_signals: bool = T
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
     # Startup's objects live as long as the process: no garbage collection needs to scan them again.
-    gc.freeze()
+    settle_after_startup()
     try:
         await worker.run()
     finally:
