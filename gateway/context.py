@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from chatkit.types import ThreadMetadata
 
 from kitrelay.shared.messages import Identity
 
@@ -29,3 +31,5 @@ class RequestContext:
     turn_id: str | None = None
     # Set when respond() hands the turn's events over to be streamed past the ChatKit SDK (gateway/sse.py).
     relayed: RelayedStream | None = None
+    # Threads this request has read, by id (gateway/store.GatewayStore.load_thread).
+    threads: dict[str, ThreadMetadata] = field(default_factory=dict)

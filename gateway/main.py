@@ -26,7 +26,7 @@ def main(settings: Settings) -> None:
         log.error("the gateway cannot start: %s", exc)
         raise SystemExit(f"kitrelay gateway: {exc}") from None
     telemetry = setup_telemetry("kitrelay-gateway", settings)
-    instrument_app(app)
+    instrument_app(app, telemetry)
     try:
         _serve(app, settings)
     finally:

@@ -1,7 +1,9 @@
 """OpenTelemetry for every process: one TracerProvider and one MeterProvider per process, exporting over OTLP/HTTP
 where the standard `OTEL_*` variables say so (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
-`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_SCHEDULE_DELAY`, ...). With no endpoint configured, spans are still made (so
-trace ids reach the logs and the `turns` table) but nothing leaves the process.
+`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_SCHEDULE_DELAY`, ...). With no endpoint configured, kitrelay's own spans are
+still made (so trace ids reach the logs and the `turns` table) but nothing leaves the process, and unless metrics
+are exported the libraries (HTTP requests, SQL statements, Redis commands) are not instrumented: their spans
+would go nowhere, at a few percent of every process's CPU.
 
 A turn's trace crosses processes as W3C trace context: in `TurnRequest.trace` and in the NATS message headers
 (see `shared/turn_bus.py`), and in every `TurnEntry.trace`."""
@@ -41,7 +43,8 @@ class Telemetry:
     service_name: str
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
-    exporting: bool
+    exporting: bool  # traces
+    instrumented: bool  # the libraries too (traces or metrics are exported)
 
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
@@ -79,9 +82,12 @@ def setup_telemetry(service_name: str, settings: Settings) -> Telemetry:
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
-    _instrument_libraries()
+    # The libraries' spans and metrics are only worth their cost when something exports them.
+    instrumented = exporting or bool(readers)
+    if instrumented:
+        _instrument_libraries()
     log.info("telemetry for %s: %s", service_name, "exporting over OTLP/HTTP" if exporting else "not exported")
-    return Telemetry(service_name, tracer_provider, meter_provider, exporting)
+    return Telemetry(service_name, tracer_provider, meter_provider, exporting, instrumented)
 
 
 def _instrument_libraries() -> None:
@@ -101,8 +107,11 @@ def _instrument_libraries() -> None:
         unwrap(sqlalchemy.engine.base.Engine, "connect")
 
 
-def instrument_app(app: FastAPI) -> None:
-    """Server spans for the gateway's HTTP requests (not for probes and scrapes, nor each SSE frame sent)."""
+def instrument_app(app: FastAPI, telemetry: Telemetry) -> None:
+    """Server spans for the gateway's HTTP requests (not for probes and scrapes, nor each SSE frame sent), when
+    traces or metrics are exported."""
+    if not telemetry.instrumented:
+        return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: PLC0415
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"])
