@@ -50,7 +50,7 @@ from kitrelay.shared.messages import (
 from kitrelay.shared.metrics import TURNS_ENDED
 from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.settings import AgentKind
-from kitrelay.shared.turn_bus import append_entry, expire_turn, release_thread
+from kitrelay.shared.turn_bus import append_end, append_entry
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,13 @@ class TurnLog:
         self._writing: asyncio.Task[None] | None = None
         self.ended = False
 
-    async def _append(self, body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd) -> str:
-        entry = TurnEntry(
+    def _entry(self, body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd) -> TurnEntry:
+        return TurnEntry(
             turn_id=self._turn_id, hop=self._hop, attempt=self._attempt, seq=self._seq, body=body, trace=self._trace
         )
-        entry_id = await append_entry(self._redis, self._namespace, entry, ttl_s=self._ttl_s)
+
+    async def _append(self, body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd) -> str:
+        entry_id = await append_entry(self._redis, self._namespace, self._entry(body), ttl_s=self._ttl_s)
         self._seq += 1
         self.events += len(body.events) if isinstance(body, PackEntry) else 1
         return entry_id
@@ -243,11 +245,14 @@ class TurnLog:
 
     async def end(self, status: TurnStatus, error: str | None = None) -> str:
         await self._flushed()
-        entry_id = await self._append(TurnEnd(status=status, error=error))
+        entry = self._entry(TurnEnd(status=status, error=error))
+        entry_id = await append_end(
+            self._redis, self._namespace, entry, thread_id=self._thread_id, ttl_after_end_s=self._ttl_after_end_s
+        )
+        self._seq += 1
+        self.events += 1
         self.ended = True
         log.info("turn %s ended: %s after %d entries (%d events)", self._turn_id, status, self._seq, self.events)
-        await expire_turn(self._redis, self._namespace, self._turn_id, ttl_s=self._ttl_after_end_s)
-        await release_thread(self._redis, self._namespace, self._thread_id, self._turn_id)
         await self._turns.finish(self._turn_id, status)
         self._count(status)
         span = otel_trace.get_current_span()

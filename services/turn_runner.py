@@ -151,7 +151,10 @@ async def run_turn(
     plus a failed end; failures of Redis, NATS or the store propagate, so the caller leaves the message un-acked
     for redelivery."""
     context = _context(request, deps)
-    previous = await last_entry(deps.redis, deps.namespace, request.turn_id)
+    # Both at once: they are two round trips before the turn's first event, to two servers.
+    previous, thread = await asyncio.gather(
+        last_entry(deps.redis, deps.namespace, request.turn_id), _thread_or_none(request.thread_id, context, deps)
+    )
     if previous is not None and previous.is_terminal:
         # Already over: finished before a lost ack, or given up by the gateway while no worker was free.
         log.info("turn %s is already over; not running it again", request.turn_id)
@@ -159,9 +162,7 @@ async def run_turn(
     turn_log = _turn_log(request, attempt, context, deps)
     if attempt > 1:
         await turn_log.supersede_earlier_attempts()
-    try:
-        thread = await deps.store.load_thread(request.thread_id, context=context)
-    except NotFoundError:
+    if thread is None:
         # The thread was deleted (or never belonged to this identity): nothing to answer, nothing to retry.
         await turn_log.emit(ErrorEvent(code="custom", message="This conversation no longer exists.", allow_retry=False))
         await turn_log.end("failed", error="thread not found")
@@ -173,6 +174,13 @@ async def run_turn(
     await _run_agent(
         request, thread, agent=agent, context=context, turn_log=turn_log, deps=deps, control=control or TurnControl()
     )
+
+
+async def _thread_or_none(thread_id: str, context: TurnContext, deps: TurnDeps) -> ThreadMetadata | None:
+    try:
+        return await deps.store.load_thread(thread_id, context=context)
+    except NotFoundError:
+        return None
 
 
 async def _run_agent(

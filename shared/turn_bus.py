@@ -60,6 +60,21 @@ async def append_entry(redis: aioredis.Redis, namespace: str, entry: TurnEntry, 
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
+async def append_end(
+    redis: aioredis.Redis, namespace: str, entry: TurnEntry, *, thread_id: str, ttl_after_end_s: int
+) -> str:
+    """Append a turn's terminal entry, shorten its stream's life and release the thread, in one round trip."""
+    key = turn_stream_key(namespace, entry.turn_id)
+    with suppress_instrumentation():
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, encode_entry(entry), maxlen=TURN_STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            # Late readers get a while; memory stays bounded.
+            pipe.expire(key, ttl_after_end_s)
+            pipe.eval(_RELEASE, 1, thread_active_key(namespace, thread_id), entry.turn_id)
+            entry_id, _, _ = await pipe.execute()
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
 async def last_entry(redis: aioredis.Redis, namespace: str, turn_id: str) -> TurnEntry | None:
     """The newest entry of a turn's stream (None for a turn nobody has written yet)."""
     newest = cast(

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from kitrelay.gateway.client import ChatKitClient, StreamEvent
+from kitrelay.gateway.relay import split_event_id
 from kitrelay.shared.store.engine import migrate
 from tests.databases import postgres_database, sqlite_url
 from tests.e2e.chat_view import collect
@@ -111,7 +112,8 @@ async def test_scripted_conversation(system: RunningSystem, client: ChatKitClien
     saved_reply = thread["items"]["data"][2]
     assert saved_reply["content"][0]["text"] == reply["content"][0]["text"]
 
-    # Every relayed frame's SSE id is the Redis entry id it came from, in stream order.
+    # Every relayed frame's SSE id names the Redis entry it came from ("<entry id>.<n>" for event n of a pack but
+    # its last), in stream order.
     redis = aioredis.Redis.from_url(redis_url)
     try:
         streams = await all_entry_ids(redis, system.env["NAMESPACE"])
@@ -122,10 +124,18 @@ async def test_scripted_conversation(system: RunningSystem, client: ChatKitClien
     for events in (first, second, third):
         ids = [e.id for e in events if e.id is not None]
         assert ids, "relayed events carry ids"
-        assert set(ids) <= entry_ids
-        assert ids == sorted(ids, key=lambda i: tuple(int(p) for p in i.split("-")))
+        assert {split_event_id(i)[0] for i in ids} <= entry_ids
+        assert len(set(ids)) == len(ids)
+        assert ids == sorted(ids, key=_stream_order)
         # Events the SDK makes itself in the gateway (thread.created, the user's message) carry none.
         assert all(e.id is None for e in events if e.type in ("thread.created", "stream_options"))
+
+
+def _stream_order(event_id: str) -> tuple[int, int, float]:
+    entry_id, _, index = event_id.partition(".")
+    ms, seq = entry_id.split("-")
+    # A pack's last event has the plain entry id: it comes after the pack's numbered ones.
+    return int(ms), int(seq), int(index) if index else float("inf")
 
 
 async def test_gateway_and_worker_are_separate_processes(system: RunningSystem, client: ChatKitClient) -> None:
