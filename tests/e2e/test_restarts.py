@@ -101,6 +101,6 @@ async def test_nats_restarted_between_and_during_turns(servers: Servers, client:
 
     # The gateway and the worker reconnect on their own; the stream and consumer survived on disk.
     again = await collect(client.send(thread_id, "hello"))
-    assert assistant_texts(again) == [GREETING_TEXT]
+    assert assistant_texts(again) == [GREETING_TEXT], [(e.type, e.data) for e in again]
     saved = (await client.get_thread(thread_id))["items"]["data"]
     assert [i["type"] for i in saved] == ["user_message", "assistant_message"] * 2
