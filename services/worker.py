@@ -314,4 +314,7 @@ def main(kind: AgentKind, settings: Settings) -> None:
     try:
         asyncio.run(serve(kind, settings))
     finally:
+        # Drained and leaving: the loop's handlers are gone, and a repeated SIGTERM (an impatient supervisor) must
+        # not cut the last export short or turn a clean exit into a killed one.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         telemetry.shutdown()
