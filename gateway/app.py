@@ -102,7 +102,15 @@ def create_app(settings: Settings) -> FastAPI:
             await redis.aclose()
             await engine.dispose()
 
-    app = FastAPI(title="kitrelay gateway", version="0.1.0", lifespan=lifespan)
+    # FastAPI's own OpenTelemetry (on whenever a global provider is set, as every kitrelay process sets one) is off:
+    # the gateway's HTTP spans come from the OpenTelemetry instrumentation when traces are exported
+    # (shared/telemetry.instrument_app); otherwise it wrapped every SSE write for spans nobody receives.
+    app = FastAPI(
+        title="kitrelay gateway",
+        version="0.1.0",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.include_router(router)
     app.include_router(health_router)
     app.include_router(uploads_router)
