@@ -273,10 +273,8 @@ class _ClientView:
             if entry.run != self._run:
                 self._run = entry.run
                 frames.extend((None, event_json(removed)) for removed in _superseded(self._shown, entry.run))
-            if entry.kind == "pack" and entry.event is not None:
-                frames.extend(
-                    _pack_frames(entry_id, entry.event, skip=self._skip if entry_id == self._resume_at else 0)
-                )
+            if entry.kind == "pack":
+                frames.extend(_pack_frames(entry_id, entry, skip=self._skip if entry_id == self._resume_at else 0))
             elif entry.event is not None:
                 kind = entry.event_type
                 if kind in _ITEM_EVENTS and entry.item_id is not None:
@@ -289,10 +287,10 @@ class _ClientView:
         return frames
 
 
-def _pack_frames(entry_id: str, events: str, *, skip: int) -> list[RelayedFrame]:
+def _pack_frames(entry_id: str, entry: EntryView, *, skip: int) -> list[RelayedFrame]:
     """A pack's events as frames: each has an id of its own to resume after ("<entry id>.<n>"), the last one the
     entry's id (after it, the whole entry was seen)."""
-    parts = events.split("\n")
+    parts = entry.events()
     last = len(parts) - 1
     return [(entry_id if n == last else f"{entry_id}.{n}", data) for n, data in enumerate(parts) if n >= skip]
 

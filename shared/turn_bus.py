@@ -92,11 +92,6 @@ async def newest_entry_id(redis: aioredis.Redis, namespace: str, turn_id: str) -
     return newest[0][0].decode() if newest else None
 
 
-async def expire_turn(redis: aioredis.Redis, namespace: str, turn_id: str, *, ttl_s: int) -> None:
-    """Shorten a finished turn's stream's life: late readers get a while, memory stays bounded."""
-    await redis.expire(turn_stream_key(namespace, turn_id), ttl_s)
-
-
 # Delete the key only if it still names this turn: a newer turn's claim is never released by an older one.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
