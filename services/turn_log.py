@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import datetime
 from typing import cast
 
@@ -111,8 +112,25 @@ class TurnLog:
             turn_id=self._turn_id, hop=self._hop, attempt=self._attempt, seq=self._seq, body=body, trace=self._trace
         )
 
+    @contextlib.contextmanager
+    def _writes(self) -> Iterator[None]:
+        """Whatever Redis or the store raise while recording the turn surfaces as TurnLogWriteError."""
+        try:
+            yield
+        except TurnLogWriteError:
+            raise
+        except Exception as exc:
+            raise TurnLogWriteError(f"turn {self._turn_id}: {type(exc).__name__}: {exc}") from exc
+
     async def _append(self, body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd) -> str:
-        entry_id = await append_entry(self._redis, self._namespace, self._entry(body), ttl_s=self._ttl_s)
+        entry = self._entry(body)
+        if isinstance(body, TurnEnd):
+            # With the stream's shorter expiry and the thread's release, in the same round trip.
+            entry_id = await append_end(
+                self._redis, self._namespace, entry, thread_id=self._thread_id, ttl_after_end_s=self._ttl_after_end_s
+            )
+        else:
+            entry_id = await append_entry(self._redis, self._namespace, entry, ttl_s=self._ttl_s)
         self._seq += 1
         self.events += len(body.events) if isinstance(body, PackEntry) else 1
         return entry_id
@@ -120,12 +138,8 @@ class TurnLog:
     async def emit(self, event: ThreadStreamEvent) -> None:
         """Persist the event's effect on the thread (idempotent upserts by item id), then publish it (an item
         update is queued, see the module's docstring)."""
-        try:
+        with self._writes():
             await self._emit(event)
-        except TurnLogWriteError:
-            raise
-        except Exception as exc:
-            raise TurnLogWriteError(f"turn {self._turn_id}: {type(exc).__name__}: {exc}") from exc
 
     async def flush(self) -> None:
         """Return once every queued update is on the stream; raises what a write of them raised."""
@@ -146,15 +160,11 @@ class TurnLog:
             await self._append(ChatKitEntry(event=events[0]) if len(events) == 1 else PackEntry(events=events))
 
     async def _queue(self, event: ThreadItemUpdatedEvent) -> None:
-        writing = self._writing
-        if writing is not None and writing.done():
-            await self.flush()  # raises what the last write raised
-            writing = None
-        if len(self._outbox) >= PACK_MAX_EVENTS:
+        # A finished write is collected first (it raises what the write raised); a full queue waits for its write.
+        if len(self._outbox) >= PACK_MAX_EVENTS or (self._writing is not None and self._writing.done()):
             await self.flush()
-            writing = None
         self._outbox.append(event)
-        if writing is None:
+        if self._writing is None:
             self._writing = asyncio.create_task(self._write_outbox(), name=f"turn {self._turn_id} updates")
 
     async def _emit(self, event: ThreadStreamEvent) -> None:
@@ -178,10 +188,8 @@ class TurnLog:
         await self._append(ChatKitEntry(event=event))
 
     async def _flushed(self) -> None:
-        try:
+        with self._writes():
             await self.flush()
-        except Exception as exc:
-            raise TurnLogWriteError(f"turn {self._turn_id}: {type(exc).__name__}: {exc}") from exc
 
     def _add_text(self, item_id: str, index: int, delta: str) -> None:
         item = self._pending.get(item_id)
@@ -245,12 +253,7 @@ class TurnLog:
 
     async def end(self, status: TurnStatus, error: str | None = None) -> str:
         await self._flushed()
-        entry = self._entry(TurnEnd(status=status, error=error))
-        entry_id = await append_end(
-            self._redis, self._namespace, entry, thread_id=self._thread_id, ttl_after_end_s=self._ttl_after_end_s
-        )
-        self._seq += 1
-        self.events += 1
+        entry_id = await self._append(TurnEnd(status=status, error=error))
         self.ended = True
         log.info("turn %s ended: %s after %d entries (%d events)", self._turn_id, status, self._seq, self.events)
         await self._turns.finish(self._turn_id, status)
