@@ -8,10 +8,9 @@ import asyncio
 
 import nats
 from chatkit.types import ProgressUpdateEvent
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from kitrelay.gateway.turn_relay import TurnRelay
+from kitrelay.gateway.turn_relay import StopOutcome, TurnRelay
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, TurnEntry
 from kitrelay.shared.names import cancel_subject
@@ -21,8 +20,11 @@ from tests.gateway.conftest import MakeSettings, in_process_gateway
 CONFIRM_S = 0.3
 
 
-async def _slow_worker(nats_url: str, subject: str, delay_s: float | None) -> NATS:
-    """A subscriber on the turn's stop subject that answers after `delay_s` (never, for None)."""
+async def _stop_answered_after(
+    relay: TurnRelay, nats_url: str, namespace: str, turn_id: str, delay_s: float | None
+) -> StopOutcome:
+    """`relay.stop(turn_id)` while a subscriber on the turn's stop subject answers after `delay_s` (never, for
+    None: subscribed, so NATS has a responder, but silent, as a worker that does not run this turn)."""
     nc = await nats.connect(nats_url)
 
     async def answer(msg: Msg) -> None:
@@ -30,9 +32,12 @@ async def _slow_worker(nats_url: str, subject: str, delay_s: float | None) -> NA
             await asyncio.sleep(delay_s)
             await msg.respond(b"stopping")
 
-    await nc.subscribe(subject, cb=answer)
-    await nc.flush()
-    return nc
+    try:
+        await nc.subscribe(cancel_subject(namespace, turn_id), cb=answer)
+        await nc.flush()
+        return await relay.stop(turn_id)
+    finally:
+        await nc.close()
 
 
 async def test_a_stop_its_busy_worker_confirms_late_is_left_to_that_worker(
@@ -49,11 +54,8 @@ async def test_a_stop_its_busy_worker_confirms_late_is_left_to_that_worker(
             TurnEntry(turn_id=turn_id, attempt=1, seq=0, body=progress),
             ttl_s=60,
         )
-        worker = await _slow_worker(nats_url, cancel_subject(settings.NAMESPACE, turn_id), delay_s=CONFIRM_S * 2)
-        try:
-            assert await relay.stop(turn_id) == "stopping"
-        finally:
-            await worker.close()
+        outcome = await _stop_answered_after(relay, nats_url, settings.NAMESPACE, turn_id, delay_s=CONFIRM_S * 2)
+        assert outcome == "stopping"
         last = await last_entry(gateway.state["redis"], settings.NAMESPACE, turn_id)
         assert last is not None and not last.is_terminal  # the worker ends it, not the gateway
 
@@ -65,11 +67,6 @@ async def test_a_stop_nobody_confirms_for_a_turn_nobody_writes_is_ended_by_the_g
     async with in_process_gateway(settings) as gateway:
         relay: TurnRelay = gateway.state["chatkit_server"].relay
         turn_id = new_id("turn")
-        # Subscribed (so NATS has a responder) but silent: a worker that does not run this turn.
-        worker = await _slow_worker(nats_url, cancel_subject(settings.NAMESPACE, turn_id), delay_s=None)
-        try:
-            assert await relay.stop(turn_id) == "cancelled"
-        finally:
-            await worker.close()
+        assert await _stop_answered_after(relay, nats_url, settings.NAMESPACE, turn_id, delay_s=None) == "cancelled"
         last = await last_entry(gateway.state["redis"], settings.NAMESPACE, turn_id)
         assert last is not None and last.is_terminal
