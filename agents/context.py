@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from agents import RunContextWrapper
 from chatkit.agents import AgentContext
+from chatkit.types import Page, ThreadItem
 
 from kitrelay.services.knowledge import KnowledgeService, SearchHit
 from kitrelay.services.tasks import TaskService
@@ -24,6 +25,9 @@ class TurnContext:
     # Sources the research tools found this turn; the reply is annotated with them.
     citations: list[SearchHit] = field(default_factory=list)
     _calls: dict[str, int] = field(default_factory=dict, repr=False)
+    # The thread's newest items as the turn's opening read found them, until the turn writes an item: the SDK
+    # reads the newest two again before a run's first event (services/turn_store.py answers it from here).
+    newest_items: dict[str, Page[ThreadItem]] = field(default_factory=dict, repr=False)
 
     def request_key(self, tool: str) -> str:
         """A key naming the n-th call of a tool in this turn. A redelivered turn's tools make the same calls in

@@ -43,6 +43,7 @@ from kitrelay.gateway.requests import parse_request
 from kitrelay.services.knowledge import KnowledgeService
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_runner import cite
+from kitrelay.services.turn_store import TurnStore
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import Identity, WidgetAction
 from kitrelay.shared.names import action_agent
@@ -61,7 +62,8 @@ class InProcessServer(ChatKitServer[BaselineContext]):
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings) -> None:
         super().__init__(SqlStore[BaselineContext](sessions))
-        self._agent_store = SqlStore[TurnContext](sessions)
+        # The store the workers give their agent runs, history read-ahead included.
+        self._agent_store = TurnStore(sessions)
         self._tasks = TaskService(sessions)
         self._knowledge = KnowledgeService(sessions)
         self._settings = settings
@@ -81,11 +83,9 @@ class InProcessServer(ChatKitServer[BaselineContext]):
         self, thread: ThreadMetadata, input_user_message: UserMessageItem | None, context: BaselineContext
     ) -> AsyncIterator[ThreadStreamEvent]:
         turn = self._turn_context(thread, context)
-        page = await self._agent_store.load_thread_items(
-            thread.id, after=None, limit=self._settings.HISTORY_ITEMS, order="desc", context=turn
-        )
+        history = await self._agent_store.load_history(thread.id, self._settings.HISTORY_ITEMS, turn)
         converter = KitrelayConverter(token_budget=self._settings.HISTORY_TOKEN_BUDGET)
-        agent_input = await converter.to_agent_input(list(reversed(page.data)))
+        agent_input = await converter.to_agent_input(history)
         kind: AgentKind = self._settings.ENTRY_AGENT
         for _ in range(self._settings.MAX_HANDOFF_HOPS + 1):
             agent_context = AgentContext[TurnContext](thread=thread, store=self._agent_store, request_context=turn)

@@ -19,6 +19,7 @@ from chatkit.types import (
     ErrorEvent,
     FileSource,
     ProgressUpdateEvent,
+    ThreadItem,
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
@@ -36,11 +37,11 @@ from kitrelay.agents.stream_ids import with_real_ids
 from kitrelay.services.knowledge import KnowledgeService, SearchHit
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_log import TurnLog, TurnLogWriteError
+from kitrelay.services.turn_store import TurnStore
 from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.agents_tracing import agents_tracing_installed
 from kitrelay.shared.messages import TurnRequest, utcnow
 from kitrelay.shared.settings import AgentKind
-from kitrelay.shared.store.chatkit_store import SqlStore
 from kitrelay.shared.telemetry import current_trace_context
 from kitrelay.shared.turn_bus import last_entry, publish_turn
 
@@ -67,7 +68,7 @@ class TurnDeps:
 
     js: JetStreamContext
     redis: aioredis.Redis
-    store: SqlStore[TurnContext]
+    store: TurnStore
     tasks: TaskService
     knowledge: KnowledgeService
     turns: TurnRecords
@@ -152,8 +153,8 @@ async def run_turn(
     for redelivery."""
     context = _context(request, deps)
     # Both at once: they are two round trips before the turn's first event, to two servers.
-    previous, thread = await asyncio.gather(
-        last_entry(deps.redis, deps.namespace, request.turn_id), _thread_or_none(request.thread_id, context, deps)
+    previous, opening = await asyncio.gather(
+        last_entry(deps.redis, deps.namespace, request.turn_id), _open_or_none(request, context, deps)
     )
     if previous is not None and previous.is_terminal:
         # Already over: finished before a lost ack, or given up by the gateway while no worker was free.
@@ -162,7 +163,7 @@ async def run_turn(
     turn_log = _turn_log(request, attempt, context, deps)
     if attempt > 1:
         await turn_log.supersede_earlier_attempts()
-    if thread is None:
+    if opening is None:
         # The thread was deleted (or never belonged to this identity): nothing to answer, nothing to retry.
         await turn_log.emit(ErrorEvent(code="custom", message="This conversation no longer exists.", allow_retry=False))
         await turn_log.end("failed", error="thread not found")
@@ -171,14 +172,27 @@ async def run_turn(
         await _run_action(request, context, turn_log, deps)
         return
 
+    thread, history = opening
     await _run_agent(
-        request, thread, agent=agent, context=context, turn_log=turn_log, deps=deps, control=control or TurnControl()
+        request,
+        thread,
+        history,
+        agent=agent,
+        context=context,
+        turn_log=turn_log,
+        deps=deps,
+        control=control or TurnControl(),
     )
 
 
-async def _thread_or_none(thread_id: str, context: TurnContext, deps: TurnDeps) -> ThreadMetadata | None:
+async def _open_or_none(
+    request: TurnRequest, context: TurnContext, deps: TurnDeps
+) -> tuple[ThreadMetadata, list[ThreadItem]] | None:
+    """The thread, and for a message the conversation so far (the user's message is already stored): one read."""
     try:
-        return await deps.store.load_thread(thread_id, context=context)
+        if request.action is not None:
+            return await deps.store.load_thread(request.thread_id, context=context), []
+        return await deps.store.open_turn(request.thread_id, deps.history_items, context)
     except NotFoundError:
         return None
 
@@ -186,6 +200,7 @@ async def _thread_or_none(thread_id: str, context: TurnContext, deps: TurnDeps) 
 async def _run_agent(
     request: TurnRequest,
     thread: ThreadMetadata,
+    history: list[ThreadItem],
     *,
     agent: Agent[AgentContext[TurnContext]],
     context: TurnContext,
@@ -193,12 +208,8 @@ async def _run_agent(
     deps: TurnDeps,
     control: TurnControl,
 ) -> None:
-    # The user message is already stored; the model needs the conversation, not only the new message.
-    page = await deps.store.load_thread_items(
-        request.thread_id, after=None, limit=deps.history_items, order="desc", context=context
-    )
     converter = KitrelayConverter(token_budget=deps.history_token_budget)
-    agent_input = await converter.to_agent_input(list(reversed(page.data)))
+    agent_input = await converter.to_agent_input(history)
     agent_context = AgentContext[TurnContext](thread=thread, store=deps.store, request_context=context)
     result = Runner.run_streamed(
         agent,

@@ -29,6 +29,7 @@ from kitrelay.agents.registry import build_agent
 from kitrelay.services.knowledge import KnowledgeService
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_runner import TurnControl, TurnDeps, dead_letter, run_turn
+from kitrelay.services.turn_store import TurnStore
 from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.agents_tracing import install_agents_tracing
 from kitrelay.shared.connections import connect_nats, connect_redis, ensure_turns_stream
@@ -45,7 +46,6 @@ from kitrelay.shared.names import (
     turns_subject,
 )
 from kitrelay.shared.settings import AgentKind, Settings
-from kitrelay.shared.store.chatkit_store import SqlStore
 from kitrelay.shared.store.engine import make_engine, make_sessionmaker
 from kitrelay.shared.telemetry import parent_context, setup_telemetry, tracer
 
@@ -278,7 +278,7 @@ async def serve(kind: AgentKind, settings: Settings, *, handle_signals: bool = T
     deps = TurnDeps(
         js=nc.jetstream(),
         redis=redis,
-        store=SqlStore(sessions),
+        store=TurnStore(sessions),
         tasks=TaskService(sessions),
         knowledge=KnowledgeService(sessions),
         turns=TurnRecords(sessions),

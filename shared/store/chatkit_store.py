@@ -169,21 +169,20 @@ class SqlStore(Store[C]):
         descending = _is_descending(order)
         async with read_session(self._sessions) as session:
             await _require_thread(session, thread_id, context)
-            query = select(ThreadItemRow.data).where(ThreadItemRow.thread_id == thread_id)
-            if after is not None:
-                cursor_seq = (
-                    await session.execute(
-                        select(ThreadItemRow.seq).where(ThreadItemRow.thread_id == thread_id, ThreadItemRow.id == after)
-                    )
-                ).scalar_one_or_none()
-                if cursor_seq is None:
-                    raise NotFoundError(f"Item {after} not found")
-                query = query.where(ThreadItemRow.seq < cursor_seq if descending else ThreadItemRow.seq > cursor_seq)
-            query = query.order_by(desc(ThreadItemRow.seq) if descending else asc(ThreadItemRow.seq))
-            size = _page_size(limit)
-            rows = list((await session.execute(query.limit(size + 1))).scalars())
-        items = [_item_from_json(data) for data in rows[:size]]
-        return Page(data=items, has_more=len(rows) > size, after=items[-1].id if items else None)
+            return await _items_page(session, thread_id, after, limit, descending=descending)
+
+    async def load_thread_with_items(
+        self, thread_id: str, limit: int, context: C
+    ) -> tuple[ThreadMetadata, Page[ThreadItem]]:
+        """The thread and its newest `limit` items (newest first) in one read: what a turn starts from. One
+        transaction instead of `load_thread` and `load_thread_items`, whose ownership check reads the thread too."""
+        async with read_session(self._sessions) as session:
+            row = (await session.execute(_owned_threads(context).where(ThreadRow.id == thread_id))).scalar_one_or_none()
+            if row is None:
+                raise NotFoundError(f"Thread {thread_id} not found")
+            page = await _items_page(session, thread_id, None, limit, descending=True)
+        self._remember_owner(thread_id, context)
+        return _thread_from_row(row), page
 
     async def add_thread_item(self, thread_id: str, item: ThreadItem, context: C) -> None:
         # An upsert: a redelivered turn saves the same item again, and it must keep its place in the thread.
@@ -310,6 +309,26 @@ async def _require_thread(session: AsyncSession, thread_id: str, context: HasIde
     query = select(ThreadRow.id).where(ThreadRow.id == thread_id, _owned_by(context))
     if (await session.execute(query)).first() is None:
         raise NotFoundError(f"Thread {thread_id} not found")
+
+
+async def _items_page(
+    session: AsyncSession, thread_id: str, after: str | None, limit: int, *, descending: bool
+) -> Page[ThreadItem]:
+    query = select(ThreadItemRow.data).where(ThreadItemRow.thread_id == thread_id)
+    if after is not None:
+        cursor_seq = (
+            await session.execute(
+                select(ThreadItemRow.seq).where(ThreadItemRow.thread_id == thread_id, ThreadItemRow.id == after)
+            )
+        ).scalar_one_or_none()
+        if cursor_seq is None:
+            raise NotFoundError(f"Item {after} not found")
+        query = query.where(ThreadItemRow.seq < cursor_seq if descending else ThreadItemRow.seq > cursor_seq)
+    query = query.order_by(desc(ThreadItemRow.seq) if descending else asc(ThreadItemRow.seq))
+    size = _page_size(limit)
+    rows = list((await session.execute(query.limit(size + 1))).scalars())
+    items = [_item_from_json(data) for data in rows[:size]]
+    return Page(data=items, has_more=len(rows) > size, after=items[-1].id if items else None)
 
 
 def _thread_from_row(row: ThreadRow) -> ThreadMetadata:

@@ -118,7 +118,7 @@ class Conversation:
                 attachments=[],
                 inference_options=InferenceOptions(),
             )
-            await self.env.store.add_thread_item(self.thread_id, item, context=CONTEXT)  # type: ignore[arg-type]
+            await self.env.db.add_thread_item(self.thread_id, item, context=CONTEXT)
         request = TurnRequest(
             turn_id=new_id("turn"), thread_id=self.thread_id, identity=ALICE, agent="triage", user_item_id=item_id
         )
@@ -133,7 +133,7 @@ class Conversation:
         raise AssertionError("the turn kept handing off")
 
     async def items(self) -> list[ThreadItem]:
-        page = await self.env.store.load_thread_items(self.thread_id, None, 1000, "asc", context=CONTEXT)  # type: ignore[arg-type]
+        page = await self.env.db.load_thread_items(self.thread_id, None, 1000, "asc", context=CONTEXT)
         return list(page.data)
 
 

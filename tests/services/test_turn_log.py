@@ -96,7 +96,7 @@ async def test_updates_a_fast_model_produces_go_out_packed_in_order_and_the_repl
     assert [e.update.delta for e in events if isinstance(e, ThreadItemUpdatedEvent)] == words  # type: ignore[union-attr]
     assert isinstance(entries[-1].body, TurnEnd)
     assert log.events == len(events) + 1  # and the end
-    saved = await env.store.load_item(thread_id, item.id, context=StoreContext(ALICE))  # type: ignore[arg-type]
+    saved = await env.db.load_item(thread_id, item.id, context=StoreContext(ALICE))
     assert isinstance(saved, AssistantMessageItem) and saved.content[0].text == "".join(words)
 
 

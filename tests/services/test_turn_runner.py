@@ -85,7 +85,7 @@ async def test_every_event_is_saved_then_streamed_with_hop_attempt_and_sequence(
     assert isinstance(entries[-1].body, TurnEnd) and entries[-1].body.status == "completed"
     done = [e for e in chatkit_events(entries) if e.type == "thread.item.done"]
     assert [event.item.id for event in done] == [reply_id]
-    saved = await env.store.load_item(thread_id, reply_id, context=StoreContext(ALICE))  # type: ignore[arg-type]
+    saved = await env.db.load_item(thread_id, reply_id, context=StoreContext(ALICE))
     assert isinstance(saved, AssistantMessageItem) and saved.content[0].text == "Hello there."
 
 
@@ -197,7 +197,7 @@ async def test_research_answers_with_a_cited_source(env: WorkerEnv) -> None:
     [annotation] = answer.content[0].annotations
     assert annotation.source.title == "Onboarding guide"
     assert any(e.type == "thread.item.updated" and e.update.type.endswith("annotation_added") for e in events)
-    saved = await env.store.load_item(thread_id, answer.id, context=StoreContext(ALICE))  # type: ignore[arg-type]
+    saved = await env.db.load_item(thread_id, answer.id, context=StoreContext(ALICE))
     assert (
         isinstance(saved, AssistantMessageItem) and saved.content[0].annotations[0].source.title == "Onboarding guide"
     )
@@ -244,5 +244,5 @@ async def test_a_widget_click_toggles_the_task_and_replaces_the_widget_without_a
     assert "check-circle-filled" in json.dumps(replaced.item.widget.model_dump())
     [task] = await env.tasks.list(ALICE)
     assert task.done
-    saved = await env.store.load_item(thread_id, widget_item.id, context=StoreContext(ALICE))  # type: ignore[arg-type]
+    saved = await env.db.load_item(thread_id, widget_item.id, context=StoreContext(ALICE))
     assert isinstance(saved, WidgetItem) and "check-circle-filled" in saved.model_dump_json()

@@ -11,19 +11,19 @@ import nats
 import nats.js.errors
 import pytest
 import redis.asyncio as aioredis
-from chatkit.types import ThreadMetadata
+from chatkit.types import Page, ThreadItem, ThreadMetadata
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from kitrelay.agents.context import TurnContext
 from kitrelay.agents.offline_model import OfflineModelProvider
 from kitrelay.agents.registry import build_agent
+from kitrelay.services.turn_store import TurnStore
 from kitrelay.services.worker import Worker
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, TurnEnd, TurnRequest
 from kitrelay.shared.names import dead_letter_stream, dead_letter_subject, turns_consumer, turns_stream
 from kitrelay.shared.settings import Settings
-from kitrelay.shared.store.chatkit_store import SqlStore
 from kitrelay.shared.turn_bus import publish_turn
 from tests.services.worker_env import ALICE, WorkerEnv, worker_env
 from tests.turn_streams import turn_entries
@@ -147,10 +147,15 @@ async def test_workers_of_one_kind_share_one_consumer(env: Env) -> None:
     assert names == [turns_consumer(env.namespace, "task")]
 
 
-class FailingStore(SqlStore[TurnContext]):
+class FailingStore(TurnStore):
     """A database that fails every thread read: the turn can never be run, however often it is delivered."""
 
     async def load_thread(self, thread_id: str, context: TurnContext) -> ThreadMetadata:
+        raise RuntimeError("database unavailable")
+
+    async def load_thread_with_items(
+        self, thread_id: str, limit: int, context: TurnContext
+    ) -> tuple[ThreadMetadata, Page[ThreadItem]]:
         raise RuntimeError("database unavailable")
 
 

@@ -16,10 +16,10 @@ from chatkit.types import InferenceOptions, ThreadMetadata, UserMessageItem, Use
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from kitrelay.agents.context import TurnContext
 from kitrelay.services.knowledge import KnowledgeService
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_runner import TurnDeps
+from kitrelay.services.turn_store import TurnStore
 from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.connections import ensure_turns_stream
 from kitrelay.shared.ids import new_id
@@ -40,7 +40,9 @@ class StoreContext:
 class WorkerEnv:
     js: JetStreamContext
     redis: aioredis.Redis
-    store: SqlStore[TurnContext]
+    store: TurnStore
+    # The same database as a caller outside any turn reads and writes it: for setting up and checking.
+    db: SqlStore[StoreContext]
     tasks: TaskService
     knowledge: KnowledgeService
     turns: TurnRecords
@@ -69,7 +71,7 @@ class WorkerEnv:
         """A thread holding these user messages; returns its id and the last message's id."""
         context = StoreContext(identity)
         thread = ThreadMetadata(id=new_id("thr"), created_at=datetime.now())
-        await self.store.save_thread(thread, context=context)  # type: ignore[arg-type]
+        await self.db.save_thread(thread, context=context)
         item_id = ""
         for text in texts:
             item_id = new_id("msg")
@@ -81,7 +83,7 @@ class WorkerEnv:
                 attachments=[],
                 inference_options=InferenceOptions(),
             )
-            await self.store.add_thread_item(thread.id, item, context=context)  # type: ignore[arg-type]
+            await self.db.add_thread_item(thread.id, item, context=context)
         return thread.id, item_id
 
 
@@ -99,7 +101,8 @@ async def worker_env(nats_url: str, redis_url: str, namespace: str, workdir: Pat
         yield WorkerEnv(
             js=js,
             redis=redis,
-            store=SqlStore(sessions),
+            store=TurnStore(sessions),
+            db=SqlStore(sessions),
             tasks=TaskService(sessions),
             knowledge=KnowledgeService(sessions),
             turns=TurnRecords(sessions),
