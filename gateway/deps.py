@@ -1,4 +1,7 @@
-"""FastAPI dependencies: the connections the lifespan opened, who is calling, and the request-rate limit."""
+"""FastAPI dependencies: the connections the lifespan opened, who is calling, and the request-rate limit.
+
+All are `async def`, even those that only read request state: FastAPI runs a plain `def` dependency in its
+thread pool, a thread hop each (a millisecond of every ChatKit request for the seven of them)."""
 
 from __future__ import annotations
 
@@ -16,22 +19,22 @@ from kitrelay.shared.messages import Identity
 from kitrelay.shared.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.state.settings
     return settings
 
 
-def get_server(request: Request) -> RelayChatKitServer:
+async def get_server(request: Request) -> RelayChatKitServer:
     server: RelayChatKitServer = request.state.chatkit_server
     return server
 
 
-def get_store(request: Request) -> GatewayStore:
+async def get_store(request: Request) -> GatewayStore:
     store: GatewayStore = request.state.store
     return store
 
 
-def get_authenticator(request: Request) -> Authenticator:
+async def get_authenticator(request: Request) -> Authenticator:
     authenticator: Authenticator = request.state.authenticator
     return authenticator
 
@@ -39,14 +42,15 @@ def get_authenticator(request: Request) -> Authenticator:
 async def get_identity(request: Request) -> Identity:
     """Who is calling: the JWT bearer token's user and team (401 without a good one), or the dev identity in
     AUTH_MODE=dev. Every route that touches data depends on this, directly or through the request context."""
-    return await get_authenticator(request).identity(request)
+    authenticator: Authenticator = request.state.authenticator
+    return await authenticator.identity(request)
 
 
-def get_request_context(identity: Annotated[Identity, Depends(get_identity)]) -> RequestContext:
+async def get_request_context(identity: Annotated[Identity, Depends(get_identity)]) -> RequestContext:
     return RequestContext(identity=identity)
 
 
-def get_limiter(request: Request) -> Limiter | None:
+async def get_limiter(request: Request) -> Limiter | None:
     # create_app always installs one; an app assembled by hand for a test of something else may not.
     limiter: Limiter | None = getattr(request.state, "limiter", None)
     return limiter
@@ -61,7 +65,7 @@ async def enforce_rate_limit(
         await limiter.check_rate(identity)
 
 
-def get_attachment_store(request: Request) -> KitrelayAttachmentStore:
+async def get_attachment_store(request: Request) -> KitrelayAttachmentStore:
     attachment_store: KitrelayAttachmentStore = request.state.attachment_store
     return attachment_store
 

@@ -67,6 +67,7 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
             identity=context.identity,
             agent=self.relay.config.entry_agent,
             user_item_id=input_user_message.id if input_user_message else None,
+            thread=ThreadMetadata.model_validate(thread.model_dump(exclude={"items"})),
         )
         async for event in self._run(turn, context):
             yield event

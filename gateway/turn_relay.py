@@ -29,7 +29,7 @@ from kitrelay.shared.messages import EntryView, TurnEnd, TurnEntry, TurnRequest,
 from kitrelay.shared.metrics import EVENTS_RELAYED, SSE_STREAMS_OPEN, TURNS_STARTED
 from kitrelay.shared.names import cancel_subject, turn_watch_key
 from kitrelay.shared.settings import AgentKind, Settings
-from kitrelay.shared.telemetry import current_trace_context
+from kitrelay.shared.telemetry import current_trace_context, trace_id_of
 from kitrelay.shared.turn_bus import (
     active_turn,
     append_entry,
@@ -104,8 +104,10 @@ class TurnRelay:
         """Before a request that starts a turn on a thread reaches the ChatKit server (which stores the user's
         message first): under "reject" a busy thread refuses it with 409, nothing stored; under "interrupt" the
         running turn is stopped first, so its stopped reply comes before the new message in the thread."""
+        if self.config.double_text == "enqueue":
+            return  # the new turn waits in `admit`
         running = await active_turn(self._redis, self.config.namespace, thread_id)
-        if running is None or self.config.double_text == "enqueue":
+        if running is None:
             return
         if self.config.double_text == "reject":
             raise ApiError(409, "turn_in_progress", BUSY_MESSAGE)
@@ -151,7 +153,7 @@ class TurnRelay:
                 turn_id=turn.turn_id,
                 thread_id=turn.thread_id,
                 agent=turn.agent,
-                trace_id=_trace_id(turn.trace.traceparent),
+                trace_id=trace_id_of(turn.trace.traceparent),
             )
             await publish_turn(self._js, self.config.namespace, turn)
             TURNS_STARTED.labels(turn.agent).inc()
@@ -301,9 +303,3 @@ def _superseded(shown: dict[tuple[int, int], list[str]], run: tuple[int, int]) -
     for earlier in [r for r in shown if r[0] == run[0] and r[1] < run[1]]:
         stale.extend(ThreadItemRemovedEvent(item_id=item_id) for item_id in shown.pop(earlier))
     return stale
-
-
-def _trace_id(traceparent: str | None) -> str | None:
-    # traceparent is "00-<32 hex trace id>-<16 hex span id>-<flags>".
-    parts = (traceparent or "").split("-")
-    return parts[1] if len(parts) == 4 else None

@@ -310,7 +310,9 @@ async def serve(kind: AgentKind, settings: Settings, *, handle_signals: bool = T
 def main(kind: AgentKind, settings: Settings) -> None:
     configure_logging(settings)
     telemetry = setup_telemetry(f"kitrelay-worker-{kind}", settings)
-    install_agents_tracing(settings)
+    if telemetry.exporting:
+        # Else the SDK's tracing stays off (turn_runner): its spans would go nowhere.
+        install_agents_tracing(settings)
     try:
         asyncio.run(serve(kind, settings))
     finally:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from chatkit.types import ThreadItemUpdatedEvent, ThreadStreamEvent
+from chatkit.types import ThreadItemUpdatedEvent, ThreadMetadata, ThreadStreamEvent
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from kitrelay.shared.settings import AgentKind
@@ -79,6 +79,9 @@ class TurnRequest(BaseModel):
     action: WidgetAction | None = None
     trace: TraceContext = Field(default_factory=TraceContext)
     created_at: datetime = Field(default_factory=utcnow)
+    # The thread (its metadata, not its items) as the gateway handed the turn over: a worker answering a message
+    # then reads only the conversation, as an in-process server would. None from a gateway of an earlier release.
+    thread: ThreadMetadata | None = None
 
 
 class ChatKitEntry(BaseModel):

@@ -24,6 +24,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from kitrelay.shared.messages import TraceContext
 from kitrelay.shared.settings import Settings
@@ -68,8 +69,8 @@ def setup_telemetry(service_name: str, settings: Settings) -> Telemetry:
     resource = Resource.create(
         {SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name), "service.namespace": settings.NAMESPACE}
     )
-    tracer_provider = TracerProvider(resource=resource)
     exporting = _exporting("traces")
+    tracer_provider = make_tracer_provider(resource, exporting=exporting)
     if exporting:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
 
@@ -88,6 +89,12 @@ def setup_telemetry(service_name: str, settings: Settings) -> Telemetry:
         _instrument_libraries()
     log.info("telemetry for %s: %s", service_name, "exporting over OTLP/HTTP" if exporting else "not exported")
     return Telemetry(service_name, tracer_provider, meter_provider, exporting, instrumented)
+
+
+def make_tracer_provider(resource: Resource, *, exporting: bool) -> TracerProvider:
+    """With nothing to export to, spans are not recorded (their cost would buy nothing); they still carry trace
+    ids, which the turn's messages, its record and every log line keep."""
+    return TracerProvider(resource=resource, sampler=None if exporting else ALWAYS_OFF)
 
 
 def _instrument_libraries() -> None:

@@ -56,13 +56,24 @@ def chatkit_events(entries: list[TurnEntry]) -> list:
     return entry_events(entries)
 
 
-async def test_the_model_sees_the_thread_history_not_only_the_new_message(env: WorkerEnv) -> None:
+async def with_thread_sent_along(env: WorkerEnv, request: TurnRequest) -> TurnRequest:
+    """The request as the gateway publishes it: with the thread's metadata (a worker then does not read it)."""
+    thread = await env.db.load_thread(request.thread_id, StoreContext(ALICE))
+    return request.model_copy(update={"thread": thread})
+
+
+SENT_ALONG = pytest.mark.parametrize("thread_sent", [True, False], ids=["thread sent along", "thread read"])
+
+
+@SENT_ALONG
+async def test_the_model_sees_the_thread_history_not_only_the_new_message(env: WorkerEnv, thread_sent: bool) -> None:
     thread_id, user_item = await env.new_thread("add task buy milk", "and call Bob")
     model = ScriptedModel([ModelStep(output=[assistant_message("Noted.", item_id=new_id("msg"))])])
+    request = request_for(thread_id, user_item)
+    if thread_sent:
+        request = await with_thread_sent_along(env, request)
 
-    await run_turn(
-        request_for(thread_id, user_item), attempt=1, agent=build_agent("task"), deps=env.deps(ScriptedProvider(model))
-    )
+    await run_turn(request, attempt=1, agent=build_agent("task"), deps=env.deps(ScriptedProvider(model)))
 
     assert model.first_call is not None
     sent = model.first_call.input
@@ -102,18 +113,22 @@ async def test_a_failing_model_ends_the_turn_with_a_retryable_error(env: WorkerE
     assert error.type == "error" and error.allow_retry is True
 
 
-async def test_a_thread_of_someone_else_is_never_answered(env: WorkerEnv) -> None:
+@SENT_ALONG
+async def test_a_thread_of_someone_else_is_never_answered(env: WorkerEnv, thread_sent: bool) -> None:
     thread_id, user_item = await env.new_thread("hello")
     model = ScriptedModel([])
-    request = request_for(thread_id, user_item).model_copy(
-        update={"identity": Identity(user_id="mallory", team_id="evil")}
-    )
+    request = request_for(thread_id, user_item)
+    if thread_sent:
+        request = await with_thread_sent_along(env, request)
+    request = request.model_copy(update={"identity": Identity(user_id="mallory", team_id="evil")})
 
     await run_turn(request, attempt=1, agent=build_agent("task"), deps=env.deps(ScriptedProvider(model)))
 
     assert not model.calls
     entries = await entries_of(env, request.turn_id)
     assert isinstance(entries[-1].body, TurnEnd) and entries[-1].body.status == "failed"
+    [error] = chatkit_events(entries)
+    assert error.type == "error" and error.message == "This conversation no longer exists."
 
 
 async def test_a_turn_that_is_already_over_is_not_run_again(env: WorkerEnv) -> None:

@@ -11,13 +11,21 @@ from typing import Any, cast
 import pytest
 from agents.tracing.span_data import AgentSpanData, FunctionSpanData, GenerationSpanData, HandoffSpanData
 from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from kitrelay.shared.agents_tracing import OpenTelemetryBridge
 from kitrelay.shared.messages import TraceContext
-from kitrelay.shared.telemetry import _exporting, current_trace_context, parent_context, trace_id_of, trace_url
+from kitrelay.shared.telemetry import (
+    _exporting,
+    current_trace_context,
+    make_tracer_provider,
+    parent_context,
+    trace_id_of,
+    trace_url,
+)
 
 
 @pytest.fixture
@@ -39,6 +47,25 @@ def test_nothing_is_exported_without_an_otlp_endpoint(monkeypatch: pytest.Monkey
     assert _exporting("traces") and not _exporting("metrics")
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert not _exporting("traces")
+
+
+def test_without_an_exporter_spans_are_not_recorded_but_still_carry_trace_ids() -> None:
+    provider = make_tracer_provider(Resource.create({}), exporting=False)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("relay turn") as span:
+        carried = current_trace_context()
+    with tracer.start_as_current_span("process", context=parent_context(carried)) as child:
+        pass
+
+    assert not span.is_recording() and not child.is_recording()
+    assert exporter.get_finished_spans() == ()
+    assert trace_id_of(carried.traceparent) == format(span.get_span_context().trace_id, "032x")
+    assert child.get_span_context().trace_id == span.get_span_context().trace_id
+    recording = make_tracer_provider(Resource.create({}), exporting=True).get_tracer("test")
+    with recording.start_as_current_span("relay turn") as exported:
+        assert exported.is_recording()
 
 
 def test_trace_context_round_trips_through_a_message(provider: tuple[TracerProvider, InMemorySpanExporter]) -> None:
