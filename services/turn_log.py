@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import cast
@@ -99,6 +100,7 @@ class TurnLog:
         self._trace = trace or TraceContext()
         self._agent = agent
         self._seq = 0
+        self._ttl_refreshed_at: float | None = None
         self.events = 0  # events written (a pack holds several)
         # Assistant messages streamed but not finished, with their text so far: what a stop saves.
         self._pending: dict[str, AssistantMessageItem] = {}
@@ -130,7 +132,13 @@ class TurnLog:
                 self._redis, self._namespace, entry, thread_id=self._thread_id, ttl_after_end_s=self._ttl_after_end_s
             )
         else:
-            entry_id = await append_entry(self._redis, self._namespace, entry, ttl_s=self._ttl_s)
+            # The expiry is pushed out with the first entry, then every tenth of it: an EXPIRE with every entry
+            # was half of a turn's Redis commands, and a stream left behind still goes within 1.1 x its TTL.
+            now = time.monotonic()
+            refresh = self._ttl_refreshed_at is None or now - self._ttl_refreshed_at >= self._ttl_s / 10
+            entry_id = await append_entry(self._redis, self._namespace, entry, ttl_s=self._ttl_s, refresh_ttl=refresh)
+            if refresh:
+                self._ttl_refreshed_at = now
         self._seq += 1
         self.events += len(body.events) if isinstance(body, PackEntry) else 1
         return entry_id

@@ -46,17 +46,23 @@ async def publish_turn(js: JetStreamContext, namespace: str, request: TurnReques
         )
 
 
-async def append_entry(redis: aioredis.Redis, namespace: str, entry: TurnEntry, *, ttl_s: int) -> str:
-    """Append one entry to the turn's stream; returns its Redis entry id (the SSE `id:` the client sees)."""
+async def append_entry(
+    redis: aioredis.Redis, namespace: str, entry: TurnEntry, *, ttl_s: int, refresh_ttl: bool = True
+) -> str:
+    """Append one entry to the turn's stream; returns its Redis entry id (the SSE `id:` the client sees). The
+    stream's expiry is pushed out to `ttl_s` unless the writer says it did so a moment ago (`refresh_ttl`)."""
     key = turn_stream_key(namespace, entry.turn_id)
     # No span per entry: a turn writes hundreds, which would bury its trace (and cost a tenth of a worker's CPU).
     # The turn's span counts them instead (kitrelay.turn.entries).
     with suppress_instrumentation():
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, encode_entry(entry), maxlen=TURN_STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
-            # Every write pushes the expiry out, so an abandoned stream disappears on its own.
-            pipe.expire(key, ttl_s)
-            entry_id, _ = await pipe.execute()
+        if not refresh_ttl:
+            entry_id = await redis.xadd(key, encode_entry(entry), maxlen=TURN_STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        else:
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, encode_entry(entry), maxlen=TURN_STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                # A write pushes the expiry out, so an abandoned stream disappears on its own.
+                pipe.expire(key, ttl_s)
+                entry_id, _ = await pipe.execute()
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 

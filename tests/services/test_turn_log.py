@@ -26,6 +26,7 @@ from kitrelay.agents.context import TurnContext
 from kitrelay.services.turn_log import PACK_MAX_EVENTS, TurnLog, TurnLogWriteError
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, PackEntry, TurnEnd
+from kitrelay.shared.names import turn_stream_key
 from tests.services.worker_env import ALICE, StoreContext, WorkerEnv, worker_env
 from tests.turn_streams import entry_events, turn_entries
 
@@ -36,7 +37,9 @@ async def env(nats_url: str, redis_url: str, unique_namespace: str, tmp_path: Pa
         yield built
 
 
-def _turn_log(env: WorkerEnv, thread_id: str, *, redis: aioredis.Redis | None = None) -> tuple[TurnLog, str]:
+def _turn_log(
+    env: WorkerEnv, thread_id: str, *, redis: aioredis.Redis | None = None, ttl_s: int = 60
+) -> tuple[TurnLog, str]:
     turn_id = new_id("turn")
     context = TurnContext(
         identity=ALICE, turn_id=turn_id, thread_id=thread_id, tasks=env.tasks, knowledge=env.knowledge
@@ -51,7 +54,7 @@ def _turn_log(env: WorkerEnv, thread_id: str, *, redis: aioredis.Redis | None = 
         turn_id=turn_id,
         hop=0,
         attempt=1,
-        ttl_s=60,
+        ttl_s=ttl_s,
         ttl_after_end_s=60,
     )
     return log, turn_id
@@ -150,3 +153,23 @@ async def test_a_queued_write_redis_refuses_fails_the_turn_log_not_silently(env:
             await log.end("completed")
     finally:
         await gone.aclose()
+
+
+async def test_the_streams_expiry_is_pushed_out_by_its_first_entry_then_every_tenth_of_it(env: WorkerEnv) -> None:
+    thread_id, _ = await env.new_thread("expire me")
+    log, turn_id = _turn_log(env, thread_id, ttl_s=2)
+    key = turn_stream_key(env.namespace, turn_id)
+    item = _message(thread_id)
+
+    await log.emit(ThreadItemAddedEvent(item=item))
+    first = await env.redis.pttl(key)
+    await env.redis.pexpire(key, 1000)
+    await log.emit(ThreadItemDoneEvent(item=item))  # a moment later: the expiry is left as it is
+    kept = await env.redis.pttl(key)
+    await asyncio.sleep(0.25)  # more than a tenth of the 2 s TTL
+    await log.emit(ThreadItemDoneEvent(item=item))
+    pushed = await env.redis.pttl(key)
+
+    assert 1500 < first <= 2000
+    assert 500 < kept <= 1000
+    assert 1500 < pushed <= 2000
