@@ -152,20 +152,22 @@ class _RelayedTurn:
 
     def __init__(self, relay: TurnRelay, turn: TurnRequest, span: trace.Span) -> None:
         self._relay = relay
-        self._turn = turn
+        # Only what following the turn needs: the request (the thread's metadata in it) is not held per stream.
+        self._turn_id = turn.turn_id
+        self._thread_id = turn.thread_id
+        self._agent = turn.agent
         self._span = span
         self._published = time.monotonic()
         self._finished = False
         self._closed = False
 
     async def frames(self) -> AsyncIterator[list[tuple[str | None, str]]]:
-        turn = self._turn
         first = True
         try:
-            async for frames in self._relay.follow_raw(turn.turn_id, turn.thread_id, first_agent=turn.agent):
+            async for frames in self._relay.follow_raw(self._turn_id, self._thread_id, first_agent=self._agent):
                 if first:
                     first = False
-                    TIME_TO_FIRST_EVENT.labels(turn.agent).observe(time.monotonic() - self._published)
+                    TIME_TO_FIRST_EVENT.labels(self._agent).observe(time.monotonic() - self._published)
                     self._span.add_event("first event")
                 for _, data in frames:
                     if data.startswith('{"type":"error"'):
@@ -175,11 +177,13 @@ class _RelayedTurn:
         finally:
             if not self._finished:
                 # A dropped connection is not a stop: the worker keeps going and saves the whole reply.
-                log.info("client detached from turn %s of thread %s; the turn continues", turn.turn_id, turn.thread_id)
+                log.info(
+                    "client detached from turn %s of thread %s; the turn continues", self._turn_id, self._thread_id
+                )
             self.close()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            TURNS_IN_FLIGHT.labels(self._turn.agent).dec()
+            TURNS_IN_FLIGHT.labels(self._agent).dec()
             self._span.end()
