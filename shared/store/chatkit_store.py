@@ -369,8 +369,8 @@ def _upsert(
     update: tuple[str, ...],
     only_if: Callable[[ColumnCollection[str, Any]], ColumnElement[bool]],
 ) -> ReturningInsert[Any]:
-    """INSERT ... ON CONFLICT (id) DO UPDATE ... WHERE only_if(excluded) RETURNING the row's first key column, for
-    either dialect, its values given when executed."""
+    """INSERT ... ON CONFLICT (id) DO UPDATE ... WHERE only_if(excluded) RETURNING the row's id (an item's seq), for
+    either dialect; its values are given when it is executed."""
     return _upsert_statement(session.get_bind().dialect.name, model, update, only_if)
 
 
