@@ -192,7 +192,7 @@ async def _open_or_none(
     try:
         if request.action is not None:
             return await deps.store.load_thread(request.thread_id, context=context), []
-        if request.thread is not None:
+        if request.thread is not None and request.thread.id == request.thread_id:
             # The gateway sent the thread along; reading the history still checks it exists and is the caller's.
             return request.thread, await deps.store.load_history(request.thread_id, deps.history_items, context)
         return await deps.store.open_turn(request.thread_id, deps.history_items, context)

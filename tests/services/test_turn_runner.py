@@ -65,6 +65,23 @@ async def with_thread_sent_along(env: WorkerEnv, request: TurnRequest) -> TurnRe
 SENT_ALONG = pytest.mark.parametrize("thread_sent", [True, False], ids=["thread sent along", "thread read"])
 
 
+async def test_a_thread_sent_along_that_is_not_the_turns_is_not_used(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("add task buy milk")
+    other_id, _ = await env.new_thread("something else")
+    model = ScriptedModel([ModelStep(output=[assistant_message("Noted.", item_id=new_id("msg"))])])
+    request = await with_thread_sent_along(env, request_for(other_id, user_item))
+    request = request.model_copy(update={"thread_id": thread_id})
+
+    await run_turn(request, attempt=1, agent=build_agent("task"), deps=env.deps(ScriptedProvider(model)))
+
+    entries = await entries_of(env, request.turn_id)
+    assert isinstance(entries[-1].body, TurnEnd) and entries[-1].body.status == "completed"
+    [reply] = [e.item for e in chatkit_events(entries) if e.type == "thread.item.done"]
+    assert reply.thread_id == thread_id
+    saved = await env.db.load_thread_items(thread_id, None, 10, "desc", StoreContext(ALICE))
+    assert reply.id in [item.id for item in saved.data]
+
+
 @SENT_ALONG
 async def test_the_model_sees_the_thread_history_not_only_the_new_message(env: WorkerEnv, thread_sent: bool) -> None:
     thread_id, user_item = await env.new_thread("add task buy milk", "and call Bob")
