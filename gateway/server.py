@@ -32,6 +32,7 @@ from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import TurnRequest, WidgetAction
 from kitrelay.shared.metrics import TIME_TO_FIRST_EVENT, TURNS_IN_FLIGHT
 from kitrelay.shared.names import action_agent
+from kitrelay.shared.store.chatkit_store import thread_metadata
 from kitrelay.shared.telemetry import tracer
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
             identity=context.identity,
             agent=self.relay.config.entry_agent,
             user_item_id=input_user_message.id if input_user_message else None,
-            thread=ThreadMetadata.model_validate(thread.model_dump(exclude={"items"})),
+            thread=thread_metadata(thread),
         )
         async for event in self._run(turn, context):
             yield event

@@ -97,16 +97,13 @@ class SqlStore(Store[C]):
 
     async def load_thread(self, thread_id: str, context: C) -> ThreadMetadata:
         async with read_session(self._sessions) as session:
-            row = (await session.execute(_OWN_THREAD, _own(thread_id, context))).first()
-        if row is None:
-            raise NotFoundError(f"Thread {thread_id} not found")
+            thread = await _own_thread(session, thread_id, context)
         self._remember_owner(thread_id, context)
-        return _thread_from_row(row)
+        return thread
 
     async def save_thread(self, thread: ThreadMetadata, context: C) -> None:
         identity = context.identity
-        # `thread` may be a Thread carrying a page of items; only the metadata belongs in this table.
-        metadata = ThreadMetadata.model_validate(thread.model_dump(exclude={"items"}))
+        metadata = thread_metadata(thread)
         metadata.created_at = as_utc(metadata.created_at)
         values = {
             "id": metadata.id,
@@ -173,12 +170,10 @@ class SqlStore(Store[C]):
         """The thread and its newest `limit` items (newest first) in one read: what a turn starts from. One
         transaction instead of `load_thread` and `load_thread_items`, whose ownership check reads the thread too."""
         async with read_session(self._sessions) as session:
-            row = (await session.execute(_OWN_THREAD, _own(thread_id, context))).first()
-            if row is None:
-                raise NotFoundError(f"Thread {thread_id} not found")
+            thread = await _own_thread(session, thread_id, context)
             page = await _items_page(session, thread_id, None, limit, descending=True)
         self._remember_owner(thread_id, context)
-        return _thread_from_row(row), page
+        return thread, page
 
     async def add_thread_item(self, thread_id: str, item: ThreadItem, context: C) -> None:
         # An upsert: a redelivered turn saves the same item again, and it must keep its place in the thread.
@@ -289,39 +284,48 @@ def _owned_threads(context: HasIdentity) -> Select[ThreadRow]:
     return select(ThreadRow).where(_owned_by(context))
 
 
-# The reads of every turn, built once (building a statement cost a third of such a read).
-_OWN_THREAD = select(ThreadRow.data, ThreadRow.created_at).where(
+# The reads of every turn, built once (building a statement cost a third of such a read); `_own` fills them in.
+_IS_OWN_THREAD = (
     ThreadRow.id == bindparam("thread_id"),
     ThreadRow.team_id == bindparam("team_id"),
     ThreadRow.user_id == bindparam("user_id"),
 )
-_OWN_THREAD_ID = select(ThreadRow.id).where(
-    ThreadRow.id == bindparam("thread_id"),
-    ThreadRow.team_id == bindparam("team_id"),
-    ThreadRow.user_id == bindparam("user_id"),
-)
+_OWN_THREAD = select(ThreadRow.data, ThreadRow.created_at).where(*_IS_OWN_THREAD)
+_OWN_THREAD_ID = select(ThreadRow.id).where(*_IS_OWN_THREAD)
 
-_NEWEST_ITEMS = (
-    select(ThreadItemRow.data)
-    .where(ThreadItemRow.thread_id == bindparam("thread_id"))
-    .order_by(desc(ThreadItemRow.seq))
-    .limit(bindparam("size"))
-)
-_OLDEST_ITEMS = (
-    select(ThreadItemRow.data)
-    .where(ThreadItemRow.thread_id == bindparam("thread_id"))
-    .order_by(asc(ThreadItemRow.seq))
-    .limit(bindparam("size"))
-)
+
+def _first_items(*, descending: bool) -> Select[str]:
+    return (
+        select(ThreadItemRow.data)
+        .where(ThreadItemRow.thread_id == bindparam("thread_id"))
+        .order_by(desc(ThreadItemRow.seq) if descending else asc(ThreadItemRow.seq))
+        .limit(bindparam("size"))
+    )
+
+
+_NEWEST_ITEMS = _first_items(descending=True)
+_OLDEST_ITEMS = _first_items(descending=False)
 
 
 def _own(thread_id: str, context: HasIdentity) -> dict[str, str]:
     return {"thread_id": thread_id, "team_id": context.identity.team_id, "user_id": context.identity.user_id}
 
 
+async def _own_thread(session: AsyncSession, thread_id: str, context: HasIdentity) -> ThreadMetadata:
+    row = (await session.execute(_OWN_THREAD, _own(thread_id, context))).first()
+    if row is None:
+        raise NotFoundError(f"Thread {thread_id} not found")
+    return _thread_from_row(row)
+
+
 async def _require_thread(session: AsyncSession, thread_id: str, context: HasIdentity) -> None:
     if (await session.execute(_OWN_THREAD_ID, _own(thread_id, context))).first() is None:
         raise NotFoundError(f"Thread {thread_id} not found")
+
+
+def thread_metadata(thread: ThreadMetadata) -> ThreadMetadata:
+    """A thread's metadata alone: `thread` may be a Thread carrying a page of items."""
+    return ThreadMetadata.model_validate(thread.model_dump(exclude={"items"}))
 
 
 async def _items_page(
