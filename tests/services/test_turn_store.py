@@ -100,23 +100,31 @@ async def test_a_turn_opens_with_its_thread_and_history_oldest_first(
     assert [item.id for item in history] == ids(thread_id, 2, 3, 4)
 
 
+@pytest.mark.parametrize(
+    ("count", "newest", "more"), [(4, (3, 2), True), (1, (0,), False)], ids=["a longer thread", "a one-item thread"]
+)
 async def test_the_sdk_reread_of_the_newest_items_is_answered_without_the_database(
-    store: TurnStore, db_sessions: async_sessionmaker[AsyncSession], db_engine: AsyncEngine
+    store: TurnStore,
+    db_sessions: async_sessionmaker[AsyncSession],
+    db_engine: AsyncEngine,
+    count: int,
+    newest: tuple[int, ...],
+    more: bool,
 ) -> None:
     context = turn(db_sessions)
-    thread_id = await thread_with(store, context, 4)
+    thread_id = await thread_with(store, context, count)
     await store.open_turn(thread_id, 50, context)
 
     with item_reads(db_engine) as reads:
         # What chatkit.agents.stream_agent_response asks before a run's first event.
-        newest = await store.load_thread_items(thread_id, None, 2, "desc", context)
+        page = await store.load_thread_items(thread_id, None, 2, "desc", context)
 
     assert reads == []
-    assert [item.id for item in newest.data] == ids(thread_id, 3, 2)
-    assert newest.has_more is True
-    assert newest.after == ids(thread_id, 2)[0]
+    assert [item.id for item in page.data] == ids(thread_id, *newest)
+    assert page.has_more is more
+    assert page.after == ids(thread_id, newest[-1])[0]
     # The same page as the database gives.
-    assert newest == await super(TurnStore, store).load_thread_items(thread_id, None, 2, "desc", context)
+    assert page == await super(TurnStore, store).load_thread_items(thread_id, None, 2, "desc", context)
 
 
 async def test_what_the_reread_returns_is_a_copy(
@@ -179,20 +187,6 @@ async def test_reads_beyond_the_read_ahead_go_to_the_database(
 
     assert reads != []
     assert page == await super(TurnStore, store).load_thread_items(thread_id, cursor, limit, order, context)
-
-
-async def test_a_whole_short_thread_is_answered_from_the_read_ahead(
-    store: TurnStore, db_sessions: async_sessionmaker[AsyncSession], db_engine: AsyncEngine
-) -> None:
-    context = turn(db_sessions)
-    thread_id = await thread_with(store, context, 1)
-    await store.open_turn(thread_id, 50, context)
-
-    with item_reads(db_engine) as reads:
-        page = await store.load_thread_items(thread_id, None, 2, "desc", context)
-
-    assert reads == []
-    assert ([item.id for item in page.data], page.has_more) == (ids(thread_id, 0), False)
 
 
 async def test_load_history_reads_ahead_for_a_caller_that_holds_the_thread(
