@@ -7,6 +7,10 @@ Item updates (text deltas, widget updates: nothing to store) do not wait for Red
 time takes the whole queue as one entry (a pack). A model slower than a write gets an entry per delta, as before;
 a fast model (or a busy worker) gets a write per round trip instead of one per token. Every other event first
 waits for the queue to be written, so the stream keeps the order the agent produced.
+
+A finished reply or widget (`thread.item.done`/`replaced` of an assistant message or a widget) is held until the
+next event: it is then saved and published as usual, but when the turn ends instead, it is saved in the same
+transaction as the turn's end and published in the same round trip, a write transaction less per turn.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from datetime import datetime
 from typing import cast
 
 import redis.asyncio as aioredis
-from chatkit.store import Store
 from chatkit.types import (
     AssistantMessageContent,
     AssistantMessageContentPartTextDelta,
@@ -32,12 +35,14 @@ from chatkit.types import (
     ThreadItemReplacedEvent,
     ThreadItemUpdatedEvent,
     ThreadStreamEvent,
+    WidgetItem,
 )
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Status, StatusCode
 
 from kitrelay.agents.context import TurnContext
-from kitrelay.services.turns import TurnRecords
+from kitrelay.services.turn_store import TurnStore
+from kitrelay.services.turns import TurnRecords, finish_statement
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import (
     ChatKitEntry,
@@ -73,7 +78,7 @@ class TurnLog:
         self,
         *,
         redis: aioredis.Redis,
-        store: Store[TurnContext],
+        store: TurnStore,
         turns: TurnRecords,
         context: TurnContext,
         namespace: str,
@@ -107,6 +112,8 @@ class TurnLog:
         # Item updates not yet written, and the one task writing them.
         self._outbox: list[ThreadItemUpdatedEvent] = []
         self._writing: asyncio.Task[None] | None = None
+        # A finished item neither saved nor published yet (see the module's docstring).
+        self._held: ThreadItemDoneEvent | ThreadItemReplacedEvent | None = None
         self.ended = False
 
     def _entry(self, body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd) -> TurnEntry:
@@ -124,14 +131,27 @@ class TurnLog:
         except Exception as exc:
             raise TurnLogWriteError(f"turn {self._turn_id}: {type(exc).__name__}: {exc}") from exc
 
-    async def _append(self, body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd) -> str:
-        entry = self._entry(body)
+    async def _append(
+        self, body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd, *, after: ChatKitEntry | None = None
+    ) -> str:
+        """Append an entry (a turn's end may come `after` one more event, in the same round trip)."""
         if isinstance(body, TurnEnd):
+            before = []
+            if after is not None:
+                before.append(self._entry(after))
+                self._seq += 1
+                self.events += 1
             # With the stream's shorter expiry and the thread's release, in the same round trip.
             entry_id = await append_end(
-                self._redis, self._namespace, entry, thread_id=self._thread_id, ttl_after_end_s=self._ttl_after_end_s
+                self._redis,
+                self._namespace,
+                self._entry(body),
+                thread_id=self._thread_id,
+                ttl_after_end_s=self._ttl_after_end_s,
+                before=before,
             )
         else:
+            entry = self._entry(body)
             # The expiry is pushed out with the first entry, then every tenth of it: an EXPIRE with every entry
             # was half of a turn's Redis commands, and a stream left behind still goes within 1.1 x its TTL.
             now = time.monotonic()
@@ -176,6 +196,7 @@ class TurnLog:
             self._writing = asyncio.create_task(self._write_outbox(), name=f"turn {self._turn_id} updates")
 
     async def _emit(self, event: ThreadStreamEvent) -> None:
+        await self._release_held()
         if isinstance(event, ThreadItemUpdatedEvent):
             if isinstance(event.update, AssistantMessageContentPartTextDelta):
                 self._add_text(event.item_id, event.update.content_index, event.update.delta)
@@ -183,6 +204,14 @@ class TurnLog:
             return
         await self.flush()
         match event:
+            case (
+                ThreadItemDoneEvent(item=AssistantMessageItem() | WidgetItem())
+                | ThreadItemReplacedEvent(item=AssistantMessageItem() | WidgetItem())
+            ):
+                # Saved and published with whatever comes next: the turn's end, most often.
+                self._pending.pop(event.item.id, None)
+                self._held = event
+                return
             case ThreadItemDoneEvent():
                 await self._store.add_thread_item(self._thread_id, event.item, context=self._context)
                 self._pending.pop(event.item.id, None)
@@ -195,9 +224,18 @@ class TurnLog:
                 self._pending[item.id] = item.model_copy(deep=True)
         await self._append(ChatKitEntry(event=event))
 
+    async def _release_held(self) -> None:
+        """Save and publish the held item, as any other: something comes after it."""
+        if (held := self._held) is None:
+            return
+        self._held = None
+        await self._store.add_thread_item(self._thread_id, held.item, context=self._context)
+        await self._append(ChatKitEntry(event=held))
+
     async def _flushed(self) -> None:
         with self._writes():
             await self.flush()
+            await self._release_held()
 
     def _add_text(self, item_id: str, index: int, delta: str) -> None:
         item = self._pending.get(item_id)
@@ -260,11 +298,19 @@ class TurnLog:
         return await self.end("cancelled", error=reason)
 
     async def end(self, status: TurnStatus, error: str | None = None) -> str:
-        await self._flushed()
-        entry_id = await self._append(TurnEnd(status=status, error=error))
+        with self._writes():
+            await self.flush()
+        held, self._held = self._held, None
+        if held is None:
+            entry_id = await self._append(TurnEnd(status=status, error=error))
+            await self._turns.finish(self._turn_id, status)
+        else:
+            # The last item and the turn's end: one transaction, then one round trip to Redis.
+            also = [finish_statement(self._turn_id, status)]
+            await self._store.add_thread_item_with(self._thread_id, held.item, self._context, also)
+            entry_id = await self._append(TurnEnd(status=status, error=error), after=ChatKitEntry(event=held))
         self.ended = True
         log.info("turn %s ended: %s after %d entries (%d events)", self._turn_id, status, self._seq, self.events)
-        await self._turns.finish(self._turn_id, status)
         self._count(status)
         span = otel_trace.get_current_span()
         span.set_attribute("kitrelay.turn.status", status)

@@ -3,10 +3,12 @@ serves every later read of them until the turn writes an item."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from chatkit.types import Page, ThreadItem, ThreadMetadata
 
 from kitrelay.agents.context import TurnContext
-from kitrelay.shared.store.chatkit_store import SqlStore
+from kitrelay.shared.store.chatkit_store import SqlStore, Statement
 
 
 class TurnStore(SqlStore[TurnContext]):
@@ -45,6 +47,12 @@ class TurnStore(SqlStore[TurnContext]):
     async def add_thread_item(self, thread_id: str, item: ThreadItem, context: TurnContext) -> None:
         context.newest_items.pop(thread_id, None)
         await super().add_thread_item(thread_id, item, context)
+
+    async def add_thread_item_with(
+        self, thread_id: str, item: ThreadItem, context: TurnContext, also: Sequence[Statement]
+    ) -> None:
+        context.newest_items.pop(thread_id, None)
+        await super().add_thread_item_with(thread_id, item, context, also)
 
     async def save_item(self, thread_id: str, item: ThreadItem, context: TurnContext) -> None:
         context.newest_items.pop(thread_id, None)

@@ -7,17 +7,25 @@ from datetime import UTC, datetime
 from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kitrelay.shared.messages import Identity, TurnStatus
 from kitrelay.shared.settings import AgentKind
+from kitrelay.shared.store.chatkit_store import Statement
 from kitrelay.shared.store.engine import read_session
 from kitrelay.shared.store.models import ThreadRow, TurnRow
 
 TurnState = Literal["queued", "completed", "failed", "cancelled"]
 # A Core statement built once: an ORM insert costs a third more per turn, on the way to its first event.
-_INSERT_TURN = insert(cast(Table, TurnRow.__table__))
+_TURNS = cast(Table, TurnRow.__table__)
+_INSERT_TURN = insert(_TURNS)
+# Only the first end counts: a late duplicate (a redelivered run, the gateway giving up) changes nothing.
+_FINISH_TURN = (
+    update(_TURNS)
+    .where(_TURNS.c.id == bindparam("turn_id"), _TURNS.c.status == "queued")
+    .values(status=bindparam("end_status"), ended_at=bindparam("end_at"))
+)
 
 
 class TurnRecord(BaseModel):
@@ -45,30 +53,18 @@ class TurnRecords:
     async def start(
         self, identity: Identity, *, turn_id: str, thread_id: str, agent: str, trace_id: str | None = None
     ) -> None:
-        row = {
-            "id": turn_id,
-            "thread_id": thread_id,
-            "team_id": identity.team_id,
-            "user_id": identity.user_id,
-            "agent": agent,
-            "status": "queued",
-            "created_at": datetime.now(UTC),
-            "ended_at": None,
-            "trace_id": trace_id,
-        }
+        await self.record(
+            start_statement(identity, turn_id=turn_id, thread_id=thread_id, agent=agent, trace_id=trace_id)
+        )
+
+    async def record(self, statement: Statement) -> None:
+        """Write one of this module's statements (`start_statement`, `finish_statement`) in a transaction of its own."""
         async with self._sessions() as session, session.begin():
-            await session.execute(_INSERT_TURN, row)
+            await session.execute(*statement)
 
     async def finish(self, turn_id: str, status: TurnStatus) -> None:
         """Record how the turn ended. Only the first end counts: a late duplicate changes nothing."""
-        stmt = (
-            update(TurnRow)
-            .where(TurnRow.id == turn_id, TurnRow.status == "queued")
-            .values(status=status, ended_at=datetime.now(UTC))
-            .execution_options(synchronize_session=False)
-        )
-        async with self._sessions() as session, session.begin():
-            await session.execute(stmt)
+        await self.record(finish_statement(turn_id, status))
 
     async def get(self, identity: Identity, turn_id: str) -> TurnRecord:
         query = select(TurnRow).where(
@@ -105,3 +101,26 @@ class TurnRecords:
 
 def _record(row: TurnRow) -> TurnRecord:
     return TurnRecord.model_validate(row, from_attributes=True)
+
+
+def finish_statement(turn_id: str, status: TurnStatus) -> Statement:
+    """`TurnRecords.finish` as a statement, for a transaction that writes more (the turn's last item)."""
+    return _FINISH_TURN, {"turn_id": turn_id, "end_status": status, "end_at": datetime.now(UTC)}
+
+
+def start_statement(
+    identity: Identity, *, turn_id: str, thread_id: str, agent: str, trace_id: str | None = None
+) -> Statement:
+    """`TurnRecords.start` as a statement, for a transaction that writes more (the user's message)."""
+    row = {
+        "id": turn_id,
+        "thread_id": thread_id,
+        "team_id": identity.team_id,
+        "user_id": identity.user_id,
+        "agent": agent,
+        "status": "queued",
+        "created_at": datetime.now(UTC),
+        "ended_at": None,
+        "trace_id": trace_id,
+    }
+    return _INSERT_TURN, row

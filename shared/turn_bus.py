@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -67,17 +68,26 @@ async def append_entry(
 
 
 async def append_end(
-    redis: aioredis.Redis, namespace: str, entry: TurnEntry, *, thread_id: str, ttl_after_end_s: int
+    redis: aioredis.Redis,
+    namespace: str,
+    entry: TurnEntry,
+    *,
+    thread_id: str,
+    ttl_after_end_s: int,
+    before: Sequence[TurnEntry] = (),
 ) -> str:
-    """Append a turn's terminal entry, shorten its stream's life and release the thread, in one round trip."""
+    """Append a turn's terminal entry (after the entries `before` it), shorten its stream's life and release the
+    thread, in one round trip. Returns the terminal entry's id."""
     key = turn_stream_key(namespace, entry.turn_id)
     with suppress_instrumentation():
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, encode_entry(entry), maxlen=TURN_STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            for earlier in (*before, entry):
+                pipe.xadd(key, encode_entry(earlier), maxlen=TURN_STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
             # Late readers get a while; memory stays bounded.
             pipe.expire(key, ttl_after_end_s)
             pipe.eval(_RELEASE, 1, thread_active_key(namespace, thread_id), entry.turn_id)
-            entry_id, _, _ = await pipe.execute()
+            replies = await pipe.execute()
+    entry_id = replies[len(before)]
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 

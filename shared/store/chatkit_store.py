@@ -9,14 +9,14 @@ from __future__ import annotations
 import functools
 import operator
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from chatkit.store import NotFoundError, Store, StoreItemType
 from chatkit.types import Attachment, Page, ThreadItem, ThreadMetadata
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, Row, Select, and_, asc, bindparam, delete, desc, or_, select
+from sqlalchemy import ColumnElement, Executable, Row, Select, and_, asc, bindparam, delete, desc, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -50,6 +50,10 @@ C = TypeVar("C", bound=HasIdentity)
 
 _items: TypeAdapter[ThreadItem] = TypeAdapter(ThreadItem)
 _attachments: TypeAdapter[Attachment] = TypeAdapter(Attachment)
+
+
+# A statement and its parameters, for a write that joins another's transaction (`SqlStore.add_thread_item_with`).
+Statement = tuple[Executable, Mapping[str, Any]]
 
 
 class ItemIdConflictError(Exception):
@@ -182,6 +186,14 @@ class SqlStore(Store[C]):
     async def save_item(self, thread_id: str, item: ThreadItem, context: C) -> None:
         await self._upsert_item(thread_id, item, context)
 
+    async def add_thread_item_with(
+        self, thread_id: str, item: ThreadItem, context: C, also: Sequence[Statement]
+    ) -> None:
+        """`add_thread_item`, with more writes in the same transaction: all of them are saved, or none. A write
+        transaction costs more than its statements (SQLite's lock, the driver's round trips): a turn's last item
+        and the turn's end go in one."""
+        await self._upsert_item(thread_id, item, context, also)
+
     async def load_item(self, thread_id: str, item_id: str, context: C) -> ThreadItem:
         return _item_from_json(await self._item_column(ThreadItemRow.data, thread_id, item_id, context))
 
@@ -211,7 +223,7 @@ class SqlStore(Store[C]):
                 delete(ThreadItemRow).where(ThreadItemRow.thread_id == thread_id, ThreadItemRow.id == item_id)
             )
 
-    async def _upsert_item(self, thread_id: str, item: ThreadItem, context: C) -> None:
+    async def _upsert_item(self, thread_id: str, item: ThreadItem, context: C, also: Sequence[Statement] = ()) -> None:
         item = item.model_copy(update={"created_at": as_utc(item.created_at)})
         values = {
             "id": item.id,
@@ -229,8 +241,11 @@ class SqlStore(Store[C]):
             except IntegrityError as exc:
                 # The thread was deleted between the check and the write (foreign key violation).
                 raise NotFoundError(f"Thread {thread_id} not found") from exc
-        if saved is None:
-            raise ItemIdConflictError(f"Item id {item.id} is already used by another thread")
+            if saved is None:
+                # Raised inside the transaction: the writes that came along are rolled back with it.
+                raise ItemIdConflictError(f"Item id {item.id} is already used by another thread")
+            for statement, parameters in also:
+                await session.execute(statement, parameters)
 
     # -- attachments ----------------------------------------------------------------------------------------------
 

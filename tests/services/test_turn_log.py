@@ -1,10 +1,12 @@
 """The turn's single writer on a real Redis and SQLite store: item updates a model produces faster than Redis
-takes them are packed into one entry per write, in order, while a slow model still gets one entry per update."""
+takes them are packed into one entry per write, in order, while a slow model still gets one entry per update; a
+turn's last reply is saved with the turn's end in one transaction."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -17,10 +19,13 @@ from chatkit.types import (
     ThreadItemAddedEvent,
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
+    ThreadStreamEvent,
 )
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kitrelay.agents.context import TurnContext
 from kitrelay.services.turn_log import PACK_MAX_EVENTS, TurnLog, TurnLogWriteError
@@ -164,12 +169,93 @@ async def test_the_streams_expiry_is_pushed_out_by_its_first_entry_then_every_te
     await log.emit(ThreadItemAddedEvent(item=item))
     first = await env.redis.pttl(key)
     await env.redis.pexpire(key, 1000)
-    await log.emit(ThreadItemDoneEvent(item=item))  # a moment later: the expiry is left as it is
+    await log.emit(ThreadItemAddedEvent(item=_message(thread_id)))  # a moment later: the expiry is left as it is
     kept = await env.redis.pttl(key)
     await asyncio.sleep(0.25)  # more than a tenth of the 2 s TTL
-    await log.emit(ThreadItemDoneEvent(item=item))
+    await log.emit(ThreadItemAddedEvent(item=_message(thread_id)))
     pushed = await env.redis.pttl(key)
 
     assert 1500 < first <= 2000
     assert 500 < kept <= 1000
     assert 1500 < pushed <= 2000
+
+
+@contextmanager
+def write_transactions(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The write transactions the database begins (every one takes SQLite's write lock), as it receives them."""
+    begun: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement == "BEGIN IMMEDIATE":
+            begun.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield begun
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def _stream_events(env: WorkerEnv, turn_id: str) -> list[ThreadStreamEvent]:
+    return entry_events([entry for _, entry in await turn_entries(env.redis, env.namespace, turn_id)])
+
+
+async def test_a_turns_last_reply_and_its_end_are_one_transaction_and_one_round_trip(env: WorkerEnv) -> None:
+    thread_id, _ = await env.new_thread("say hi")
+    log, turn_id = _turn_log(env, thread_id)
+    await env.turns.start(ALICE, turn_id=turn_id, thread_id=thread_id, agent="triage")
+    item = _message(thread_id)
+    await log.emit(ThreadItemAddedEvent(item=item))
+    await log.emit(_delta(item.id, "Hi!"))
+    await log.emit(ThreadItemDoneEvent(item=_message(thread_id, "Hi!").model_copy(update={"id": item.id})))
+    # Held: neither saved nor on the stream until the turn says what comes next.
+    assert [e.type for e in await _stream_events(env, turn_id)] == ["thread.item.added", "thread.item.updated"]
+
+    with write_transactions(env.engine) as begun:
+        await log.end("completed")
+
+    assert len(begun) == 1  # the reply and the turn's end; before, two transactions
+    entries = [entry for _, entry in await turn_entries(env.redis, env.namespace, turn_id)]
+    assert [e.seq for e in entries] == list(range(len(entries)))
+    assert isinstance(entries[-1].body, TurnEnd) and entries[-1].body.status == "completed"
+    assert isinstance(entries[-2].body, ChatKitEntry) and entries[-2].body.event.type == "thread.item.done"
+    assert log.events == 4
+    saved = await env.db.load_item(thread_id, item.id, context=StoreContext(ALICE))
+    assert isinstance(saved, AssistantMessageItem) and saved.content[0].text == "Hi!"
+    record = await env.turns.get(ALICE, turn_id)
+    assert record.status == "completed" and record.ended_at is not None
+
+
+async def test_a_held_reply_is_saved_and_published_before_whatever_comes_next(env: WorkerEnv) -> None:
+    thread_id, _ = await env.new_thread("two replies")
+    log, turn_id = _turn_log(env, thread_id)
+    first, second = _message(thread_id, "one"), _message(thread_id)
+    await log.emit(ThreadItemAddedEvent(item=first))
+    await log.emit(ThreadItemDoneEvent(item=first))
+    await log.emit(ThreadItemAddedEvent(item=second))
+
+    events = await _stream_events(env, turn_id)
+    assert [(e.type, e.item.id) for e in events if isinstance(e, ThreadItemAddedEvent | ThreadItemDoneEvent)] == [
+        ("thread.item.added", first.id),
+        ("thread.item.done", first.id),
+        ("thread.item.added", second.id),
+    ]
+    assert len(events) == 3
+    saved = await env.db.load_item(thread_id, first.id, context=StoreContext(ALICE))
+    assert isinstance(saved, AssistantMessageItem) and saved.content[0].text == "one"
+
+
+async def test_a_stop_saves_a_held_reply_whole_and_records_the_stop(env: WorkerEnv) -> None:
+    thread_id, _ = await env.new_thread("stop after the reply")
+    log, turn_id = _turn_log(env, thread_id)
+    await env.turns.start(ALICE, turn_id=turn_id, thread_id=thread_id, agent="triage")
+    item = _message(thread_id, "complete")
+    await log.emit(ThreadItemAddedEvent(item=item))
+    await log.emit(ThreadItemDoneEvent(item=item))
+    await log.stop("the user stopped it")
+
+    saved = await env.db.load_item(thread_id, item.id, context=StoreContext(ALICE))
+    assert isinstance(saved, AssistantMessageItem) and saved.content[0].text == "complete"  # finished: not marked
+    types = [e.type for e in await _stream_events(env, turn_id)]
+    assert types[:2] == ["thread.item.added", "thread.item.done"]
+    assert (await env.turns.get(ALICE, turn_id)).status == "cancelled"

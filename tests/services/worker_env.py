@@ -15,6 +15,7 @@ from agents import ModelProvider
 from chatkit.types import InferenceOptions, ThreadMetadata, UserMessageItem, UserMessageTextContent
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kitrelay.services.knowledge import KnowledgeService
 from kitrelay.services.tasks import TaskService
@@ -48,6 +49,7 @@ class WorkerEnv:
     turns: TurnRecords
     nc: NATS
     namespace: str
+    engine: AsyncEngine
 
     def deps(self, provider: ModelProvider, *, redis: aioredis.Redis | None = None, max_hops: int = 2) -> TurnDeps:
         return TurnDeps(
@@ -108,6 +110,7 @@ async def worker_env(nats_url: str, redis_url: str, namespace: str, workdir: Pat
             turns=TurnRecords(sessions),
             nc=nc,
             namespace=namespace,
+            engine=engine,
         )
     finally:
         with contextlib.suppress(Exception):
