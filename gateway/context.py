@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from chatkit.types import ThreadMetadata
+from chatkit.types import ThreadMetadata, UserMessageItem
 
 from kitrelay.shared.messages import Identity
+from kitrelay.shared.store.chatkit_store import Statement
 
 
 class RelayedStream(Protocol):
@@ -18,6 +19,16 @@ class RelayedStream(Protocol):
     def frames(self) -> AsyncIterator[list[tuple[str | None, str]]]: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class HeldMessage:
+    """A user's message the store has not saved yet (gateway/store.GatewayStore): the turn it starts saves it with
+    the turn's record, in one transaction (`save(also=[the record])`); else it is saved alone."""
+
+    thread_id: str
+    item: UserMessageItem
+    save: Callable[[Sequence[Statement]], Awaitable[None]]
 
 
 @dataclass
@@ -33,3 +44,15 @@ class RequestContext:
     relayed: RelayedStream | None = None
     # Threads this request has read, by id (gateway/store.GatewayStore.load_thread).
     threads: dict[str, ThreadMetadata] = field(default_factory=dict)
+    # Set for a request whose user message starts a turn: the store holds the message for the turn's start.
+    hold_user_message: bool = False
+    held: HeldMessage | None = None
+
+    def take_held(self) -> HeldMessage | None:
+        held, self.held = self.held, None
+        return held
+
+    async def save_held(self) -> None:
+        """Save a held message alone: no turn took it (refused, failed, or never started)."""
+        if (held := self.take_held()) is not None:
+            await held.save(())

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from chatkit.server import NonStreamingResult, StreamingResult
-from chatkit.types import AttachmentsCreateReq, ChatKitReq, is_streaming_req
+from chatkit.types import AttachmentsCreateReq, ChatKitReq, ThreadsAddUserMessageReq, ThreadsCreateReq, is_streaming_req
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.background import BackgroundTask
 
@@ -101,6 +101,8 @@ async def run_chatkit_request(
     try:
         if is_streaming_req(parsed) and (thread_id := getattr(parsed.params, "thread_id", None)):
             await server.relay.make_way(thread_id)
+        # The user's message then waits for the turn it starts, and is saved with it (gateway/store.py).
+        context.hold_user_message = isinstance(parsed, ThreadsCreateReq | ThreadsAddUserMessageReq)
         result = await process_parsed(server, parsed, context)
     except BaseException:
         if slot is not None:

@@ -115,7 +115,7 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
                 yield ErrorEvent(code="custom", message=BUSY_MESSAGE, allow_retry=True)
                 return
             with trace.use_span(span, end_on_exit=False):
-                await self.relay.start(turn)
+                await self.relay.start(turn, user_message=context.take_held())
             TURNS_IN_FLIGHT.labels(turn.agent).inc()
             context.turn_id = turn.turn_id
             # The rest of the turn streams past the SDK (gateway/sse.py), which owns the span from here on.
@@ -126,6 +126,7 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
             context.relay_active = False
             if not handed_over:
                 span.end()
+                await context.save_held()  # refused or failed: the message stays in the thread, as the SDK saved it
 
     async def add_feedback(self, thread_id: str, item_ids: list[str], feedback: Any, context: RequestContext) -> None:
         await self._feedback.record(context.identity, thread_id=thread_id, item_ids=item_ids, kind=feedback)

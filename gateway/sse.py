@@ -45,6 +45,8 @@ async def _opening(result: StreamingResult, context: RequestContext) -> AsyncIte
             async for frame in result:
                 frames.put_nowait(frame)
         finally:
+            # A user's message no turn took (the SDK failed before its turn started) is still saved.
+            await context.save_held()
             frames.put_nowait(None)
             if reader_left.is_set() and context.relayed is not None:
                 context.relayed.close()

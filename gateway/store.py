@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from chatkit.types import ThreadItem, ThreadMetadata
+import functools
 
-from kitrelay.gateway.context import RequestContext
+from chatkit.types import Page, ThreadItem, ThreadMetadata, UserMessageItem
+
+from kitrelay.gateway.context import HeldMessage, RequestContext
 from kitrelay.shared.store.chatkit_store import SqlStore
 
 
@@ -12,6 +14,9 @@ class GatewayStore(SqlStore[RequestContext]):
     """ChatKitServer saves every item event it streams. For relayed turns the worker is the single writer (it
     saves before it publishes), so the SDK's repeat of those writes is skipped here. Writes the SDK makes on its
     own (the user's message, thread updates, deletions) go through unchanged.
+
+    The user's message that starts a turn is held (`RequestContext.hold_user_message`) and saved with the turn's
+    record in one transaction when the turn starts: a write transaction less per message.
 
     A thread is read once per request: the access check reads it before the SDK does (gateway/requests.py), and
     the SDK's own read gets a copy of what the check read (a tenth of the gateway's database time per turn)."""
@@ -32,8 +37,20 @@ class GatewayStore(SqlStore[RequestContext]):
         await super().delete_thread(thread_id, context)
 
     async def add_thread_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
-        if not context.relay_active:
-            await super().add_thread_item(thread_id, item, context)
+        if context.relay_active:
+            return
+        if context.hold_user_message and context.held is None and isinstance(item, UserMessageItem):
+            save = functools.partial(super().add_thread_item_with, thread_id, item, context)
+            context.held = HeldMessage(thread_id=thread_id, item=item, save=save)
+            return
+        await super().add_thread_item(thread_id, item, context)
+
+    async def load_thread_items(
+        self, thread_id: str, after: str | None, limit: int, order: str, context: RequestContext
+    ) -> Page[ThreadItem]:
+        if context.held is not None and context.held.thread_id == thread_id:
+            await context.save_held()  # whoever reads the thread sees the message
+        return await super().load_thread_items(thread_id, after, limit, order, context)
 
     async def save_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
         if not context.relay_active:

@@ -22,9 +22,10 @@ from chatkit.types import (
 )
 from nats.aio.client import Client as NATS
 
+from kitrelay.gateway.context import HeldMessage
 from kitrelay.gateway.errors import ApiError
 from kitrelay.gateway.relay import StreamHub, Timeouts, TurnTimeoutError, entry_before, read_turn, split_event_id
-from kitrelay.services.turns import TurnRecords
+from kitrelay.services.turns import TurnRecords, start_statement
 from kitrelay.shared.messages import EntryView, TurnEnd, TurnEntry, TurnRequest, TurnStatus, event_json
 from kitrelay.shared.metrics import EVENTS_RELAYED, SSE_STREAMS_OPEN, TURNS_STARTED
 from kitrelay.shared.names import cancel_subject, turn_watch_key
@@ -141,20 +142,25 @@ class TurnRelay:
                 return
             await asyncio.sleep(0.1)
 
-    async def start(self, turn: TurnRequest) -> None:
-        """Record the turn, then hand it to the workers. The thread must already be claimed (see `admit`).
+    async def start(self, turn: TurnRequest, *, user_message: HeldMessage | None = None) -> None:
+        """Record the turn (with the user's message it answers, when the store held it: one transaction), then
+        hand it to the workers. The thread must already be claimed (see `admit`).
 
         The current span (the gateway's relay span of the turn) becomes the turn's trace context: its trace id is
         recorded with the turn, and every hop of the turn joins that trace."""
         turn.trace = current_trace_context(turn.trace)
         with structlog.contextvars.bound_contextvars(turn_id=turn.turn_id, thread_id=turn.thread_id):
-            await self.turns.start(
+            record = start_statement(
                 turn.identity,
                 turn_id=turn.turn_id,
                 thread_id=turn.thread_id,
                 agent=turn.agent,
                 trace_id=trace_id_of(turn.trace.traceparent),
             )
+            if user_message is not None:
+                await user_message.save([record])
+            else:
+                await self.turns.record(record)
             await publish_turn(self._js, self.config.namespace, turn)
             TURNS_STARTED.labels(turn.agent).inc()
             log.info("turn %s published for thread %s to %s", turn.turn_id, turn.thread_id, turn.agent)

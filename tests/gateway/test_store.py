@@ -1,5 +1,6 @@
 """The gateway's store on a real database (each dialect): a request reads a thread from the database once, however
-often the access check and the ChatKit SDK ask for it, and never hands out the copy it keeps."""
+often the access check and the ChatKit SDK ask for it, and never hands out the copy it keeps; the user's message
+that starts a turn is saved with the turn's record, in one transaction, and never lost when no turn starts."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from typing import Any
 
 import pytest
 from chatkit.store import NotFoundError
-from chatkit.types import ThreadMetadata
+from chatkit.types import InferenceOptions, ThreadMetadata, UserMessageItem, UserMessageTextContent
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from kitrelay.gateway.context import RequestContext
 from kitrelay.gateway.store import GatewayStore
+from kitrelay.services.turns import TurnRecords, start_statement
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import Identity
 from tests.databases import db_engine, db_sessions, migrated_db_url, postgres_database_url, sqlite_database_url
@@ -70,3 +72,87 @@ async def test_a_thread_deleted_in_the_request_is_gone_for_it(db_sessions: async
     await store.delete_thread(thread.id, request)
     with pytest.raises(NotFoundError):
         await store.load_thread(thread.id, request)
+
+
+@pytest.fixture
+def commits(db_engine: AsyncEngine) -> Iterator[list[None]]:
+    """One entry per transaction the engine commits."""
+    committed: list[None] = []
+
+    def record(_conn: Any) -> None:
+        committed.append(None)
+
+    event.listen(db_engine.sync_engine, "commit", record)
+    yield committed
+    event.remove(db_engine.sync_engine, "commit", record)
+
+
+def _user_message(thread_id: str, text: str) -> UserMessageItem:
+    return UserMessageItem(
+        id=new_id("msg"),
+        thread_id=thread_id,
+        created_at=datetime.now(),
+        content=[UserMessageTextContent(text=text)],
+        attachments=[],
+        inference_options=InferenceOptions(),
+    )
+
+
+async def _saved_thread(store: GatewayStore) -> ThreadMetadata:
+    thread = ThreadMetadata(id=new_id("thr"), created_at=datetime.now())
+    await store.save_thread(thread, RequestContext(identity=ALICE))
+    return thread
+
+
+async def test_a_message_that_starts_a_turn_is_saved_with_the_turns_record_in_one_transaction(
+    db_sessions: async_sessionmaker[AsyncSession], commits: list[None]
+) -> None:
+    store = GatewayStore(db_sessions)
+    thread = await _saved_thread(store)
+    request = RequestContext(identity=ALICE, hold_user_message=True)
+    message = _user_message(thread.id, "hello")
+    commits.clear()  # the thread's own
+
+    await store.add_thread_item(thread.id, message, request)
+    assert request.held is not None and request.held.item == message
+    assert commits == []  # held for the turn
+    assert (await store.load_thread_items(thread.id, None, 10, "asc", RequestContext(identity=ALICE))).data == []
+
+    held = request.take_held()
+    assert held is not None and request.held is None
+    turn_id = new_id("turn")
+    await held.save([start_statement(ALICE, turn_id=turn_id, thread_id=thread.id, agent="triage")])
+
+    assert len(commits) == 1
+    saved = await store.load_thread_items(thread.id, None, 10, "asc", RequestContext(identity=ALICE))
+    assert [item.id for item in saved.data] == [message.id]
+    record = await TurnRecords(db_sessions).get(ALICE, turn_id)
+    assert record.status == "queued" and record.thread_id == thread.id
+
+
+async def test_a_held_message_no_turn_takes_is_saved_alone_and_before_the_thread_is_read(
+    db_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    store = GatewayStore(db_sessions)
+    thread = await _saved_thread(store)
+    request = RequestContext(identity=ALICE, hold_user_message=True)
+    first, second = _user_message(thread.id, "one"), _user_message(thread.id, "two")
+
+    await store.add_thread_item(thread.id, first, request)
+    # The request reads the thread's items: it sees its own message.
+    page = await store.load_thread_items(thread.id, None, 10, "asc", request)
+    assert [item.id for item in page.data] == [first.id] and request.held is None
+
+    await store.add_thread_item(thread.id, second, request)
+    await request.save_held()  # the turn never started
+    await request.save_held()  # nothing left: no second write
+    page = await store.load_thread_items(thread.id, None, 10, "asc", RequestContext(identity=ALICE))
+    assert [item.id for item in page.data] == [first.id, second.id]
+
+    # Without the flag (any other request) a message is saved at once.
+    third = _user_message(thread.id, "three")
+    other = RequestContext(identity=ALICE)
+    await store.add_thread_item(thread.id, third, other)
+    assert other.held is None
+    page = await store.load_thread_items(thread.id, None, 10, "asc", RequestContext(identity=ALICE))
+    assert page.data[-1].id == third.id
