@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -257,45 +258,39 @@ def _deployment(
 
 
 def run_conversation_scenarios(args: argparse.Namespace, work: Path, scenarios: list[str]) -> list[RunResult]:
+    """Each scenario `--rounds` times against kitrelay and the baseline in turn (both stay up meanwhile, the idle
+    one costs nothing), so that a machine that drifts during the run drifts for both: each figure pools the
+    rounds, and the rounds' own figures are kept beside it."""
     shapes = {"latency": (1, args.latency_conversations), "throughput": (args.users, args.conversations)}
-    results: list[RunResult] = []
-    with _deployment(args, work, "kitrelay") as kitrelay:
-        for scenario in scenarios:
-            users, conversations = shapes[scenario]
-            results.append(
-                uvloop.run(
-                    drive_conversations(
-                        kitrelay,
-                        scenario=scenario,
-                        users=users,
-                        conversations=conversations,
-                        turn_timeout_s=args.turn_timeout_s,
+    runs: dict[tuple[str, str], list[RunResult]] = {}
+    with contextlib.ExitStack() as stack:
+        targets = [stack.enter_context(_deployment(args, work, "kitrelay"))]
+        if not args.no_baseline:
+            targets.append(stack.enter_context(_baseline(args, work)))
+        for round_no in range(args.rounds):
+            for scenario in scenarios:
+                users, conversations = shapes[scenario]
+                # Each goes first every other round: neither always runs on a machine the other has warmed.
+                for target in targets if round_no % 2 == 0 else reversed(targets):
+                    result = uvloop.run(
+                        drive_conversations(
+                            target,
+                            scenario=scenario,
+                            users=users,
+                            conversations=conversations,
+                            turn_timeout_s=args.turn_timeout_s,
+                        )
                     )
-                )
-            )
-    if args.no_baseline:
-        return results
+                    runs.setdefault((result.deployment, scenario), []).append(result)
+    return [RunResult.pooled(parts) for parts in runs.values()]
+
+
+def _baseline(args: argparse.Namespace, work: Path) -> contextlib.AbstractContextManager[Deployment]:
     if args.baseline_url:
-        baseline_cm: Any = _nullcontext(Deployment("baseline", args.baseline_url))
-    else:
-        baseline_cm = baseline_deployment(
-            work_dir=work / "baseline", env=_env(args.token_delay_ms, args.log_level), pg_server=args.pg
-        )
-    with baseline_cm as baseline:
-        for scenario in scenarios:
-            users, conversations = shapes[scenario]
-            results.append(
-                uvloop.run(
-                    drive_conversations(
-                        baseline,
-                        scenario=scenario,
-                        users=users,
-                        conversations=conversations,
-                        turn_timeout_s=args.turn_timeout_s,
-                    )
-                )
-            )
-    return results
+        return _nullcontext(Deployment("baseline", args.baseline_url))
+    return baseline_deployment(
+        work_dir=work / "baseline", env=_env(args.token_delay_ms, args.log_level), pg_server=args.pg
+    )
 
 
 @contextmanager
@@ -403,6 +398,14 @@ def _scenario_table(k: dict[str, Any], b: dict[str, Any] | None) -> Table:
             ratio = k[key] / b[key] if b.get(key) and k.get(key) is not None else None
             row += [_fmt(fmt, b.get(key)), _fmt("{:.2f}x", ratio)]
         table.add_row(*row)
+    if "rounds" in k:
+        per_round = [(r["turns_per_s"], r["first_event_ms_p50"]) for r in k["rounds"]]
+        theirs = [(r["turns_per_s"], r["first_event_ms_p50"]) for r in b["rounds"]] if b and "rounds" in b else None
+        for label, at in (("turns/s, each round", 0), ("first event p50, each round (ms)", 1)):
+            row = [label, " / ".join(f"{figures[at]:g}" for figures in per_round)]
+            if b is not None:
+                row += [" / ".join(f"{figures[at]:g}" for figures in theirs) if theirs else "", ""]
+            table.add_row(*row)
     for extra in ("peak_open_streams", "gateway_kb_per_open_stream", "relayed_events_per_s", "steady_window_s"):
         if extra in k:
             table.add_row(extra.replace("_", " "), str(k[extra]), *blank)
@@ -451,6 +454,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         default=True,
         help="relay: a round's deltas of a stream in one entry, as a worker packs a model that outruns its writes",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="latency and throughput: runs of each, kitrelay and the baseline in turn, pooled (the machine drifts)",
+    )
     parser.add_argument("--turn-timeout-s", type=float, default=180.0)
     parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the services under test")
     parser.add_argument("--pg", help="a PostgreSQL server URL: a fresh database on it instead of SQLite")
@@ -458,7 +467,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest.json"))
     parser.add_argument("--work-dir", type=Path, help="keep logs and databases here (default: a temporary folder)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
 
 
 def _raise_open_files_limit() -> None:

@@ -40,6 +40,33 @@ class RunResult:
     extra: dict[str, float] = field(default_factory=dict)
     # Gaps counted for the p99 (streams: only those while every stream was open); None: all of them.
     gaps_s: list[float] | None = None
+    # The runs this one pools (`pooled`), each with its own figures in the summary.
+    rounds: list[RunResult] = field(default_factory=list)
+
+    @classmethod
+    def pooled(cls, runs: list[RunResult]) -> RunResult:
+        """Several runs of one scenario against one deployment as one: every turn's sample, the wall time and the
+        CPU of all of them (turns/s is all turns over all their time), the highest peak RSS."""
+        first = runs[0]
+        if len(runs) == 1:
+            return first
+        usage = {
+            name: ProcessUsage(
+                cpu_s=sum(run.usage[name].cpu_s for run in runs),
+                peak_rss_mb=max(run.usage[name].peak_rss_mb for run in runs),
+                start_rss_mb=first.usage[name].start_rss_mb,
+            )
+            for name in first.usage
+        }
+        return cls(
+            deployment=first.deployment,
+            scenario=first.scenario,
+            users=first.users,
+            wall_s=sum(run.wall_s for run in runs),
+            samples=[sample for run in runs for sample in run.samples],
+            usage=usage,
+            rounds=runs,
+        )
 
     @property
     def errors(self) -> list[str]:
@@ -84,7 +111,14 @@ class RunResult:
             },
             "processes": processes,
             **self.extra,
+            **({"rounds": [_round_figures(run.summary()) for run in self.rounds]} if self.rounds else {}),
         }
+
+
+def _round_figures(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("turns", "errors", "turns_per_s", "first_event_ms_p50", "first_event_ms_p99", "turn_ms_p50")
+    cpu = {name: figures["cpu_ms_per_turn"] for name, figures in summary["processes"].items()}
+    return {**{key: summary[key] for key in keys}, "cpu_ms_per_turn": cpu}
 
 
 def machine() -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The load generator end to end at a tiny size: it starts the embedded default (a gateway and one worker per
 kind as separate processes) and the in-process baseline, holds real conversations with both over HTTP + SSE, and
-writes every figure the README quotes. A smoke test: it checks the figures are there and sane, not their size."""
+writes every figure the README quotes, each latency and throughput figure pooled over rounds run in turn with
+the baseline's. A smoke test: it checks the figures are there and sane, not their size."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def test_a_tiny_run_writes_every_figure(tmp_path: Path, nats_url: str, redis_url
             "--scenario", "throughput",
             "--scenario", "streams",
             "--latency-conversations", "1",
+            "--rounds", "2",
             "--users", "2",
             "--conversations", "1",
             "--streams", "3",
@@ -42,7 +44,13 @@ def test_a_tiny_run_writes_every_figure(tmp_path: Path, nats_url: str, redis_url
     for (deployment, scenario), result in results.items():
         assert result["errors"] == 0, result["error_examples"]
         expected = {"latency": 5, "throughput": 10, "streams": 3}[scenario]
-        assert result["turns"] == expected
+        if scenario == "streams":
+            assert result["turns"] == expected and "rounds" not in result
+        else:
+            # Two rounds of each, pooled, each with its own figures.
+            assert result["turns"] == 2 * expected
+            assert [r["turns"] for r in result["rounds"]] == [expected, expected]
+            assert all(r["turns_per_s"] > 0 and r["first_event_ms_p50"] > 0 for r in result["rounds"])
         assert 0 < result["first_event_ms_p50"] <= result["first_event_ms_p99"]
         assert 0 < result["turn_ms_p50"] <= result["turn_ms_p99"]
         assert result["turns_per_s"] > 0

@@ -119,7 +119,7 @@ async def test_a_message_that_starts_a_turn_is_saved_with_the_turns_record_in_on
     assert (await store.load_thread_items(thread.id, None, 10, "asc", RequestContext(identity=ALICE))).data == []
 
     held = request.take_held()
-    assert held is not None and request.held is None
+    assert held is not None and request.take_held() is None  # taken: nobody saves it twice
     turn_id = new_id("turn")
     await held.save([start_statement(ALICE, turn_id=turn_id, thread_id=thread.id, agent="triage")])
 
