@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -43,6 +44,26 @@ class StoreContext:
 def new_identity(team_id: str | None = None) -> Identity:
     """A user nobody else in the session uses, in a new team unless one is given."""
     return Identity(user_id=f"user_{secrets.token_hex(6)}", team_id=team_id or f"team_{secrets.token_hex(6)}")
+
+
+@contextmanager
+def statements(engine: AsyncEngine, keep: Callable[[str], bool]) -> Iterator[list[str]]:
+    """The statements the database receives that `keep` picks, in order, while the block runs."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if keep(statement):
+            seen.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+def is_select_of(table: str) -> Callable[[str], bool]:
+    return lambda statement: statement.lstrip().upper().startswith("SELECT") and table in statement
 
 
 def sqlite_url(path: Path) -> str:

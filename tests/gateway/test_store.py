@@ -19,7 +19,15 @@ from kitrelay.gateway.store import GatewayStore
 from kitrelay.services.turns import TurnRecords, start_statement
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import Identity
-from tests.databases import db_engine, db_sessions, migrated_db_url, postgres_database_url, sqlite_database_url
+from tests.databases import (
+    db_engine,
+    db_sessions,
+    is_select_of,
+    migrated_db_url,
+    postgres_database_url,
+    sqlite_database_url,
+    statements,
+)
 
 __all__ = ["db_engine", "db_sessions", "migrated_db_url", "postgres_database_url", "sqlite_database_url"]
 
@@ -29,15 +37,8 @@ ALICE = Identity(user_id="alice", team_id="acme")
 @pytest.fixture
 def thread_reads(db_engine: AsyncEngine) -> Iterator[list[str]]:
     """The SELECTs of the threads table the engine runs, as they happen."""
-    reads: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "FROM threads" in statement:
-            reads.append(statement)
-
-    event.listen(db_engine.sync_engine, "before_cursor_execute", record)
-    yield reads
-    event.remove(db_engine.sync_engine, "before_cursor_execute", record)
+    with statements(db_engine, is_select_of("FROM threads")) as reads:
+        yield reads
 
 
 async def test_a_request_reads_its_thread_once_and_each_caller_gets_its_own_copy(

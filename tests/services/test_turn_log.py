@@ -5,8 +5,8 @@ turn's last reply is saved with the turn's end in one transaction."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
@@ -24,7 +24,6 @@ from chatkit.types import (
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kitrelay.agents.context import TurnContext
@@ -32,6 +31,7 @@ from kitrelay.services.turn_log import PACK_MAX_EVENTS, TurnLog, TurnLogWriteErr
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, PackEntry, TurnEnd
 from kitrelay.shared.names import turn_stream_key
+from tests.databases import statements
 from tests.services.worker_env import ALICE, StoreContext, WorkerEnv, worker_env
 from tests.turn_streams import entry_events, turn_entries
 
@@ -180,20 +180,9 @@ async def test_the_streams_expiry_is_pushed_out_by_its_first_entry_then_every_te
     assert 1500 < pushed <= 2000
 
 
-@contextmanager
-def write_transactions(engine: AsyncEngine) -> Iterator[list[str]]:
+def write_transactions(engine: AsyncEngine) -> contextlib.AbstractContextManager[list[str]]:
     """The write transactions the database begins (every one takes SQLite's write lock), as it receives them."""
-    begun: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        if statement == "BEGIN IMMEDIATE":
-            begun.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield begun
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    return statements(engine, lambda statement: statement == "BEGIN IMMEDIATE")
 
 
 async def _stream_events(env: WorkerEnv, turn_id: str) -> list[ThreadStreamEvent]:

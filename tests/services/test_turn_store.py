@@ -3,10 +3,8 @@ until the turn writes an item."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import contextlib
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from chatkit.store import NotFoundError
@@ -18,7 +16,6 @@ from chatkit.types import (
     UserMessageItem,
     UserMessageTextContent,
 )
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from kitrelay.agents.context import TurnContext
@@ -27,6 +24,7 @@ from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_store import TurnStore
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import Identity
+from tests.databases import is_select_of, statements
 
 ALICE = Identity(user_id="alice", team_id="acme")
 MALLORY = Identity(user_id="mallory", team_id="acme")
@@ -72,20 +70,9 @@ def ids(thread_id: str, *numbers: int) -> list[str]:
     return [f"msg_{thread_id}_{n}" for n in numbers]
 
 
-@contextmanager
-def item_reads(engine: AsyncEngine) -> Iterator[list[str]]:
+def item_reads(engine: AsyncEngine) -> contextlib.AbstractContextManager[list[str]]:
     """The statements that read thread items, as the database receives them."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "thread_items" in statement:
-            seen.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    return statements(engine, is_select_of("thread_items"))
 
 
 async def test_a_turn_opens_with_its_thread_and_history_oldest_first(
