@@ -126,7 +126,6 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
             context.relay_active = False
             if not handed_over:
                 span.end()
-                await context.save_held()  # refused or failed: the message stays in the thread, as the SDK saved it
 
     async def add_feedback(self, thread_id: str, item_ids: list[str], feedback: Any, context: RequestContext) -> None:
         await self._feedback.record(context.identity, thread_id=thread_id, item_ids=item_ids, kind=feedback)

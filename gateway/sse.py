@@ -45,7 +45,8 @@ async def _opening(result: StreamingResult, context: RequestContext) -> AsyncIte
             async for frame in result:
                 frames.put_nowait(frame)
         finally:
-            # A user's message no turn took (the SDK failed before its turn started) is still saved.
+            # A user's message no turn took (refused, or the SDK failed before the turn started) is still saved:
+            # every stream that can hold one runs here.
             await context.save_held()
             frames.put_nowait(None)
             if reader_left.is_set() and context.relayed is not None:
