@@ -257,29 +257,88 @@ class UnreadableEntryError(ValueError):
     """An entry of a protocol version (or shape) this reader does not know."""
 
 
+@dataclass(frozen=True, slots=True)
+class _EventHead:
+    """An event entry's relay head (RELAY_FIELD), read: all of a run's deltas share one."""
+
+    run: tuple[int, int]
+    kind: Literal["chatkit", "pack"]
+    event_type: str
+    item_id: str | None
+    item_type: str | None
+
+
+# Heads read so far, by their bytes. Deltas repeat their run's head, so most entries are a dict lookup; the cache
+# is emptied when full (a relay sees a few heads per turn).
+_HEADS: dict[bytes, _EventHead | None] = {}
+_HEADS_MAX = 4096
+
+
+def _read_head(head: bytes) -> _EventHead | None:
+    """The head of an event entry (None: a handoff, an end, ...: read from the entry's JSON instead)."""
+    parts = head.decode().split("|")
+    # Version 3 is a pack's, and only a pack's.
+    if len(parts) != _HEAD_PARTS or parts[0] not in _HEAD_VERSIONS or (parts[0] == "3") != (parts[3] == "pack"):
+        raise UnreadableEntryError(f"turn entry with an unreadable head {head[:60]!r}")
+    if parts[3] not in _EVENT_KINDS:
+        return None
+    try:
+        run = (int(parts[1]), int(parts[2]))
+    except ValueError as exc:
+        raise UnreadableEntryError(f"turn entry with an unreadable head {head[:60]!r}") from exc
+    kind: Literal["chatkit", "pack"] = "pack" if parts[3] == "pack" else "chatkit"
+    return _EventHead(run, kind, parts[4], parts[5] or None, parts[6] or None)
+
+
+def _cached_head(head: bytes) -> _EventHead | None:
+    try:
+        return _HEADS[head]
+    except KeyError:
+        pass
+    read = _read_head(head)
+    if len(_HEADS) >= _HEADS_MAX:
+        _HEADS.clear()
+    _HEADS[head] = read
+    return read
+
+
+def _view(head: _EventHead, event: bytes) -> EntryView:
+    return EntryView(head.run, head.kind, head.event_type, event.decode(), head.item_id, head.item_type)
+
+
 def peek_entry(fields: Mapping[bytes, bytes]) -> EntryView:
+    """What a relay needs of an entry, from its fields."""
     head = fields.get(RELAY_FIELD)
     if head is not None:
-        parts = head.decode().split("|")
-        # Version 3 is a pack's, and only a pack's.
-        if len(parts) != _HEAD_PARTS or parts[0] not in _HEAD_VERSIONS or (parts[0] == "3") != (parts[3] == "pack"):
-            raise UnreadableEntryError(f"turn entry with an unreadable head {head[:60]!r}")
+        event_head = _cached_head(head)
         event = fields.get(EVENT_FIELD)
-        if parts[3] in _EVENT_KINDS and event is not None:
-            try:
-                run = (int(parts[1]), int(parts[2]))
-            except ValueError as exc:
-                raise UnreadableEntryError(f"turn entry with an unreadable head {head[:60]!r}") from exc
-            return EntryView(
-                run,
-                "pack" if parts[3] == "pack" else "chatkit",
-                event_type=parts[4],
-                event=event.decode(),
-                item_id=parts[5] or None,
-                item_type=parts[6] or None,
-            )
+        if event_head is not None and event is not None:
+            return _view(event_head, event)
     # A handoff or an end (one or two a turn), or a version 1 entry: read from the entry's JSON.
     return _peek_json(fields)
+
+
+def peek_fields(flat: list[bytes]) -> EntryView:
+    """`peek_entry` for an entry's fields as XREAD returns them ([name, value, name, value, ...]), without making
+    a mapping of them: a relay does this for every event it passes on."""
+    head_at = _field_at(flat, RELAY_FIELD)
+    event_at = _field_at(flat, EVENT_FIELD)
+    if head_at is not None and event_at is not None:
+        event_head = _cached_head(flat[head_at])
+        if event_head is not None:
+            return _view(event_head, flat[event_at])
+    it = iter(flat)
+    return peek_entry(dict(zip(it, it, strict=True)))
+
+
+def _field_at(flat: list[bytes], name: bytes) -> int | None:
+    """Where the value of field `name` is in a flat field list (None when the name is not found as a name)."""
+    try:
+        at = flat.index(name)
+    except ValueError:
+        return None
+    # A value equal to a field's name would be at an odd place: look the slow way.
+    return at + 1 if at % 2 == 0 else None
 
 
 def _peek_json(fields: Mapping[bytes, bytes]) -> EntryView:

@@ -15,6 +15,7 @@ from chatkit.types import (
     ThreadItemUpdatedEvent,
 )
 
+from kitrelay.shared import messages
 from kitrelay.shared.messages import (
     ENTRY_FIELD,
     EVENT_FIELD,
@@ -30,6 +31,7 @@ from kitrelay.shared.messages import (
     encode_entry,
     event_json,
     peek_entry,
+    peek_fields,
 )
 
 
@@ -137,3 +139,57 @@ def test_version_1_entries_with_the_event_inside_are_still_read() -> None:
 def test_an_entry_a_reader_cannot_read_is_refused_clearly(fields: dict[bytes, bytes]) -> None:
     with pytest.raises(UnreadableEntryError):
         peek_entry(fields)
+
+
+def _flat(fields: dict[bytes, bytes], order: list[bytes] | None = None) -> list[bytes]:
+    # As XREAD gives an entry's fields back: [name, value, name, value, ...].
+    names = order if order is not None else list(fields)
+    return [part for name in names for part in (name, fields[name])]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ChatKitEntry(event=_done()),
+        ChatKitEntry(event=_delta("a|b")),
+        PackEntry(events=[_delta("one\n"), _delta("two")]),
+        HandoffEntry(to="task"),
+        TurnEnd(status="failed", error="boom"),
+    ],
+)
+def test_a_relay_reads_the_flat_fields_of_xread_as_it_reads_a_mapping(
+    body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd,
+) -> None:
+    fields = _wire(_entry(body))
+    expected = peek_entry(fields)
+    assert peek_fields(_flat(fields)) == expected
+    assert peek_fields(_flat(fields, sorted(fields, reverse=True))) == expected, "whatever the fields' order"
+    # A value that equals a field's name sits where no name can: the entry is still read right.
+    tricky = {**fields, b"x": RELAY_FIELD, b"y": EVENT_FIELD}
+    assert peek_fields(_flat(tricky, [b"x", b"y", *fields])) == expected
+
+
+def test_entries_sharing_a_head_keep_their_own_events() -> None:
+    first, second = _delta("first"), _delta("second")
+    one, two = _wire(_entry(ChatKitEntry(event=first))), _wire(_entry(ChatKitEntry(event=second)))
+    assert one[RELAY_FIELD] == two[RELAY_FIELD]
+    assert peek_fields(_flat(one)).event == event_json(first)
+    assert peek_fields(_flat(two)).event == event_json(second)
+
+
+def test_the_cache_of_heads_stays_bounded() -> None:
+    for n in range(messages._HEADS_MAX + 10):
+        head = f"2|{n}|1|chatkit|thread.item.done|msg_{n}|assistant_message".encode()
+        view = peek_fields([RELAY_FIELD, head, EVENT_FIELD, b"{}"])
+        assert (view.run, view.item_id) == ((n, 1), f"msg_{n}")
+    assert len(messages._HEADS) <= messages._HEADS_MAX
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"4|0|1|chatkit|progress_update||", b"3|0|1|chatkit|progress_update||", b"2|0|one|chatkit|progress_update||"],
+)
+def test_an_unreadable_head_is_refused_from_flat_fields_too(head: bytes) -> None:
+    for _ in range(2):  # and again: a refused head is not remembered as a good one
+        with pytest.raises(UnreadableEntryError):
+            peek_fields([RELAY_FIELD, head, EVENT_FIELD, b"{}"])
