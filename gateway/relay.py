@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -21,14 +22,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from kitrelay.shared.messages import EntryView, peek_entry
+from kitrelay.shared.messages import EntryView, peek_entry, peek_fields
 from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.settings import AgentKind
 
 log = logging.getLogger(__name__)
 
-# What XREAD returns with decode_responses off: [(key, [(entry id, {field: value})])].
-RawEntries = list[tuple[bytes, dict[bytes, bytes]]]
+# An entry as hiredis returns it: its id and its fields, flat ([name, value, name, value, ...]); XREAD's reply is
+# [(key, [entry, ...])]. Entries are passed on in that shape: reshaping each one (a dict of its fields) was a
+# tenth of the gateway's CPU at 2,000 streams.
+RawEntry = tuple[bytes, list[bytes]]
+RawEntries = list[RawEntry]
 XReadResponse = list[tuple[bytes, RawEntries]]
 # How long the hub's XREAD blocks when nothing comes; a new follower wakes it at once (CLIENT UNBLOCK).
 HUB_BLOCK_MS = 2000
@@ -36,6 +40,9 @@ HUB_BLOCK_MS = 2000
 # rest waits in Redis), so it bounds the gateway's memory per open stream.
 HUB_BATCH = 64
 REDIS_RETRY_S = 0.5
+# Hubs per gateway process, each reading its share of the followed streams on a connection of its own (see
+# `StreamHubs`).
+HUB_SHARDS = 4
 
 
 class TurnTimeoutError(Exception):
@@ -53,7 +60,7 @@ class Timeouts:
     start_s: float  # until the first entry
     handoff_s: float  # after a handoff, until the next kind's first entry
     idle_s: float  # between two entries of a running worker
-    block_ms: int  # the longest a follower waits before its on_tick runs again
+    block_ms: int  # the longest a follower waits before it checks its deadline (and a watch key's refresh period)
 
 
 def _id_key(entry_id: bytes | str) -> tuple[int, int]:
@@ -79,9 +86,41 @@ def entry_before(entry_id: str) -> str:
 
 @dataclass(eq=False)
 class _Follower:
+    """One reader of a turn stream. It holds at most one batch: the hub gives it the next only once it has taken
+    this one (`take`), and wakes it when a batch comes. A future and a timer per wait, not an asyncio.Queue and an
+    asyncio.timeout: those cost a relay a few microseconds per event, at tens of thousands of events a second."""
+
     key: bytes
     last_id: str
-    batches: asyncio.Queue[RawEntries] = field(default_factory=asyncio.Queue)
+    held: RawEntries | None = None
+    waiter: asyncio.Future[None] | None = None
+
+    def give(self, batch: RawEntries) -> None:
+        self.held = batch
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def take(self) -> RawEntries | None:
+        batch, self.held = self.held, None
+        return batch
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until a batch comes or `timeout_s` passes (whichever first; it does not say which)."""
+        if self.held is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout_s, _wake_waiter, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+
+
+def _wake_waiter(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class StreamHub:
@@ -126,7 +165,7 @@ class StreamHub:
 
     @contextlib.contextmanager
     def follow(self, key: str, after: str) -> Iterator[_Follower]:
-        """A follower of `key` from after entry id `after`: its `batches` queue gets the entries, in order."""
+        """A follower of `key` from after entry id `after`: it is given the entries in order, a batch at a time."""
         follower = _Follower(key.encode(), after)
         self._followers.setdefault(follower.key, []).append(follower)
         self._generation += 1
@@ -179,8 +218,10 @@ class StreamHub:
             # relay) slower than its worker leaves the backlog in Redis rather than in this process.
             streams: dict[bytes, str] = {}
             for key, followers in self._followers.items():
-                ready = [f.last_id for f in followers if f.batches.empty()]
-                if ready:
+                if len(followers) == 1:  # as a rule: one client per turn
+                    if followers[0].held is None:
+                        streams[key] = followers[0].last_id
+                elif ready := [f.last_id for f in followers if f.held is None]:
                     streams[key] = min(ready, key=_id_key)
             self._read_from = streams
             if not streams:
@@ -212,7 +253,7 @@ class StreamHub:
     def taken(self, follower: _Follower) -> None:
         """A follower took its batch: if the XREAD in flight left its key out, or reads it from beyond where this
         follower is, it is read for again at once."""
-        if not follower.batches.empty():
+        if follower.held is not None:
             return
         if follower.key not in self._read_from or self._behind_read(follower):
             self._generation += 1
@@ -221,21 +262,50 @@ class StreamHub:
 
     def _behind_read(self, follower: _Follower) -> bool:
         start = self._read_from.get(follower.key)
-        return start is not None and _id_key(follower.last_id) < _id_key(start)
+        return start is not None and start != follower.last_id and _id_key(follower.last_id) < _id_key(start)
 
     def _dispatch(self, key: bytes, entries: RawEntries) -> None:
+        start = self._read_from.get(key)
         for follower in self._followers.get(key, []):
-            if not follower.batches.empty():
+            if follower.held is not None:
                 continue  # it reads these (and more) from its own last id once it has taken what it holds
-            if self._behind_read(follower):
+            if follower.last_id == start:
+                mine = entries  # read from where it is (a key's only follower, as a rule): all of them are new
+            elif self._behind_read(follower):
                 # It came (or took its batch) after this read was asked for, from further back: the entries in
                 # between are not in this reply. The next read starts from its own last id.
                 continue
-            after = _id_key(follower.last_id)
-            mine = [entry for entry in entries if _id_key(entry[0]) > after]
+            else:
+                after = _id_key(follower.last_id)
+                mine = [entry for entry in entries if _id_key(entry[0]) > after]
             if mine:
                 follower.last_id = mine[-1][0].decode()
-                follower.batches.put_nowait(mine)
+                follower.give(mine)
+
+
+class StreamHubs:
+    """A gateway process's hubs, a stream always read by the same one (by a hash of its key).
+
+    One hub's cycle is sequential: it waits for Redis to build its XREAD reply, then hands the entries out, and
+    reads again for a follower only once it has taken what it holds. With every stream on one hub the gateway sat
+    idle while Redis built replies of tens of thousands of entries, and fell behind with a core to spare. Several
+    hubs overlap: one's reply is handed out while Redis builds another's."""
+
+    def __init__(self, redis: aioredis.Redis, *, shards: int = HUB_SHARDS, block_ms: int = HUB_BLOCK_MS) -> None:
+        self._hubs = [StreamHub(redis, block_ms=block_ms) for _ in range(shards)]
+
+    def for_key(self, key: str) -> StreamHub:
+        hub = self._hubs[zlib.crc32(key.encode()) % len(self._hubs)]
+        hub.start()
+        return hub
+
+    @property
+    def followed(self) -> int:
+        return sum(hub.followed for hub in self._hubs)
+
+    async def stop(self) -> None:
+        for hub in self._hubs:
+            await hub.stop()
 
 
 def _raw_reply(response: Any, **_options: Any) -> Any:
@@ -244,16 +314,10 @@ def _raw_reply(response: Any, **_options: Any) -> Any:
 
 def _xread_entries(response: Any) -> XReadResponse:
     """An XREAD reply as hiredis parsed it (RESP3: {key: [[id, [field, value, ...]], ...]}; RESP2: the same as a
-    list of [key, entries] pairs; None when the block ran out) as [(key, [(id, {field: value})])]."""
+    list of [key, entries] pairs; None when the block ran out) as [(key, entries)], the entries untouched."""
     if not response:
         return []
-    pairs = response.items() if isinstance(response, dict) else response
-    return [(key, [(entry_id, _fields(flat)) for entry_id, flat in entries]) for key, entries in pairs]
-
-
-def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
-    it = iter(flat)
-    return dict(zip(it, it, strict=True))
+    return list(response.items()) if isinstance(response, dict) else response
 
 
 @dataclass
@@ -266,18 +330,22 @@ class _Progress:
 
     def take(self, raw: RawEntries, timeouts: Timeouts) -> list[tuple[str, EntryView]]:
         """The entries of `raw` to pass on, up to the terminal one; entries of runs older than the newest seen
-        are dropped, and each entry pushes the deadline out."""
+        are dropped, and the deadline is pushed out from the last one passed on."""
         batch: list[tuple[str, EntryView]] = []
+        last: EntryView | None = None
         for raw_id, fields in raw:
-            entry = peek_entry(fields)
+            entry = peek_fields(fields)
             if entry.run < self.newest_run:
                 continue
             self.newest_run = entry.run
             batch.append((raw_id.decode(), entry))
-            if entry.is_terminal:
-                break
-            if entry.kind == "handoff":
-                self.waiting_for = entry.handoff_to
+            if entry.kind == "end":
+                return batch
+            last = entry
+        if last is not None:
+            # Each entry would set the deadline from what it is: only the last one's stands.
+            if last.kind == "handoff":
+                self.waiting_for = last.handoff_to
                 self.deadline = time.monotonic() + timeouts.handoff_s
             else:
                 self.waiting_for = None
@@ -294,43 +362,31 @@ async def read_turn(
     first_agent: AgentKind,
     timeouts: Timeouts,
     after: str = "0-0",
-    on_tick: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[list[tuple[str, EntryView]]]:
     """Yield batches of (entry id, entry) in stream order, the terminal entry last.
 
     Entries of a run older than the newest seen are dropped: a redelivered (or handed-off) turn supersedes what
-    an earlier run wrote. `on_tick` runs first, then once per `block_ms` (no wait lasts longer). A Redis that
-    goes away for a moment is waited for, within the same deadlines."""
+    an earlier run wrote. No wait lasts longer than `block_ms`. A Redis that goes away for a moment is waited for,
+    within the same deadlines."""
     key = turn_stream_key(namespace, turn_id)
     progress = _Progress((0, 0), first_agent, time.monotonic() + timeouts.start_s)
     if after != "0-0":
         # Resuming: the entry the client last saw tells which run it was following.
-        seen = cast(RawEntries, await redis.xrange(key, min=after, max=after))
+        seen = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(key, min=after, max=after))
         if seen:
             progress.newest_run = peek_entry(seen[0][1]).run
             progress.waiting_for = None
-    tick_s = timeouts.block_ms / 1000
-    next_tick = 0.0
+    wait_s = timeouts.block_ms / 1000
     with hub.follow(key, after) as follower:
         while True:
-            now = time.monotonic()
-            remaining_s = progress.deadline - now
-            if remaining_s <= 0:
-                raise TurnTimeoutError(turn_id, waiting_for=progress.waiting_for, last_run=progress.newest_run)
-            if on_tick is not None and now >= next_tick:
-                # Once per block_ms, not per batch: a write per batch cost the gateway a tenth of its CPU.
-                next_tick = now + tick_s
-                # Untraced: a span per stream per tick is thousands a second, in no turn's trace.
-                with contextlib.suppress(RedisError), suppress_instrumentation():
-                    await on_tick()
-            if follower.batches.empty():
-                try:
-                    async with asyncio.timeout(min(timeouts.block_ms / 1000, remaining_s)):
-                        raw = await follower.batches.get()
-                except TimeoutError:
-                    continue
-            else:
-                raw = follower.batches.get_nowait()
+            raw = follower.take()
+            if raw is None:
+                # Nothing held: the deadline counts only while waiting (what came is passed on first).
+                remaining_s = progress.deadline - time.monotonic()
+                if remaining_s <= 0:
+                    raise TurnTimeoutError(turn_id, waiting_for=progress.waiting_for, last_run=progress.newest_run)
+                await follower.wait(min(wait_s, remaining_s))
+                continue
             hub.taken(follower)
             batch = progress.take(raw, timeouts)
             if batch:

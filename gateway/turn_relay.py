@@ -24,11 +24,12 @@ from nats.aio.client import Client as NATS
 
 from kitrelay.gateway.context import HeldMessage
 from kitrelay.gateway.errors import ApiError
-from kitrelay.gateway.relay import StreamHub, Timeouts, TurnTimeoutError, entry_before, read_turn, split_event_id
+from kitrelay.gateway.relay import StreamHubs, Timeouts, TurnTimeoutError, entry_before, read_turn, split_event_id
+from kitrelay.gateway.watch_keys import WatchKeys
 from kitrelay.services.turns import TurnRecords, start_statement
 from kitrelay.shared.messages import EntryView, TurnEnd, TurnEntry, TurnRequest, TurnStatus, event_json
 from kitrelay.shared.metrics import EVENTS_RELAYED, SSE_STREAMS_OPEN, TURNS_STARTED
-from kitrelay.shared.names import cancel_subject, turn_watch_key
+from kitrelay.shared.names import cancel_subject, turn_stream_key, turn_watch_key
 from kitrelay.shared.settings import AgentKind, Settings
 from kitrelay.shared.telemetry import current_trace_context, trace_id_of
 from kitrelay.shared.turn_bus import (
@@ -54,6 +55,7 @@ THREAD_CLAIM_TTL_S = 600
 # is younger than RECENT_ENTRY_S: its worker is alive.
 STOP_RETRY_FACTOR = 5
 RECENT_ENTRY_S = 2.0
+RELAYED_COUNT_EVERY = 100
 
 
 BUSY_MESSAGE = "The previous reply in this conversation is still being written. Wait for it, or stop it first."
@@ -96,8 +98,10 @@ class TurnRelay:
         self._nc = nc
         self._js = nc.jetstream()
         self._redis = redis
-        # Every stream this gateway follows is read through this one hub (started with the first follower).
-        self.hub = StreamHub(redis)
+        # Every stream this gateway follows is read through its hubs (each started with its first follower).
+        self.hubs = StreamHubs(redis)
+        # And the watch keys of the turns it follows are refreshed together, once per tick.
+        self.watch_keys = WatchKeys(redis, ttl_s=config.watch_ttl_s, every_s=config.timeouts.block_ms / 1000)
         self.turns = turns
         self.config = config
 
@@ -172,30 +176,31 @@ class TurnRelay:
         receives it), passed on as the worker wrote them, without rebuilding models. A turn nobody picks up (or
         that goes quiet) is ended here with a clear, retryable error event (which has no entry id)."""
         watch_key = turn_watch_key(self.config.namespace, turn_id)
-
-        async def still_watching() -> None:
-            await self._redis.set(watch_key, b"1", px=int(self.config.watch_ttl_s * 1000))
-
         # Resuming inside a pack ("<entry id>.<n>"): that entry is read again and its first n + 1 events skipped.
         start, resumed_in = split_event_id(after)
         if resumed_in:
             after = entry_before(start)
         client = _ClientView(turn_id, resume_at=start, skip=resumed_in)
-        self.hub.start()
+        # Counted into the metric every RELAYED_COUNT_EVERY events and at the end, not per batch: the counter's
+        # lock was a few per cent of the gateway at thousands of streams.
+        relayed = 0
         SSE_STREAMS_OPEN.inc()
         try:
+            await self.watch_keys.watch(watch_key)  # counted at once: the `finally` always balances it
             async for batch in read_turn(
-                self.hub,
+                self.hubs.for_key(turn_stream_key(self.config.namespace, turn_id)),
                 self._redis,
                 self.config.namespace,
                 turn_id,
                 first_agent=first_agent,
                 timeouts=self.config.timeouts,
                 after=after,
-                on_tick=still_watching,
             ):
                 if frames := client.frames(batch):
-                    EVENTS_RELAYED.inc(len(frames))
+                    relayed += len(frames)
+                    if relayed >= RELAYED_COUNT_EVERY:
+                        EVENTS_RELAYED.inc(relayed)
+                        relayed = 0
                     yield frames
         except TurnTimeoutError as exc:
             log.warning("%s", exc)
@@ -207,10 +212,13 @@ class TurnRelay:
             )
             yield [(None, event_json(ErrorEvent(code="custom", message=message, allow_retry=True)))]
         finally:
+            EVENTS_RELAYED.inc(relayed)
+            self.watch_keys.unwatch(watch_key)
             SSE_STREAMS_OPEN.dec()
 
     async def close(self) -> None:
-        await self.hub.stop()
+        await self.watch_keys.close()
+        await self.hubs.stop()
 
     async def stop(self, turn_id: str) -> StopOutcome:
         """Stop a turn: the worker running it confirms within CANCEL_CONFIRM_TIMEOUT_S and saves what it has; a

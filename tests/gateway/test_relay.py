@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from chatkit.types import ProgressUpdateEvent
 
-from kitrelay.gateway.relay import StreamHub, Timeouts, TurnTimeoutError, read_turn
+from kitrelay.gateway.relay import HUB_BATCH, StreamHub, Timeouts, TurnTimeoutError, read_turn
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, EntryView, HandoffEntry, TurnEnd, TurnEntry
 from kitrelay.shared.names import turn_stream_key
@@ -178,11 +178,13 @@ async def test_a_follower_that_does_not_keep_up_leaves_the_backlog_in_redis(
     with hub.follow(turn_stream_key(ns, turn_id), "0-0") as follower:
         await asyncio.sleep(0.5)
         # One batch (at most HUB_BATCH entries) waits for it; the rest stays in Redis until it takes that one.
-        assert follower.batches.qsize() == 1
+        assert follower.held is not None
+        assert len(follower.held) == HUB_BATCH
         seen = 0
         while seen < 1501:
-            batch = await asyncio.wait_for(follower.batches.get(), timeout=5)
+            await follower.wait(5)
+            batch = follower.take()
+            assert batch is not None, "no batch within 5 s"
             hub.taken(follower)
             seen += len(batch)
-            assert follower.batches.qsize() <= 1
         assert seen == 1501
