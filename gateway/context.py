@@ -14,11 +14,15 @@ from kitrelay.shared.store.chatkit_store import Statement
 
 class RelayedStream(Protocol):
     """The rest of a relayed turn, handed from the ChatKit server to the SSE response (gateway/sse.py): batches of
-    (entry id, event JSON). `close()` ends the turn's bookkeeping, also when `frames()` was never read."""
+    (entry id, event JSON) from `frames()`, each shown to `saw()` as it is written. `close(finished=True)` once
+    the last was; `close()` ends the turn's bookkeeping however the stream ended, also when `frames()` was never
+    read (a second call does nothing)."""
 
     def frames(self) -> AsyncIterator[list[tuple[str | None, str]]]: ...
 
-    def close(self) -> None: ...
+    def saw(self, frames: list[tuple[str | None, str]]) -> None: ...
+
+    def close(self, *, finished: bool = False) -> None: ...
 
 
 @dataclass(frozen=True)

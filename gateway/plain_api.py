@@ -11,7 +11,8 @@ for `text/event-stream`, else as one JSON answer once the reply is complete.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -26,7 +27,6 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sse_starlette import ServerSentEvent
-from starlette.background import BackgroundTask
 
 from kitrelay.gateway.client import user_input
 from kitrelay.gateway.context import RequestContext
@@ -34,7 +34,7 @@ from kitrelay.gateway.deps import ContextDep, LimiterDep, ServerDep, SettingsDep
 from kitrelay.gateway.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from kitrelay.gateway.limits import TurnSlot
 from kitrelay.gateway.requests import parse_request, read_body, require_json, require_plausible_id
-from kitrelay.gateway.routes import holding, run_chatkit_request
+from kitrelay.gateway.routes import run_chatkit_request
 from kitrelay.gateway.server import TURN_EFFECT
 from kitrelay.gateway.sse import sse_events, sse_response
 from kitrelay.shared.store.models import ID_LENGTH
@@ -283,13 +283,18 @@ def _wants_sse(request: Request) -> bool:
     return "text/event-stream" in request.headers.get("accept", "").lower()
 
 
-async def _plain_sse(
-    translation: Translation, events: AsyncIterator[ServerSentEvent]
-) -> AsyncIterator[ServerSentEvent]:
-    async for sse in events:
-        for name, data in translation.events(json.loads(str(sse.data))):
-            # The relayed entry id travels along: a client can re-attach with GET /turns/{turn_id}/events.
-            yield ServerSentEvent(event=name, data=json.dumps(data), id=sse.id)
+def _frame(event: str, data: dict[str, Any], entry_id: str | None = None) -> bytes:
+    return ServerSentEvent(event=event, data=json.dumps(data), id=entry_id, sep="\n").encode()
+
+
+async def _plain_sse(translation: Translation, events: AsyncGenerator[ServerSentEvent, None]) -> AsyncIterator[bytes]:
+    """The plain events as SSE bytes, the reply's `done` last."""
+    # Closed with this stream, not when collected: its own finally closes the turn's bookkeeping.
+    async with aclosing(events):
+        async for sse in events:
+            for name, data in translation.events(json.loads(str(sse.data))):
+                # The relayed entry id travels along: a client can re-attach with GET /turns/{turn_id}/events.
+                yield _frame(name, data, sse.id)
     final = translation.reply()
     done = {
         "thread_id": final.thread_id,
@@ -299,7 +304,7 @@ async def _plain_sse(
         "sources": final.reply.sources,
         "error": final.reply.error.model_dump() if final.reply.error else None,
     }
-    yield ServerSentEvent(event="done", data=json.dumps(done))
+    yield _frame("done", done)
 
 
 async def _whole_reply(
@@ -352,11 +357,7 @@ async def chat(
     translation = Translation(chat_request.thread_id)
     events = sse_events(result, context)
     if _wants_sse(request):
-        if slot is None:
-            return sse_response(_plain_sse(translation, events), settings)
-        response = sse_response(_plain_sse(translation, holding(slot, events)), settings)
-        response.background = BackgroundTask(slot.release)
-        return response
+        return sse_response(_plain_sse(translation, events), settings, lease=slot)
     reply = await _whole_reply(translation, events, slot)
     return JSONResponse(reply.model_dump(mode="json"))
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TypeVar
-
 from chatkit.server import NonStreamingResult, StreamingResult
 from chatkit.types import AttachmentsCreateReq, ChatKitReq, ThreadsAddUserMessageReq, ThreadsCreateReq, is_streaming_req
 from fastapi import APIRouter, Depends, Request, Response
-from starlette.background import BackgroundTask
 
 from kitrelay.gateway.context import RequestContext
 from kitrelay.gateway.deps import (
@@ -39,7 +35,6 @@ from kitrelay.gateway.uploads import add_upload_token
 from kitrelay.shared.settings import Settings
 
 router = APIRouter()
-T = TypeVar("T")
 
 
 @router.post(
@@ -68,13 +63,8 @@ async def chatkit(
         parsed, server=server, store=store, context=context, settings=settings, limiter=limiter
     )
     if isinstance(result, StreamingResult):
-        events = sse_chunks(result, context)
-        if slot is None:
-            return sse_response(events, settings)
-        response = sse_response(holding(slot, events), settings)
-        # Also after a stream that never started (its client left at once); releasing twice is harmless.
-        response.background = BackgroundTask(slot.release)
-        return response
+        # The stream keeps the user's in-flight slot fresh while it is open, and gives it back however it ends.
+        return sse_response(sse_chunks(result, context), settings, lease=slot)
     content = result.json
     if isinstance(parsed, AttachmentsCreateReq):
         content = add_upload_token(content, authenticator, context.identity)
@@ -92,7 +82,7 @@ async def run_chatkit_request(
 ) -> tuple[StreamingResult | NonStreamingResult, TurnSlot | None]:
     """Every check a ChatKit request goes through, then the ChatKit server: what /chatkit and the plain API
     (gateway/plain_api.py) share. A streaming result comes with the caller's in-flight slot (None without a
-    limiter), which the caller must release when the stream ends (`holding` does)."""
+    limiter), which the caller must release when the stream ends (`sse_response(..., lease=slot)` does)."""
     check_limits(parsed, max_message_chars=settings.MAX_MESSAGE_CHARS)
     check_supported(parsed, server)
     await check_access(parsed, store, context)
@@ -112,20 +102,3 @@ async def run_chatkit_request(
         await slot.release()
         slot = None
     return result, slot
-
-
-async def holding(slot: TurnSlot, events: AsyncIterator[T]) -> AsyncIterator[T]:
-    """The stream's events, with the user's in-flight slot kept while they flow and given back when the stream
-    ends in any way: finished, failed, or cut by a client that went away. (A gateway that dies mid-stream leaves
-    the slot to expire.)"""
-    try:
-        async for event in events:
-            await slot.keep_alive()
-            yield event
-    finally:
-        try:
-            close = getattr(events, "aclose", None)
-            if close is not None:
-                await close()
-        finally:
-            await slot.release()

@@ -159,32 +159,29 @@ class _RelayedTurn:
         self._agent = turn.agent
         self._span = span
         self._published = time.monotonic()
+        self._first = True
         self._finished = False
         self._closed = False
 
-    async def frames(self) -> AsyncIterator[list[tuple[str | None, str]]]:
-        first = True
-        try:
-            async for frames in self._relay.follow_raw(self._turn_id, self._thread_id, first_agent=self._agent):
-                if first:
-                    first = False
-                    TIME_TO_FIRST_EVENT.labels(self._agent).observe(time.monotonic() - self._published)
-                    self._span.add_event("first event")
-                for _, data in frames:
-                    if data.startswith('{"type":"error"'):
-                        self._span.set_status(Status(StatusCode.ERROR, "error event"))
-                yield frames
-            self._finished = True
-        finally:
-            if not self._finished:
-                # A dropped connection is not a stop: the worker keeps going and saves the whole reply.
-                log.info(
-                    "client detached from turn %s of thread %s; the turn continues", self._turn_id, self._thread_id
-                )
-            self.close()
+    def frames(self) -> AsyncIterator[list[tuple[str | None, str]]]:
+        # The relay's own iterator, not a generator around it: a layer less for every event of every stream.
+        return self._relay.follow_raw(self._turn_id, self._thread_id, first_agent=self._agent)
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            TURNS_IN_FLIGHT.labels(self._agent).dec()
-            self._span.end()
+    def saw(self, frames: list[tuple[str | None, str]]) -> None:
+        if self._first:
+            self._first = False
+            TIME_TO_FIRST_EVENT.labels(self._agent).observe(time.monotonic() - self._published)
+            self._span.add_event("first event")
+        for _, data in frames:
+            if data.startswith('{"type":"error"'):
+                self._span.set_status(Status(StatusCode.ERROR, "error event"))
+
+    def close(self, *, finished: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not finished:
+            # A dropped connection is not a stop: the worker keeps going and saves the whole reply.
+            log.info("client detached from turn %s of thread %s; the turn continues", self._turn_id, self._thread_id)
+        TURNS_IN_FLIGHT.labels(self._agent).dec()
+        self._span.end()

@@ -4,17 +4,25 @@ as `id:`.
 A relayed turn's events do not go through the SDK: it would parse each into a model and serialise it again, and
 it has nothing to do for them (the worker saved their items). The ChatKit server opens the stream through the SDK
 (the thread, the user's message, the turn's client effect) and hands the rest over in the request context; here
-it is written on as it came from the worker, one write per batch of entries the relay read."""
+it is written on as it came from the worker, one write per batch of entries the relay read.
+
+Every SSE answer of the gateway is an `SseResponse`: ready-made bytes written in the request's own task, and one
+watcher task per stream that pings a quiet stream, keeps the stream's lease (the user's in-flight slot) fresh and
+notices a client that left. (sse-starlette's response ran four tasks in a task group per stream and re-encoded
+every write; at thousands of open streams that was much of the gateway's memory and CPU.)"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from time import monotonic
+from typing import Any, Protocol
 
 from chatkit.server import StreamingResult
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.types import Message, Send
+from sse_starlette import ServerSentEvent
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from kitrelay.gateway.context import RequestContext
 from kitrelay.shared.settings import Settings
@@ -74,24 +82,28 @@ async def sse_chunks(result: StreamingResult, context: RequestContext) -> AsyncI
     try:
         async for frame in _opening(result, context):
             yield frame
-        if context.relayed is not None:
-            async for frames in context.relayed.frames():
-                yield b"".join(_frame(entry_id, data) for entry_id, data in frames)
+        if (relayed := context.relayed) is not None:
+            async for frames in relayed.frames():
+                relayed.saw(frames)
+                yield b"".join([_frame(entry_id, data) for entry_id, data in frames])
+            relayed.close(finished=True)
     finally:
         if context.relayed is not None:
             context.relayed.close()
 
 
-async def sse_events(result: StreamingResult, context: RequestContext) -> AsyncIterator[ServerSentEvent]:
+async def sse_events(result: StreamingResult, context: RequestContext) -> AsyncGenerator[ServerSentEvent, None]:
     """The same stream one event at a time, for callers that look at each (the plain chat API). Frames the SDK
     makes itself (thread.created, stream_options, the user's message) carry no id."""
     try:
         async for frame in _opening(result, context):
             yield ServerSentEvent(data=frame.removeprefix(_PREFIX).removesuffix(_SUFFIX).decode())
-        if context.relayed is not None:
-            async for frames in context.relayed.frames():
+        if (relayed := context.relayed) is not None:
+            async for frames in relayed.frames():
+                relayed.saw(frames)
                 for entry_id, data in frames:
                     yield ServerSentEvent(data=data, id=entry_id)
+            relayed.close(finished=True)
     finally:
         if context.relayed is not None:
             context.relayed.close()
@@ -103,27 +115,137 @@ async def relayed_sse(frames: AsyncIterator[list[tuple[str | None, str]]]) -> As
         yield b"".join(_frame(entry_id, data) for entry_id, data in batch)
 
 
-class _SseResponse(EventSourceResponse):
-    """sse-starlette's response, minus a cancel scope around every write when no send timeout is set (there is
-    none here: the ping and the client's disconnect end a stuck stream). At thousands of open streams that scope
-    was a tenth of the gateway's CPU per relayed event."""
+# A comment frame: ignored by SSE clients, but it keeps proxies from closing a quiet stream.
+PING = b": ping\n\n"
+# A timer may fire a hair before its deadline; a stream this close to `ping_s` of quiet is pinged all the same.
+_PING_SLACK_S = 0.005
+_HEADERS = {
+    # What sse-starlette's response sent (the security headers middleware adds its own but keeps these).
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: write each frame through, do not buffer the stream
+    "Connection": "keep-alive",
+}
 
-    async def _send_with_timeout(self, send: Send, message: Message) -> None:
-        if self.send_timeout is None:
-            await send(message)
-        else:
-            await super()._send_with_timeout(send, message)
+
+class Lease(Protocol):
+    """What a stream holds while it is open (gateway/limits.TurnSlot): refreshed while it lasts, given back once
+    it ends, however it ends. `release` must be idempotent and must not raise."""
+
+    async def keep_alive(self) -> None: ...
+
+    async def release(self) -> None: ...
 
 
-def sse_response(
-    events: AsyncIterator[ServerSentEvent] | AsyncIterator[bytes], settings: Settings
-) -> EventSourceResponse:
-    """A live SSE response: pinged (proxies close quiet streams), never buffered, and on SIGTERM given the drain
-    time to finish instead of being cut (uvicorn's own graceful timeout is the same setting, a second longer)."""
-    return _SseResponse(
-        events,
-        ping=settings.SSE_PING_S,
-        sep="\n",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        shutdown_grace_period=max(0.0, settings.WORKER_DRAIN_TIMEOUT_S - 1),
-    )
+class SseResponse(Response):
+    """A live SSE stream of ready-made frames (each chunk whole frames; b"" writes nothing).
+
+    The chunks are written in the request's own task. One watcher task waits on `receive()`: every `ping_s` it
+    pings a stream that wrote nothing for that long and keeps the lease alive, and on `http.disconnect` it
+    cancels the writer, since uvicorn's `send` does nothing (and raises nothing) once the client has gone. However
+    the stream ends, `chunks` is closed (its finally blocks close the turn's bookkeeping) and the lease released.
+
+    A cancellation that does not come from a client leaving (uvicorn cancels what is still running when its
+    graceful shutdown times out) is raised on. On SIGTERM uvicorn lets open streams run on until then."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, chunks: AsyncIterator[bytes], *, ping_s: float, lease: Lease | None = None) -> None:
+        self.chunks = chunks
+        self.ping_s = ping_s
+        self.lease = lease
+        self.status_code = 200
+        self.background = None
+        self.init_headers(_HEADERS)
+        self._last_write = 0.0
+        # Set before the closing write: the `http.disconnect` that `receive()` returns after it is no client leaving.
+        self._finished = False
+        self._disconnected = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            if scope.get("method") == "HEAD":
+                # The headers a GET gets, and no stream: it would never end for a client that reads no body.
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                await self._stream(receive, send)
+        finally:
+            try:
+                await _aclose(self.chunks)
+            finally:
+                if self.lease is not None:
+                    await self.lease.release()
+        if self.background is not None:
+            await self.background()
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
+        writer = asyncio.current_task()
+        assert writer is not None, "an ASGI app runs in a task"
+        self._last_write = monotonic()
+        watcher = asyncio.create_task(self._watch(receive, send, writer))
+        try:
+            try:
+                async for chunk in self.chunks:
+                    if chunk:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        self._last_write = monotonic()
+            except asyncio.CancelledError:
+                if self._disconnected and writer.uncancel() == 0:
+                    return  # the client left: nobody to answer
+                raise
+            self._finished = True
+            # Before the closing write, so that no ping can follow it.
+            watcher.cancel()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+
+    async def _watch(self, receive: Receive, send: Send, writer: asyncio.Task[Any]) -> None:
+        delay = self.ping_s
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(delay):
+                        message = await receive()
+                except TimeoutError:
+                    delay = await self._tick(send)
+                    continue
+                if message["type"] == "http.disconnect":
+                    break
+        except OSError as exc:
+            # ASGI servers that raise on a gone client (uvicorn does not) raise OSError from `send`.
+            log.debug("an SSE stream's client is gone: %r", exc)
+        except Exception:
+            log.warning("an SSE stream stopped watching its client; ending it", exc_info=True)
+        if not self._finished:
+            self._disconnected = True
+            writer.cancel()
+
+    async def _tick(self, send: Send) -> float:
+        """A ping if the stream has been quiet for `ping_s`, the lease kept alive; returns when to look next."""
+        quiet = monotonic() - self._last_write
+        if quiet >= self.ping_s - _PING_SLACK_S:
+            # Safe beside the writer's own sends: each send is whole frames, written by uvicorn in one go.
+            await send({"type": "http.response.body", "body": PING, "more_body": True})
+            self._last_write = monotonic()
+            quiet = 0.0
+        if self.lease is not None:
+            try:
+                await self.lease.keep_alive()
+            except Exception:
+                log.warning("could not keep an SSE stream's lease alive", exc_info=True)
+        return self.ping_s - quiet
+
+
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    """Close an async generator now, rather than whenever it is collected: its finally blocks release a turn's
+    bookkeeping. Other iterators have nothing to close."""
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def sse_response(chunks: AsyncIterator[bytes], settings: Settings, lease: Lease | None = None) -> SseResponse:
+    """A live SSE response: pinged (proxies close quiet streams), never buffered, holding `lease` while it is open.
+    On SIGTERM uvicorn gives it the drain time to finish (its graceful timeout is that setting, a second longer)."""
+    return SseResponse(chunks, ping_s=settings.SSE_PING_S, lease=lease)
