@@ -44,7 +44,7 @@ from benchmarks.deployment import (
 )
 from benchmarks.feeder import HOLD_TIMEOUT_S
 from benchmarks.stats import RunResult, machine
-from benchmarks.users import Frame, SseUser, TurnSample, conversation, create_request, new_session
+from benchmarks.users import SseUser, TurnSample, conversation, create_request, new_session
 
 SCENARIOS = ("latency", "throughput", "streams", "relay")
 TURNS_PER_CONVERSATION = 5
@@ -127,10 +127,11 @@ class _OpenStreams:
     first_event_at: float | None = None
     last_event_at: float = 0.0
 
-    def event(self, frame: Frame) -> None:
-        if frame.id is None:
-            return  # the SDK's opening frames, not relayed
-        self.events += 1
+    def relayed(self, events: int) -> None:
+        """Relayed events came (the SDK's opening frames have no id and are not counted)."""
+        if not events:
+            return
+        self.events += events
         self.last_event_at = time.monotonic()
         if self.first_event_at is None:
             self.first_event_at = self.last_event_at
@@ -188,17 +189,17 @@ async def drive_streams(
                 await opening.acquire()
                 is_open = False
 
-                def on_event(frame: Frame) -> None:
+                def on_frames(relayed: int, frames: int) -> None:
                     nonlocal is_open
-                    counts.event(frame)
-                    if not is_open:
+                    counts.relayed(relayed)
+                    if frames and not is_open:
                         is_open = True
                         opening.release()
                         counts.opened()
                         progress.advance(opened)
 
                 request = create_request(f"stream {index}")
-                sample, _ = await user.turn(scenario, request, parse=False, on_event=on_event)
+                sample, _ = await user.turn(scenario, request, parse=False, on_frames=on_frames)
                 if not is_open:
                     opening.release()
                 counts.closed(is_open)
