@@ -41,8 +41,12 @@ class WatchKeys:
         if self._task is None:
             self._task = asyncio.create_task(self._refresh_forever(), name="watch key refresher")
         # Untraced, as the refreshes: they belong to no turn's trace.
-        with contextlib.suppress(RedisError), suppress_instrumentation():
-            await self._redis.set(key, b"1", px=self._ttl_ms)
+        with suppress_instrumentation():
+            try:
+                await self._redis.set(key, b"1", px=self._ttl_ms)
+            except RedisError as exc:
+                log.warning("could not set watch key %s: %s", key, exc)  # the next refresh sets it
+        _raise_if_cancelled()
 
     def unwatch(self, key: str) -> None:
         """The key is no longer refreshed once no stream of this process follows its turn: it expires by itself."""
@@ -66,6 +70,7 @@ class WatchKeys:
                 except RedisError as exc:
                     # A Redis restart: the next tick tries again, well within the keys' lifetime.
                     log.warning("could not refresh %d watch keys: %s", len(self._watched), exc)
+                _raise_if_cancelled()
 
     async def refresh(self) -> None:
         """Push out the expiry of every watched key, in one round trip."""
@@ -75,3 +80,12 @@ class WatchKeys:
             for key in self._watched:
                 pipe.set(key, b"1", px=self._ttl_ms)
             await pipe.execute()
+
+
+def _raise_if_cancelled() -> None:
+    """redis-py may swallow a cancellation that comes while a command waits for its reply (it takes it for a lost
+    connection, reconnects and sends the command again): the task was still cancelled (a client that left, a
+    shutdown) and must end, not carry on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -69,3 +69,17 @@ async def test_a_refresh_sets_every_watched_key_and_none_other(
     assert not await redis.exists(keys[0])
     assert await redis.exists(*keys[1:]) == len(keys) - 1
     assert 0 < await redis.pttl(keys[1]) <= TTL_S * 1000
+
+
+async def test_closing_ends_the_refresher_even_in_the_middle_of_a_refresh(
+    redis: aioredis.Redis, namespace: str
+) -> None:
+    # A refresher that swallowed its cancellation (redis-py may report a cancelled read as a Redis error) would
+    # keep a gateway from shutting down.
+    for attempt in range(10):
+        keys = WatchKeys(redis, ttl_s=TTL_S, every_s=0.001)
+        for n in range(300):
+            await keys.watch(f"{namespace}watch:turn:closing:{n}")
+        await asyncio.sleep(0.002 * attempt)
+        async with asyncio.timeout(5):
+            await keys.close()
