@@ -115,6 +115,16 @@ def headers_of(start: Message) -> dict[str, str]:
     return {name.decode(): value.decode() for name, value in start["headers"]}
 
 
+async def quiet_after(first: bytes, closed: asyncio.Event) -> AsyncIterator[bytes]:
+    """A stream that sends `first`, then goes quiet for good; `closed` is set when it is closed."""
+    try:
+        yield first
+        await asyncio.Event().wait()
+        yield b"data: never\n\n"
+    finally:
+        closed.set()
+
+
 async def run(response: SseResponse, server: ServerSide, scope: Scope = SCOPE) -> None:
     await asyncio.wait_for(response(scope, server.receive, server.send), timeout=10)
 
@@ -238,14 +248,6 @@ async def test_a_real_cancellation_is_raised_on_and_still_cleans_up() -> None:
     closed = asyncio.Event()
     first_sent = asyncio.Event()
 
-    async def chunks() -> AsyncIterator[bytes]:
-        try:
-            yield b"data: 1\n\n"
-            await asyncio.Event().wait()
-            yield b"data: never\n\n"
-        finally:
-            closed.set()
-
     server = ServerSide()
     original_send = server.send
 
@@ -255,7 +257,7 @@ async def test_a_real_cancellation_is_raised_on_and_still_cleans_up() -> None:
             first_sent.set()
 
     lease = FakeLease()
-    response = SseResponse(chunks(), ping_s=30, lease=lease)
+    response = SseResponse(quiet_after(b"data: 1\n\n", closed), ping_s=30, lease=lease)
     task = asyncio.create_task(response(SCOPE, server.receive, send))
     await asyncio.wait_for(first_sent.wait(), timeout=5)
     task.cancel()
@@ -315,16 +317,8 @@ async def test_over_uvicorn_a_quiet_stream_is_pinged_and_a_client_that_hangs_up_
     closed = asyncio.Event()
     lease = FakeLease()
 
-    async def chunks() -> AsyncIterator[bytes]:
-        try:
-            yield b"data: hello\n\n"
-            await asyncio.Event().wait()
-            yield b"data: never\n\n"
-        finally:
-            closed.set()
-
     async def endpoint(request: Request) -> SseResponse:
-        return SseResponse(chunks(), ping_s=0.05, lease=lease)
+        return SseResponse(quiet_after(b"data: hello\n\n", closed), ping_s=0.05, lease=lease)
 
     server, serving, url = await serve(Starlette(routes=[Route("/stream", endpoint, methods=["GET"])]))
     try:
