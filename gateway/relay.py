@@ -299,10 +299,6 @@ class StreamHubs:
         hub.start()
         return hub
 
-    @property
-    def followed(self) -> int:
-        return sum(hub.followed for hub in self._hubs)
-
     async def stop(self) -> None:
         for hub in self._hubs:
             await hub.stop()

@@ -160,7 +160,6 @@ class _RelayedTurn:
         self._span = span
         self._published = time.monotonic()
         self._first = True
-        self._finished = False
         self._closed = False
 
     def frames(self) -> AsyncIterator[list[tuple[str | None, str]]]:

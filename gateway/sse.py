@@ -40,6 +40,11 @@ def _frame(entry_id: str | None, data: str) -> bytes:
     return f"{head}data: {data}\n\n".encode()
 
 
+def _chunk(frames: list[tuple[str | None, str]]) -> bytes:
+    """A batch of relayed events, one write."""
+    return b"".join([_frame(entry_id, data) for entry_id, data in frames])
+
+
 async def _opening(result: StreamingResult, context: RequestContext) -> AsyncIterator[bytes]:
     """The SDK's part of the stream (the thread, the user's message, the turn handed to the workers), run to its
     end in a task of its own. A client that hangs up meanwhile must not cancel the SDK inside a store write (an
@@ -85,7 +90,7 @@ async def sse_chunks(result: StreamingResult, context: RequestContext) -> AsyncI
         if (relayed := context.relayed) is not None:
             async for frames in relayed.frames():
                 relayed.saw(frames)
-                yield b"".join([_frame(entry_id, data) for entry_id, data in frames])
+                yield _chunk(frames)
             relayed.close(finished=True)
     finally:
         if context.relayed is not None:
@@ -112,7 +117,7 @@ async def sse_events(result: StreamingResult, context: RequestContext) -> AsyncG
 async def relayed_sse(frames: AsyncIterator[list[tuple[str | None, str]]]) -> AsyncIterator[bytes]:
     """A re-attached turn's events (GET /turns/{id}/events), one write per batch."""
     async for batch in frames:
-        yield b"".join(_frame(entry_id, data) for entry_id, data in batch)
+        yield _chunk(batch)
 
 
 # A comment frame: ignored by SSE clients, but it keeps proxies from closing a quiet stream.
