@@ -69,6 +69,7 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
             agent=self.relay.config.entry_agent,
             user_item_id=input_user_message.id if input_user_message else None,
             thread=thread_metadata(thread),
+            user_item=input_user_message,
         )
         async for event in self._run(turn, context):
             yield event

@@ -42,7 +42,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from kitrelay.agents.context import TurnContext
 from kitrelay.services.turn_store import TurnStore
-from kitrelay.services.turns import TurnRecords, finish_statement
+from kitrelay.services.turns import TurnRecords, end_statement
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import (
     ChatKitEntry,
@@ -57,6 +57,7 @@ from kitrelay.shared.messages import (
 from kitrelay.shared.metrics import TURNS_ENDED
 from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.settings import AgentKind
+from kitrelay.shared.telemetry import trace_id_of
 from kitrelay.shared.turn_bus import append_end, append_entry
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ class TurnLog:
         attempt: int,
         ttl_s: int,
         ttl_after_end_s: int,
+        agent: AgentKind,
         trace: TraceContext | None = None,
-        agent: AgentKind | None = None,
     ) -> None:
         self._redis = redis
         self._store = store
@@ -246,8 +247,7 @@ class TurnLog:
         item.content[index].text += delta
 
     def _count(self, status: str) -> None:
-        if self._agent is not None:
-            TURNS_ENDED.labels(self._agent, status).inc()
+        TURNS_ENDED.labels(self._agent, status).inc()
 
     async def supersede_earlier_attempts(self) -> int:
         """A redelivered run replaces what a dead attempt of the same hop wrote: its items are removed (from the
@@ -301,12 +301,20 @@ class TurnLog:
         with self._writes():
             await self.flush()
         held, self._held = self._held, None
+        record = end_statement(
+            self._context.identity,
+            turn_id=self._turn_id,
+            thread_id=self._thread_id,
+            agent=self._agent,
+            trace_id=trace_id_of(self._trace.traceparent),
+            status=status,
+        )
         if held is None:
             entry_id = await self._append(TurnEnd(status=status, error=error))
-            await self._turns.finish(self._turn_id, status)
+            await self._turns.record(record)
         else:
             # The last item and the turn's end: one transaction, then one round trip to Redis.
-            also = [finish_statement(self._turn_id, status)]
+            also = [record]
             await self._store.add_thread_item_with(self._thread_id, held.item, self._context, also)
             entry_id = await self._append(TurnEnd(status=status, error=error), after=ChatKitEntry(event=held))
         self.ended = True

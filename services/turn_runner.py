@@ -194,7 +194,10 @@ async def _open_or_none(
             return await deps.store.load_thread(request.thread_id, context=context), []
         if request.thread is not None and request.thread.id == request.thread_id:
             # The gateway sent the thread along; reading the history still checks it exists and is the caller's.
-            return request.thread, await deps.store.load_history(request.thread_id, deps.history_items, context)
+            history = await deps.store.load_history(
+                request.thread_id, deps.history_items, context, turn_message=request.user_item
+            )
+            return request.thread, history
         return await deps.store.open_turn(request.thread_id, deps.history_items, context)
     except NotFoundError:
         return None

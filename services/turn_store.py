@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from chatkit.types import Page, ThreadItem, ThreadMetadata
+from chatkit.types import Page, ThreadItem, ThreadMetadata, UserMessageItem
 
 from kitrelay.agents.context import TurnContext
 from kitrelay.shared.store.chatkit_store import SqlStore, Statement
+from kitrelay.shared.store.models import as_utc
 
 
 class TurnStore(SqlStore[TurnContext]):
@@ -25,9 +26,15 @@ class TurnStore(SqlStore[TurnContext]):
         context.newest_items[thread_id] = page
         return thread, list(reversed(page.data))
 
-    async def load_history(self, thread_id: str, history_items: int, context: TurnContext) -> list[ThreadItem]:
-        """The thread's newest `history_items` items, oldest first, for a turn that already holds the thread."""
+    async def load_history(
+        self, thread_id: str, history_items: int, context: TurnContext, *, turn_message: UserMessageItem | None = None
+    ) -> list[ThreadItem]:
+        """The thread's newest `history_items` items, oldest first, for a turn that already holds the thread.
+        `turn_message`, the user's message the turn answers, is among them even when its write has not committed
+        yet: the gateway writes it while it hands the turn over."""
         page = await super().load_thread_items(thread_id, None, history_items, "desc", context)
+        if turn_message is not None:
+            page = _with_item(page, turn_message, history_items)
         context.newest_items[thread_id] = page
         return list(reversed(page.data))
 
@@ -65,3 +72,16 @@ class TurnStore(SqlStore[TurnContext]):
     async def delete_thread(self, thread_id: str, context: TurnContext) -> None:
         context.newest_items.pop(thread_id, None)
         await super().delete_thread(thread_id, context)
+
+
+def _with_item(page: Page[ThreadItem], item: ThreadItem, limit: int) -> Page[ThreadItem]:
+    """A page of newest items (newest first) with `item` in its place by creation time, if it is not there yet;
+    still at most `limit` items."""
+    if any(known.id == item.id for known in page.data):
+        return page
+    created = as_utc(item.created_at)
+    at = next((n for n, known in enumerate(page.data) if as_utc(known.created_at) <= created), len(page.data))
+    data = [*page.data[:at], item, *page.data[at:]]
+    has_more = page.has_more or len(data) > limit
+    data = data[:limit]
+    return Page(data=data, has_more=has_more, after=data[-1].id if data else None)

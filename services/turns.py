@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kitrelay.shared.messages import Identity, TurnStatus
@@ -17,9 +17,22 @@ from kitrelay.shared.store.engine import read_session
 from kitrelay.shared.store.models import ThreadRow, TurnRow
 
 TurnState = Literal["queued", "completed", "failed", "cancelled"]
-# A Core statement built once: an ORM insert costs a third more per turn, on the way to its first event.
+# Core statements built once: an ORM insert costs a third more per turn, on the way to its first event.
 _TURNS = cast(Table, TurnRow.__table__)
-_INSERT_TURN = insert(_TURNS)
+_COLUMNS = ("id", "thread_id", "team_id", "user_id", "agent", "status", "created_at", "ended_at", "trace_id")
+_VALUES = f"INSERT INTO turns ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + name for name in _COLUMNS)})"
+_TYPED = [bindparam(name, type_=_TURNS.c[name].type) for name in _COLUMNS]
+# The gateway records a turn while it publishes it, so a worker may end the turn first (`end_statement`): the
+# record then keeps its end and takes the rest from the gateway's. Plain SQL, since SQLite and PostgreSQL write
+# ON CONFLICT the same way and a statement here is built before its dialect is known.
+_START_TURN = text(
+    f"{_VALUES} ON CONFLICT (id) DO UPDATE SET agent = excluded.agent, created_at = excluded.created_at, "
+    "trace_id = excluded.trace_id"
+).bindparams(*_TYPED)
+_END_TURN = text(
+    f"{_VALUES} ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at "
+    "WHERE turns.status = 'queued'"
+).bindparams(*_TYPED)
 # Only the first end counts: a late duplicate (a redelivered run, the gateway giving up) changes nothing.
 _FINISH_TURN = (
     update(_TURNS)
@@ -111,16 +124,40 @@ def finish_statement(turn_id: str, status: TurnStatus) -> Statement:
 def start_statement(
     identity: Identity, *, turn_id: str, thread_id: str, agent: str, trace_id: str | None = None
 ) -> Statement:
-    """`TurnRecords.start` as a statement, for a transaction that writes more (the user's message)."""
-    row = {
+    """`TurnRecords.start` as a statement, for a transaction that writes more (the user's message). A record a
+    worker's end already wrote keeps its end."""
+    row = _row(identity, turn_id=turn_id, thread_id=thread_id, agent=agent, trace_id=trace_id, status="queued")
+    return _START_TURN, row
+
+
+def end_statement(
+    identity: Identity, *, turn_id: str, thread_id: str, agent: str, trace_id: str | None, status: TurnStatus
+) -> Statement:
+    """A worker's end of a turn. The gateway's record of the turn may not be committed yet (it is written while
+    the turn is published): then this writes the record, ended, and the gateway's start fills in the rest. Only
+    the first end counts."""
+    row = _row(identity, turn_id=turn_id, thread_id=thread_id, agent=agent, trace_id=trace_id, status=status)
+    return _END_TURN, row
+
+
+def _row(
+    identity: Identity,
+    *,
+    turn_id: str,
+    thread_id: str,
+    agent: str,
+    trace_id: str | None,
+    status: TurnState,
+) -> dict[str, object]:
+    now = datetime.now(UTC)
+    return {
         "id": turn_id,
         "thread_id": thread_id,
         "team_id": identity.team_id,
         "user_id": identity.user_id,
         "agent": agent,
-        "status": "queued",
-        "created_at": datetime.now(UTC),
-        "ended_at": None,
+        "status": status,
+        "created_at": now,
+        "ended_at": None if status == "queued" else now,
         "trace_id": trace_id,
     }
-    return _INSERT_TURN, row

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from chatkit.types import ThreadItemUpdatedEvent, ThreadMetadata, ThreadStreamEvent
+from chatkit.types import ThreadItemUpdatedEvent, ThreadMetadata, ThreadStreamEvent, UserMessageItem
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from kitrelay.shared.settings import AgentKind
@@ -82,6 +82,9 @@ class TurnRequest(BaseModel):
     # The thread (its metadata, not its items) as the gateway handed the turn over: a worker answering a message
     # then reads only the conversation, as an in-process server would. None from a gateway of an earlier release.
     thread: ThreadMetadata | None = None
+    # The user message itself: the gateway saves it while it publishes the turn, so a worker's read of the
+    # conversation may come before the save commits. None from a gateway of an earlier release (it saved first).
+    user_item: UserMessageItem | None = None
 
 
 class ChatKitEntry(BaseModel):

@@ -1,20 +1,35 @@
 """The gateway's relay of a turn's stream, on real NATS and Redis: a pack reaches the client as one frame per event,
-each with an id to resume after, and resuming inside a pack gives exactly the events after that one."""
+each with an id to resume after, and resuming inside a pack gives exactly the events after that one. A turn is
+handed to the workers while its record is written, and a turn whose record cannot be written is stopped."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
+from datetime import datetime
 
 import pytest
-from chatkit.types import AssistantMessageContentPartTextDelta, ProgressUpdateEvent, ThreadItemUpdatedEvent
+from chatkit.types import (
+    AssistantMessageContentPartTextDelta,
+    InferenceOptions,
+    ProgressUpdateEvent,
+    ThreadItemUpdatedEvent,
+    ThreadMetadata,
+    UserMessageItem,
+    UserMessageTextContent,
+)
+from nats.aio.client import Client as NATS
 
+from kitrelay.gateway.context import HeldMessage, RequestContext
 from kitrelay.gateway.relay import entry_before, split_event_id
 from kitrelay.gateway.turn_relay import TurnRelay
 from kitrelay.gateway.turn_routes import ENTRY_ID_PATTERN
 from kitrelay.shared.ids import new_id
-from kitrelay.shared.messages import ChatKitEntry, PackEntry, TurnEnd, TurnEntry
-from kitrelay.shared.turn_bus import append_entry
+from kitrelay.shared.messages import ChatKitEntry, Identity, PackEntry, TurnEnd, TurnEntry, TurnRequest
+from kitrelay.shared.names import turns_subject
+from kitrelay.shared.store.chatkit_store import Statement
+from kitrelay.shared.turn_bus import append_entry, last_entry
 from tests.gateway.conftest import MakeSettings, in_process_gateway
 
 
@@ -79,3 +94,80 @@ def test_an_event_id_names_an_entry_and_how_many_of_its_events_were_seen(event_i
 @pytest.mark.parametrize(("entry_id", "before"), [("5-3", "5-2"), ("5-0", f"4-{2**64 - 1}"), ("0-0", "0-0")])
 def test_the_id_before_an_entry_reads_that_entry_again(entry_id: str, before: str) -> None:
     assert entry_before(entry_id) == before
+
+
+# A team of its own: the gateway tests share a database.
+ALICE = Identity(user_id="alice", team_id=new_id("team"))
+
+
+async def _turn_with_message(gateway_state: dict[str, object]) -> tuple[TurnRequest, UserMessageItem]:
+    """A thread of Alice's, and a turn that answers a new message in it (the message not saved yet)."""
+    store = gateway_state["store"]
+    thread = ThreadMetadata(id=new_id("thr"), created_at=datetime.now())
+    await store.save_thread(thread, context=RequestContext(identity=ALICE))  # type: ignore[attr-defined]
+    message = UserMessageItem(
+        id=new_id("msg"),
+        thread_id=thread.id,
+        created_at=datetime.now(),
+        content=[UserMessageTextContent(text="add task buy milk")],
+        inference_options=InferenceOptions(),
+    )
+    turn = TurnRequest(
+        turn_id=new_id("turn"),
+        thread_id=thread.id,
+        identity=ALICE,
+        agent="triage",
+        user_item_id=message.id,
+        thread=thread,
+        user_item=message,
+    )
+    return turn, message
+
+
+async def test_a_turn_is_handed_over_while_its_record_is_written(make_settings: MakeSettings) -> None:
+    """The save only finishes once the turn's message is on NATS: a start that published after saving would never
+    get there (the save would time out)."""
+    settings = make_settings()
+    async with in_process_gateway(settings) as gateway:
+        relay: TurnRelay = gateway.state["chatkit_server"].relay
+        nc: NATS = gateway.state["nats"]
+        turn, message = await _turn_with_message(gateway.state)
+        published = await nc.subscribe(turns_subject(settings.NAMESPACE, "triage"))
+        context = RequestContext(identity=ALICE, hold_user_message=True)
+        store = gateway.state["store"]
+        await store.add_thread_item(turn.thread_id, message, context=context)
+        held = context.take_held()
+        assert held is not None
+        seen: list[TurnRequest] = []
+
+        async def save_once_published(also: Sequence[Statement]) -> None:
+            seen.append(TurnRequest.model_validate_json((await published.next_msg(timeout=10)).data))
+            await held.save(also)
+
+        await relay.start(turn, user_message=HeldMessage(turn.thread_id, message, save_once_published))
+
+        assert [request.turn_id for request in seen] == [turn.turn_id]
+        # The worker gets the message itself, whether or not its read of the conversation finds it saved.
+        assert seen[0].user_item == message
+        record = await relay.turns.get(ALICE, turn.turn_id)
+        assert (record.status, record.agent) == ("queued", "triage")
+        items = await store.load_thread_items(turn.thread_id, None, 10, "asc", RequestContext(identity=ALICE))
+        assert [item.id for item in items.data] == [message.id]
+
+
+async def test_a_turn_whose_record_cannot_be_written_is_stopped(make_settings: MakeSettings) -> None:
+    settings = make_settings()
+    async with in_process_gateway(settings) as gateway:
+        relay: TurnRelay = gateway.state["chatkit_server"].relay
+        turn, message = await _turn_with_message(gateway.state)
+
+        async def failing_save(also: Sequence[Statement]) -> None:
+            raise OSError("disk full")
+
+        with pytest.raises(OSError, match="disk full"):
+            await relay.start(turn, user_message=HeldMessage(turn.thread_id, message, failing_save))
+
+        # Published all the same, so ended on its stream: no worker answers a message that was not saved.
+        ended = await last_entry(gateway.state["redis"], settings.NAMESPACE, turn.turn_id)
+        assert ended is not None and isinstance(ended.body, TurnEnd)
+        assert ended.body.status == "cancelled"

@@ -61,6 +61,7 @@ def _turn_log(
         attempt=1,
         ttl_s=ttl_s,
         ttl_after_end_s=60,
+        agent="task",
     )
     return log, turn_id
 

@@ -1,5 +1,5 @@
 """The turn store on a real database (each dialect): one opening read, and the SDK's re-read answered from it
-until the turn writes an item."""
+until the turn writes an item; the turn's own message is in its history even before its write commits."""
 
 from __future__ import annotations
 
@@ -189,6 +189,61 @@ async def test_load_history_reads_ahead_for_a_caller_that_holds_the_thread(
     assert [item.id for item in history] == ids(thread_id, 0, 1, 2)
     assert reads == []
     assert [item.id for item in newest.data] == ids(thread_id, 2, 1)
+
+
+@pytest.mark.parametrize(
+    ("saved", "limit", "history", "more"),
+    [
+        (False, 50, (0, 1, 2, 3), False),
+        (True, 50, (0, 1, 2, 3), False),
+        (False, 3, (1, 2, 3), True),
+    ],
+    ids=["not committed yet", "already saved", "at the limit"],
+)
+async def test_the_turns_message_is_in_its_history_whether_or_not_its_write_has_committed(
+    store: TurnStore,
+    db_sessions: async_sessionmaker[AsyncSession],
+    db_engine: AsyncEngine,
+    saved: bool,
+    limit: int,
+    history: tuple[int, ...],
+    more: bool,
+) -> None:
+    context = turn(db_sessions)
+    thread_id = await thread_with(store, context, 3)
+    new = message(thread_id, 3)
+    if saved:
+        await store.add_thread_item(thread_id, new, context)
+
+    loaded = await store.load_history(thread_id, limit, context, turn_message=new)
+    with item_reads(db_engine) as reads:
+        newest = await store.load_thread_items(thread_id, None, limit, "desc", context)
+
+    assert [item.id for item in loaded] == ids(thread_id, *history)
+    # The SDK's re-read sees it too, still without the database.
+    assert reads == []
+    assert [item.id for item in newest.data] == ids(thread_id, *reversed(history))
+    assert newest.has_more is more
+
+
+async def test_the_turns_message_goes_before_what_the_turn_already_wrote(
+    store: TurnStore, db_sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """A handed-off turn's next worker may find the first worker's items saved and the user's message not yet."""
+    context = turn(db_sessions)
+    thread_id = await thread_with(store, context, 2)
+    new = message(thread_id, 2)
+    reply = AssistantMessageItem(
+        id="reply",
+        thread_id=thread_id,
+        created_at=START + timedelta(seconds=3),
+        content=[AssistantMessageContent(text="ok")],
+    )
+    await store.add_thread_item(thread_id, reply, context)
+
+    loaded = await store.load_history(thread_id, 50, context, turn_message=new)
+
+    assert [item.id for item in loaded] == [*ids(thread_id, 0, 1, 2), "reply"]
 
 
 async def test_another_users_thread_cannot_be_opened(
