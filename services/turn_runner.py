@@ -152,9 +152,10 @@ async def run_turn(
     plus a failed end; failures of Redis, NATS or the store propagate, so the caller leaves the message un-acked
     for redelivery."""
     context = _context(request, deps)
-    # Both at once: they are two round trips before the turn's first event, to two servers.
-    previous, opening = await asyncio.gather(
-        last_entry(deps.redis, deps.namespace, request.turn_id), _open_or_none(request, context, deps)
+    # Both at once: they are two round trips before the turn's first event, to two servers. The read of the
+    # conversation, the longer one, is sent first.
+    opening, previous = await asyncio.gather(
+        _open_or_none(request, context, deps), last_entry(deps.redis, deps.namespace, request.turn_id)
     )
     if previous is not None and previous.is_terminal:
         # Already over: finished before a lost ack, or given up by the gateway while no worker was free.
