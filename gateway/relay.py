@@ -40,6 +40,8 @@ HUB_BLOCK_MS = 2000
 # rest waits in Redis), so it bounds the gateway's memory per open stream.
 HUB_BATCH = 64
 REDIS_RETRY_S = 0.5
+# How often a hub wakes its waiting followers to look at their deadlines (a turn's relay sets its own).
+HUB_TICK_S = 1.0
 # Hubs per gateway process, each reading its share of the followed streams on a connection of its own (see
 # `StreamHubs`).
 HUB_SHARDS = 4
@@ -87,8 +89,9 @@ def entry_before(entry_id: str) -> str:
 @dataclass(eq=False)
 class _Follower:
     """One reader of a turn stream. It holds at most one batch: the hub gives it the next only once it has taken
-    this one (`take`), and wakes it when a batch comes. A future and a timer per wait, not an asyncio.Queue and an
-    asyncio.timeout: those cost a relay a few microseconds per event, at tens of thousands of events a second."""
+    this one (`take`), and wakes it when a batch comes, and at each of its ticks. A future per wait, not an
+    asyncio.Queue and an asyncio.timeout: those cost a relay a few microseconds per event, at tens of thousands
+    of events a second; so did a timer per wait, which only a deadline nearer than the hub's next tick needs."""
 
     key: bytes
     last_id: str
@@ -97,24 +100,29 @@ class _Follower:
 
     def give(self, batch: RawEntries) -> None:
         self.held = batch
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+        self.wake()
 
     def take(self) -> RawEntries | None:
         batch, self.held = self.held, None
         return batch
 
-    async def wait(self, timeout_s: float) -> None:
-        """Until a batch comes or `timeout_s` passes (whichever first; it does not say which)."""
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self, timeout_s: float | None = None) -> None:
+        """Until a batch comes, the hub's next tick, or `timeout_s` passes (whichever first; it does not say
+        which). Without `timeout_s` there is no timer of its own."""
         if self.held is not None:
             return
         loop = asyncio.get_running_loop()
         self.waiter = waiter = loop.create_future()
-        timer = loop.call_later(timeout_s, _wake_waiter, waiter)
+        timer = loop.call_later(timeout_s, _wake_waiter, waiter) if timeout_s is not None else None
         try:
             await waiter
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self.waiter = None
 
 
@@ -126,8 +134,12 @@ def _wake_waiter(waiter: asyncio.Future[None]) -> None:
 class StreamHub:
     """The gateway process's one reader of turn streams. `start()` in the lifespan, `stop()` at shutdown."""
 
-    def __init__(self, redis: aioredis.Redis, *, block_ms: int = HUB_BLOCK_MS, batch: int = HUB_BATCH) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, *, block_ms: int = HUB_BLOCK_MS, batch: int = HUB_BATCH, tick_s: float = HUB_TICK_S
+    ) -> None:
         self._redis = redis
+        # Every tick, each waiting follower is woken to look at its deadline (see `_Follower`).
+        self.tick_s = tick_s
         # A connection of its own: it sits in XREAD BLOCK, and CLIENT UNBLOCK names it.
         self._reader = redis.client()
         # Its XREAD replies are read as hiredis returns them (see `_xread_entries`): redis-py's own reshaping of
@@ -145,19 +157,28 @@ class StreamHub:
         self._client_id: int | None = None
         self._waking: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="turn stream hub")
+            self._ticker = asyncio.create_task(self._tick_forever(), name="turn stream hub ticks")
 
     async def stop(self) -> None:
-        for task in (self._task, self._waking):
+        for task in (self._task, self._waking, self._ticker):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = None
+        self._task = self._ticker = None
         await self._reader.aclose()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            for followers in list(self._followers.values()):
+                for follower in followers:
+                    follower.wake()
 
     @property
     def followed(self) -> int:
@@ -291,8 +312,15 @@ class StreamHubs:
     idle while Redis built replies of tens of thousands of entries, and fell behind with a core to spare. Several
     hubs overlap: one's reply is handed out while Redis builds another's."""
 
-    def __init__(self, redis: aioredis.Redis, *, shards: int = HUB_SHARDS, block_ms: int = HUB_BLOCK_MS) -> None:
-        self._hubs = [StreamHub(redis, block_ms=block_ms) for _ in range(shards)]
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        shards: int = HUB_SHARDS,
+        block_ms: int = HUB_BLOCK_MS,
+        tick_s: float = HUB_TICK_S,
+    ) -> None:
+        self._hubs = [StreamHub(redis, block_ms=block_ms, tick_s=tick_s) for _ in range(shards)]
 
     def for_key(self, key: str) -> StreamHub:
         hub = self._hubs[zlib.crc32(key.encode()) % len(self._hubs)]
@@ -381,7 +409,9 @@ async def read_turn(
                 remaining_s = progress.deadline - time.monotonic()
                 if remaining_s <= 0:
                     raise TurnTimeoutError(turn_id, waiting_for=progress.waiting_for, last_run=progress.newest_run)
-                await follower.wait(min(wait_s, remaining_s))
+                # The hub's tick wakes it at least that often; a timer only for a nearer limit.
+                limit_s = min(wait_s, remaining_s)
+                await follower.wait(limit_s if limit_s < hub.tick_s else None)
                 continue
             hub.taken(follower)
             batch = progress.take(raw, timeouts)

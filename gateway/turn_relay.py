@@ -100,7 +100,7 @@ class TurnRelay:
         self._js = nc.jetstream()
         self._redis = redis
         # Every stream this gateway follows is read through its hubs (each started with its first follower).
-        self.hubs = StreamHubs(redis)
+        self.hubs = StreamHubs(redis, tick_s=config.timeouts.block_ms / 1000)
         # And the watch keys of the turns it follows are refreshed together, once per tick.
         self.watch_keys = WatchKeys(redis, ttl_s=config.watch_ttl_s, every_s=config.timeouts.block_ms / 1000)
         self.turns = turns

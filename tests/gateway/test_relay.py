@@ -1,5 +1,6 @@
 """The stream hub and read_turn against a real Redis: many turns read through one connection, a new follower
-served at once (not after the hub's block), and read_turn's semantics (resume, superseded runs, deadlines)."""
+served at once (not after the hub's block), and read_turn's semantics (resume, superseded runs, deadlines, kept by
+the hub's ticks when no timer of the follower's own is armed)."""
 
 from __future__ import annotations
 
@@ -165,6 +166,25 @@ async def test_a_turn_nobody_starts_times_out_naming_the_kind_it_waits_for(
     assert raised.value.waiting_for == "research"
     assert raised.value.last_run == (0, 1)
     assert await redis.exists(turn_stream_key(ns, turn_id))
+
+
+async def test_the_hubs_ticks_keep_a_deadline_no_timer_of_the_followers_own_watches(
+    redis: aioredis.Redis, namespace: str
+) -> None:
+    """A wait limit longer than a tick arms no timer: the hub's next tick wakes the follower to look at its
+    deadline. Without the ticks, nothing would ever wake it (the block is an hour)."""
+    ns = f"{namespace}hub"
+    hub = StreamHub(redis, block_ms=10_000, tick_s=0.05)
+    hub.start()
+    try:
+        slow_limit = Timeouts(start_s=0.3, handoff_s=0.3, idle_s=0.3, block_ms=3_600_000)
+        started = time.monotonic()
+        with pytest.raises(TurnTimeoutError):
+            async with asyncio.timeout(5):
+                await _texts(hub, redis, ns, new_id("turn"), timeouts=slow_limit)
+        assert 0.3 <= time.monotonic() - started < 2
+    finally:
+        await hub.stop()
 
 
 async def test_a_follower_that_does_not_keep_up_leaves_the_backlog_in_redis(
