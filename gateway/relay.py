@@ -270,6 +270,10 @@ class StreamHub:
                 self._reading = None
             for key, entries in response:
                 self._dispatch(key, entries)
+            if response:
+                # The followers just given a batch take it in the loop's next turn: the next read then asks for
+                # their keys too, instead of leaving them out and being interrupted (CLIENT UNBLOCK) for each.
+                await asyncio.sleep(0)
 
     def taken(self, follower: _Follower) -> None:
         """A follower took its batch: if the XREAD in flight left its key out, or reads it from beyond where this
