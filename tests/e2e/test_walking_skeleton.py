@@ -139,11 +139,16 @@ def _stream_order(event_id: str) -> tuple[int, int, float]:
 
 
 async def test_gateway_and_worker_are_separate_processes(system: RunningSystem, client: ChatKitClient) -> None:
-    events = await collect(client.create_thread("hello"))
+    events = await collect(client.create_thread("add task water the plants"))
     assert streamed_text(events)
     gateway, worker = system.processes["gateway"], system.processes["worker-task"]
     assert gateway.pid != worker.pid
-    # The agent ran in the worker: its log knows the turn, the gateway only published and relayed it.
+    # The agent ran in the worker: its log knows the turn, the gateway only published and relayed it. The worker
+    # logs the end once Redis has it, so the client may see the end a moment before the line is written.
+    for _ in range(100):
+        if "ended: completed" in system.log("worker-task"):
+            break
+        await asyncio.sleep(0.05)
     assert "ended: completed" in system.log("worker-task")
     assert "ended: completed" not in system.log("gateway")
     assert "published" in system.log("gateway")
