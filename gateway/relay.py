@@ -235,16 +235,7 @@ class StreamHub:
                 await self._changed.wait()
                 continue
             generation = self._generation
-            # Backpressure: a follower still holding a batch is not read for until it takes it, so a client (or a
-            # relay) slower than its worker leaves the backlog in Redis rather than in this process.
-            streams: dict[bytes, str] = {}
-            for key, followers in self._followers.items():
-                if len(followers) == 1:  # as a rule: one client per turn
-                    if followers[0].held is None:
-                        streams[key] = followers[0].last_id
-                elif ready := [f.last_id for f in followers if f.held is None]:
-                    streams[key] = min(ready, key=_id_key)
-            self._read_from = streams
+            self._read_from = streams = self._streams_to_read()
             if not streams:
                 self._changed.clear()
                 await self._changed.wait()
@@ -274,6 +265,19 @@ class StreamHub:
                 # The followers just given a batch take it in the loop's next turn: the next read then asks for
                 # their keys too, instead of leaving them out and being interrupted (CLIENT UNBLOCK) for each.
                 await asyncio.sleep(0)
+
+    def _streams_to_read(self) -> dict[bytes, str]:
+        """Each followed key and the id to read it after. Backpressure: a follower still holding a batch is not
+        read for until it takes it, so a client (or a relay) slower than its worker leaves the backlog in Redis
+        rather than in this process."""
+        streams: dict[bytes, str] = {}
+        for key, followers in self._followers.items():
+            if len(followers) == 1:  # as a rule: one client per turn
+                if followers[0].held is None:
+                    streams[key] = followers[0].last_id
+            elif ready := [f.last_id for f in followers if f.held is None]:
+                streams[key] = min(ready, key=_id_key)
+        return streams
 
     def taken(self, follower: _Follower) -> None:
         """A follower took its batch: if the XREAD in flight left its key out, or reads it from beyond where this

@@ -144,10 +144,11 @@ class Lease(Protocol):
 class SseResponse(Response):
     """A live SSE stream of ready-made frames (each chunk whole frames; b"" writes nothing).
 
-    The chunks are written in the request's own task. One watcher task waits on `receive()`: every `ping_s` it
-    pings a stream that wrote nothing for that long and keeps the lease alive, and on `http.disconnect` it
-    cancels the writer, since uvicorn's `send` does nothing (and raises nothing) once the client has gone. However
-    the stream ends, `chunks` is closed (its finally blocks close the turn's bookkeeping) and the lease released.
+    The chunks are written by a writer task of their own. The request's task waits on `receive()` meanwhile:
+    every `ping_s` it pings a stream that wrote nothing for that long and keeps the lease alive, and on
+    `http.disconnect` it cancels the writer, since uvicorn's `send` does nothing (and raises nothing) once the
+    client has gone. However the stream ends, `chunks` is closed (its finally blocks close the turn's bookkeeping)
+    and the lease released.
 
     A cancellation that does not come from a client leaving (uvicorn cancels what is still running when its
     graceful shutdown times out) is raised on. On SIGTERM uvicorn lets open streams run on until then."""
@@ -162,9 +163,8 @@ class SseResponse(Response):
         self.background = None
         self.init_headers(_HEADERS)
         self._last_write = 0.0
-        # Set before the closing write: the `http.disconnect` that `receive()` returns after it is no client leaving.
-        self._finished = False
-        self._disconnected = False
+        self._finished = False  # the closing write is on its way: no ping may follow it
+        self._waiting: asyncio.Timeout | None = None  # the watcher's wait for the client, while it waits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -184,52 +184,63 @@ class SseResponse(Response):
             await self.background()
 
     async def _stream(self, receive: Receive, send: Send) -> None:
-        writer = asyncio.current_task()
-        assert writer is not None, "an ASGI app runs in a task"
+        # The chunks are written by a task of their own, shallow: every event wakes the task that writes it and
+        # resumes it through every frame of its stack, and the request's task sits under uvicorn's, Starlette's
+        # and each middleware's frames. The request's task watches the client meanwhile.
         self._last_write = monotonic()
-        watcher = asyncio.create_task(self._watch(receive, send, writer))
+        writer = asyncio.create_task(self._write(send))
         try:
-            try:
-                async for chunk in self.chunks:
-                    if chunk:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                        self._last_write = monotonic()
-            except asyncio.CancelledError:
-                if self._disconnected and writer.uncancel() == 0:
-                    return  # the client left: nobody to answer
-                raise
-            self._finished = True
-            # Before the closing write, so that no ping can follow it.
-            watcher.cancel()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._watch(receive, send, writer)
         finally:
-            watcher.cancel()
+            if not writer.done():
+                writer.cancel()
+            # Ended before the chunks are closed (__call__): a generator still running in the writer cannot be.
+            await asyncio.wait({writer})
 
-    async def _watch(self, receive: Receive, send: Send, writer: asyncio.Task[Any]) -> None:
+    async def _write(self, send: Send) -> None:
+        async for chunk in self.chunks:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self._last_write = monotonic()
+        self._finished = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self, receive: Receive, send: Send, writer: asyncio.Task[None]) -> None:
+        """Until the writer ends (what it raised is raised here) or the client leaves (the writer is cancelled).
+        Every `ping_s` meanwhile, a ping for a quiet stream and the lease kept alive. The wait for the client is
+        a plain `receive()` under a timeout that the writer's end expires at once: no task or future more per
+        stream."""
+        writer.add_done_callback(self._writer_done)
         delay = self.ping_s
         try:
-            while True:
+            while not writer.done():
                 try:
-                    async with asyncio.timeout(delay):
+                    async with asyncio.timeout(delay) as self._waiting:
                         message = await receive()
                 except TimeoutError:
-                    delay = await self._tick(send)
+                    if not writer.done():
+                        delay = await self._tick(send)
                     continue
+                finally:
+                    self._waiting = None
                 if message["type"] == "http.disconnect":
-                    break
+                    writer.cancel()  # the client left: nobody to write to
+                    return
         except OSError as exc:
-            # ASGI servers that raise on a gone client (uvicorn does not) raise OSError from `send`.
+            # ASGI servers that raise on a gone client (uvicorn does not) raise OSError from `receive` or `send`.
             log.debug("an SSE stream's client is gone: %r", exc)
-        except Exception:
-            log.warning("an SSE stream stopped watching its client; ending it", exc_info=True)
-        if not self._finished:
-            self._disconnected = True
             writer.cancel()
+            return
+        writer.result()
+
+    def _writer_done(self, _: asyncio.Task[None]) -> None:
+        if self._waiting is not None:
+            self._waiting.reschedule(asyncio.get_running_loop().time())
 
     async def _tick(self, send: Send) -> float:
         """A ping if the stream has been quiet for `ping_s`, the lease kept alive; returns when to look next."""
         quiet = monotonic() - self._last_write
-        if quiet >= self.ping_s - _PING_SLACK_S:
+        if quiet >= self.ping_s - _PING_SLACK_S and not self._finished:
             # Safe beside the writer's own sends: each send is whole frames, written by uvicorn in one go.
             await send({"type": "http.response.body", "body": PING, "more_body": True})
             self._last_write = monotonic()
