@@ -130,9 +130,7 @@ class SseUser:
                     reader.read(frames, time.monotonic())
         except (TimeoutError, aiohttp.ClientError) as exc:
             sample.error = f"{type(exc).__name__}: {exc}"
-        sample.duration_s = time.monotonic() - sample.started
-        if sample.error is None and sample.events == 0:
-            sample.error = "the stream ended without an agent event"
+        _end_sample(sample)
         return sample, events
 
     async def _counted_turn(
@@ -163,9 +161,7 @@ class SseUser:
         finally:
             if transport is not None:
                 transport.close()
-        sample.duration_s = time.monotonic() - sample.started
-        if sample.error is None and sample.events == 0:
-            sample.error = "the stream ended without an agent event"
+        _end_sample(sample)
         return sample
 
 
@@ -210,6 +206,13 @@ class _CountedStream(asyncio.Protocol):
             self.done.set_result(None)
         else:
             self.done.set_exception(exc)
+
+
+def _end_sample(sample: TurnSample) -> None:
+    """A turn's stream is over, however it ended: its duration, and a stream with no agent event is an error."""
+    sample.duration_s = time.monotonic() - sample.started
+    if sample.error is None and sample.events == 0:
+        sample.error = "the stream ended without an agent event"
 
 
 async def _sse_frames(response: aiohttp.ClientResponse) -> AsyncIterator[list[Frame]]:

@@ -107,8 +107,8 @@ class _Follower:
         return batch
 
     def wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+        if self.waiter is not None:
+            _wake_waiter(self.waiter)
 
     async def wait(self, timeout_s: float | None = None) -> None:
         """Until a batch comes, the hub's next tick, or `timeout_s` passes (whichever first; it does not say
