@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import Receive, Scope, Send
 
 from kitrelay.gateway.attachments import KitrelayAttachmentStore
 from kitrelay.gateway.auth import Authenticator
@@ -24,6 +25,7 @@ from kitrelay.gateway.routes import router
 from kitrelay.gateway.security import install_security
 from kitrelay.gateway.server import RelayChatKitServer
 from kitrelay.gateway.sessions import router as sessions_router
+from kitrelay.gateway.sse import SERVER_SEND
 from kitrelay.gateway.store import GatewayStore
 from kitrelay.gateway.turn_relay import RelayConfig, TurnRelay
 from kitrelay.gateway.turn_routes import router as turn_router
@@ -54,6 +56,16 @@ class State(TypedDict):
     limiter: Limiter
     nats: NATS
     engine: AsyncEngine
+
+
+class GatewayApp(FastAPI):
+    """The gateway's FastAPI app, which hands SSE responses the ASGI server's own `send` (gateway/sse.SERVER_SEND)
+    beside the one every middleware wraps."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -105,7 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
     # FastAPI's own OpenTelemetry (on whenever a global provider is set, as every kitrelay process sets one) is off:
     # the gateway's HTTP spans come from the OpenTelemetry instrumentation when traces are exported
     # (shared/telemetry.instrument_app); otherwise it wrapped every SSE write for spans nobody receives.
-    app = FastAPI(
+    app = GatewayApp(
         title="kitrelay gateway",
         version="0.1.0",
         lifespan=lifespan,

@@ -6,14 +6,15 @@ it has nothing to do for them (the worker saved their items). The ChatKit server
 (the thread, the user's message, the turn's client effect) and hands the rest over in the request context; here
 it is written on as it came from the worker, one write per batch of entries the relay read.
 
-Every SSE answer of the gateway is an `SseResponse`: ready-made bytes written in the request's own task, and one
-watcher task per stream that pings a quiet stream, keeps the stream's lease (the user's in-flight slot) fresh and
-notices a client that left. (sse-starlette's response ran four tasks in a task group per stream and re-encoded
+Every SSE answer of the gateway is an `SseResponse`: ready-made bytes written by a task of their own, while the
+request's task pings a quiet stream, keeps the stream's lease (the user's in-flight slot) fresh and notices a client
+that left. (sse-starlette's response ran four tasks in a task group per stream and re-encoded
 every write; at thousands of open streams that was much of the gateway's memory and CPU.)"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from time import monotonic
@@ -24,7 +25,7 @@ from sse_starlette import ServerSentEvent
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from kitrelay.gateway.context import RequestContext
+from kitrelay.gateway.context import RelayedFrames, RequestContext
 from kitrelay.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def _chunk(frames: list[tuple[str | None, str]]) -> bytes:
     return b"".join([_frame(entry_id, data) for entry_id, data in frames])
 
 
-async def _opening(result: StreamingResult, context: RequestContext) -> AsyncIterator[bytes]:
+async def _opening(result: StreamingResult, context: RequestContext) -> AsyncGenerator[bytes, None]:
     """The SDK's part of the stream (the thread, the user's message, the turn handed to the workers), run to its
     end in a task of its own. A client that hangs up meanwhile must not cancel the SDK inside a store write (an
     SQLite connection cancelled mid-transaction keeps the database locked) or before the turn is published: a
@@ -82,19 +83,54 @@ def _opening_done(task: asyncio.Task[None]) -> None:
         log.error("a ChatKit stream's opening failed after its client left: %r", exc)
 
 
-async def sse_chunks(result: StreamingResult, context: RequestContext) -> AsyncIterator[bytes]:
+def sse_chunks(result: StreamingResult, context: RequestContext) -> AsyncIterator[bytes]:
     """The stream as ready-made SSE bytes: what /chatkit sends."""
-    try:
-        async for frame in _opening(result, context):
-            yield frame
-        if (relayed := context.relayed) is not None:
-            async for frames in relayed.frames():
-                relayed.saw(frames)
-                yield _chunk(frames)
+    return _ChatKitChunks(result, context)
+
+
+class _ChatKitChunks:
+    """/chatkit's stream: the SDK's opening, then the relayed turn, a chunk per batch the relay read. An iterator,
+    not a generator over the relay's: every event of every stream is resumed through each layer in between. Its
+    `aclose()` closes the turn's bookkeeping however the stream ended (the SSE response always calls it)."""
+
+    def __init__(self, result: StreamingResult, context: RequestContext) -> None:
+        self._context = context
+        self._opening: AsyncGenerator[bytes, None] | None = _opening(result, context)
+        self._frames: RelayedFrames | None = None
+
+    def __aiter__(self) -> _ChatKitChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._opening is not None:
+            try:
+                return await anext(self._opening)
+            except StopAsyncIteration:
+                self._opening = None
+                if self._context.relayed is None:
+                    raise
+                self._frames = self._context.relayed.frames()
+        relayed, frames_of = self._context.relayed, self._frames
+        if relayed is None or frames_of is None:
+            raise StopAsyncIteration
+        try:
+            frames = await frames_of.__anext__()
+        except StopAsyncIteration:
+            self._frames = None
             relayed.close(finished=True)
-    finally:
-        if context.relayed is not None:
-            context.relayed.close()
+            raise
+        relayed.saw(frames)
+        return _chunk(frames)
+
+    async def aclose(self) -> None:
+        try:
+            if self._opening is not None:
+                await self._opening.aclose()
+            if self._frames is not None:
+                await self._frames.aclose()
+        finally:
+            if self._context.relayed is not None:
+                self._context.relayed.close()
 
 
 async def sse_events(result: StreamingResult, context: RequestContext) -> AsyncGenerator[ServerSentEvent, None]:
@@ -104,24 +140,30 @@ async def sse_events(result: StreamingResult, context: RequestContext) -> AsyncG
         async for frame in _opening(result, context):
             yield ServerSentEvent(data=frame.removeprefix(_PREFIX).removesuffix(_SUFFIX).decode())
         if (relayed := context.relayed) is not None:
-            async for frames in relayed.frames():
-                relayed.saw(frames)
-                for entry_id, data in frames:
-                    yield ServerSentEvent(data=data, id=entry_id)
+            async with contextlib.aclosing(relayed.frames()) as batches:
+                async for frames in batches:
+                    relayed.saw(frames)
+                    for entry_id, data in frames:
+                        yield ServerSentEvent(data=data, id=entry_id)
             relayed.close(finished=True)
     finally:
         if context.relayed is not None:
             context.relayed.close()
 
 
-async def relayed_sse(frames: AsyncIterator[list[tuple[str | None, str]]]) -> AsyncIterator[bytes]:
+async def relayed_sse(frames: RelayedFrames) -> AsyncIterator[bytes]:
     """A re-attached turn's events (GET /turns/{id}/events), one write per batch."""
-    async for batch in frames:
-        yield _chunk(batch)
+    async with contextlib.aclosing(frames):
+        async for batch in frames:
+            yield _chunk(batch)
 
 
 # A comment frame: ignored by SSE clients, but it keeps proxies from closing a quiet stream.
 PING = b": ping\n\n"
+# The ASGI server's own `send`, put in the scope by the gateway app (gateway/app.GatewayApp) before any middleware
+# wraps it. Every middleware of the gateway looks at a response's start and its final body only, and each wrapper
+# cost a relayed event a coroutine call: a stream's chunks in between go straight to the server.
+SERVER_SEND = "kitrelay.server_send"
 # A timer may fire a hair before its deadline; a stream this close to `ping_s` of quiet is pinged all the same.
 _PING_SLACK_S = 0.005
 _HEADERS = {
@@ -173,7 +215,7 @@ class SseResponse(Response):
                 # The headers a GET gets, and no stream: it would never end for a client that reads no body.
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             else:
-                await self._stream(receive, send)
+                await self._stream(scope, receive, send)
         finally:
             try:
                 await _aclose(self.chunks)
@@ -183,12 +225,12 @@ class SseResponse(Response):
         if self.background is not None:
             await self.background()
 
-    async def _stream(self, receive: Receive, send: Send) -> None:
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The chunks are written by a task of their own, shallow: every event wakes the task that writes it and
         # resumes it through every frame of its stack, and the request's task sits under uvicorn's, Starlette's
         # and each middleware's frames. The request's task watches the client meanwhile.
         self._last_write = monotonic()
-        writer = asyncio.create_task(self._write(send))
+        writer = asyncio.create_task(self._write(send, scope.get(SERVER_SEND, send)))
         try:
             await self._watch(receive, send, writer)
         finally:
@@ -197,10 +239,12 @@ class SseResponse(Response):
             # Ended before the chunks are closed (__call__): a generator still running in the writer cannot be.
             await asyncio.wait({writer})
 
-    async def _write(self, send: Send) -> None:
+    async def _write(self, send: Send, send_chunk: Send) -> None:
+        """The chunks through `send_chunk` (the server's own send when there is one), the final body through the
+        middlewares' `send` (OpenTelemetry's ends the request's span there)."""
         async for chunk in self.chunks:
             if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send_chunk({"type": "http.response.body", "body": chunk, "more_body": True})
                 self._last_write = monotonic()
         self._finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})

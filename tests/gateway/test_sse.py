@@ -24,7 +24,7 @@ from starlette.types import Message, Scope
 
 from kitrelay.gateway.client import user_input
 from kitrelay.gateway.limits import Limiter
-from kitrelay.gateway.sse import PING, SseResponse
+from kitrelay.gateway.sse import PING, SERVER_SEND, SseResponse
 from tests.gateway.conftest import MakeSettings, bearer, in_process_gateway, new_user
 
 pytestmark = pytest.mark.timeout(60)
@@ -278,6 +278,28 @@ async def test_an_error_in_the_stream_is_raised_on_and_still_cleans_up() -> None
     with pytest.raises(ValueError, match="the SDK failed"):
         await run(SseResponse(chunks(), ping_s=30, lease=lease), server)
     assert lease.releases == 1
+
+
+async def test_chunks_skip_the_middlewares_and_the_start_and_the_end_go_through_them() -> None:
+    """The gateway app puts the server's own send in the scope: the chunks in between go there, the response's start
+    (the security headers) and its final body (OpenTelemetry ends the request's span) through the middlewares."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"data: 1\n\n"
+        yield b"data: 2\n\n"
+
+    server = ServerSide()
+    through_middlewares: list[Message] = []
+
+    async def middleware_send(message: Message) -> None:
+        through_middlewares.append(message)
+        await server.send(message)
+
+    response = SseResponse(chunks(), ping_s=30)
+    await asyncio.wait_for(response({**SCOPE, SERVER_SEND: server.send}, server.receive, middleware_send), 10)
+    assert server.bodies() == [b"data: 1\n\n", b"data: 2\n\n", b""]
+    assert [m["type"] for m in through_middlewares] == ["http.response.start", "http.response.body"]
+    assert through_middlewares[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 async def test_head_gets_the_headers_and_no_stream() -> None:
