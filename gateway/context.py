@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -12,13 +12,23 @@ from kitrelay.shared.messages import Identity
 from kitrelay.shared.store.chatkit_store import Statement
 
 
+class RelayedFrames(Protocol):
+    """A relayed turn's batches of (entry id, event JSON), read with `async for`; `aclose()` however that ends."""
+
+    def __aiter__(self) -> RelayedFrames: ...
+
+    async def __anext__(self) -> list[tuple[str | None, str]]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class RelayedStream(Protocol):
     """The rest of a relayed turn, handed from the ChatKit server to the SSE response (gateway/sse.py): batches of
     (entry id, event JSON) from `frames()`, each shown to `saw()` as it is written. `close(finished=True)` once
     the last was; `close()` ends the turn's bookkeeping however the stream ended, also when `frames()` was never
     read (a second call does nothing)."""
 
-    def frames(self) -> AsyncIterator[list[tuple[str | None, str]]]: ...
+    def frames(self) -> RelayedFrames: ...
 
     def saw(self, frames: list[tuple[str | None, str]]) -> None: ...
 

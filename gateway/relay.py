@@ -89,20 +89,24 @@ def entry_before(entry_id: str) -> str:
 @dataclass(eq=False)
 class _Follower:
     """One reader of a turn stream. It holds at most one batch: the hub gives it the next only once it has taken
-    this one (`take`), and wakes it when a batch comes, and at each of its ticks. A future per wait, not an
-    asyncio.Queue and an asyncio.timeout: those cost a relay a few microseconds per event, at tens of thousands
-    of events a second; so did a timer per wait, which only a deadline nearer than the hub's next tick needs."""
+    this one (`take`), and wakes it when a batch comes, and at each of its ticks. A bare future per wait, awaited as
+    it is (`arm`), not an asyncio.Queue, an asyncio.timeout or a coroutine around the future: each cost a relay a
+    microsecond or more per event, at tens of thousands of events a second; so did a timer per wait, which only a
+    deadline nearer than the hub's next tick needs."""
 
     key: bytes
     last_id: str
     held: RawEntries | None = None
     waiter: asyncio.Future[None] | None = None
+    timer: asyncio.TimerHandle | None = None
 
     def give(self, batch: RawEntries) -> None:
         self.held = batch
         self.wake()
 
     def take(self) -> RawEntries | None:
+        if self.waiter is not None:
+            self.disarm()
         batch, self.held = self.held, None
         return batch
 
@@ -110,20 +114,23 @@ class _Follower:
         if self.waiter is not None:
             _wake_waiter(self.waiter)
 
-    async def wait(self, timeout_s: float | None = None) -> None:
-        """Until a batch comes, the hub's next tick, or `timeout_s` passes (whichever first; it does not say
-        which). Without `timeout_s` there is no timer of its own."""
-        if self.held is not None:
-            return
+    def arm(self, timeout_s: float | None = None) -> asyncio.Future[None]:
+        """A future done once a batch comes, at the hub's next tick, or when `timeout_s` passes (whichever first;
+        it does not say which). Without `timeout_s` there is no timer of its own. `take` ends the wait."""
+        self.disarm()
         loop = asyncio.get_running_loop()
         self.waiter = waiter = loop.create_future()
-        timer = loop.call_later(timeout_s, _wake_waiter, waiter) if timeout_s is not None else None
-        try:
-            await waiter
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self.waiter = None
+        if self.held is not None:
+            waiter.set_result(None)
+        elif timeout_s is not None:
+            self.timer = loop.call_later(timeout_s, _wake_waiter, waiter)
+        return waiter
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.waiter = None
 
 
 def _wake_waiter(waiter: asyncio.Future[None]) -> None:
@@ -188,19 +195,28 @@ class StreamHub:
     @contextlib.contextmanager
     def follow(self, key: str, after: str) -> Iterator[_Follower]:
         """A follower of `key` from after entry id `after`: it is given the entries in order, a batch at a time."""
+        follower = self.add_follower(key, after)
+        try:
+            yield follower
+        finally:
+            self.remove_follower(follower)
+
+    def add_follower(self, key: str, after: str) -> _Follower:
+        """As `follow`, for a reader that is not a block of code (`TurnReader`): `remove_follower` once done."""
         follower = _Follower(key.encode(), after)
         self._followers.setdefault(follower.key, []).append(follower)
         self._generation += 1
         self._changed.set()
         self._wake()
-        try:
-            yield follower
-        finally:
-            followers = self._followers.get(follower.key, [])
-            if follower in followers:
-                followers.remove(follower)
-            if not followers:
-                self._followers.pop(follower.key, None)
+        return follower
+
+    def remove_follower(self, follower: _Follower) -> None:
+        follower.disarm()
+        followers = self._followers.get(follower.key, [])
+        if follower in followers:
+            followers.remove(follower)
+        if not followers:
+            self._followers.pop(follower.key, None)
 
     def _wake(self) -> None:
         """Interrupt an XREAD blocked on the keys of before: the new follower's entries must not wait for it."""
@@ -392,6 +408,64 @@ class _Progress:
         return batch
 
 
+class TurnReader:
+    """One reader's way through a turn's stream, through its hub: `poll()` for what came, and await `ready()` when
+    nothing did. No generator: every event of every stream passes here, and each layer of async generators between
+    the hub and the SSE write was one more frame to resume per event (`read_turn` is the generator, for callers
+    that can afford one). `open()` first; `close()` always, once done (a second call does nothing).
+
+    Entries of a run older than the newest seen are dropped: a redelivered (or handed-off) turn supersedes what
+    an earlier run wrote. No wait lasts longer than `block_ms`. A Redis that goes away for a moment is waited for,
+    within the same deadlines."""
+
+    def __init__(self, hub: StreamHub, namespace: str, turn_id: str, *, first_agent: AgentKind, timeouts: Timeouts):
+        self._hub = hub
+        self._key = turn_stream_key(namespace, turn_id)
+        self._turn_id = turn_id
+        self._timeouts = timeouts
+        self._wait_s = timeouts.block_ms / 1000
+        self._progress = _Progress((0, 0), first_agent, time.monotonic() + timeouts.start_s)
+        self._follower: _Follower | None = None
+
+    async def open(self, redis: aioredis.Redis, after: str = "0-0") -> None:
+        """Follow the stream from after entry id `after`."""
+        if after != "0-0":
+            # Resuming: the entry the client last saw tells which run it was following.
+            seen = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(self._key, min=after, max=after))
+            if seen:
+                self._progress.newest_run = peek_entry(seen[0][1]).run
+                self._progress.waiting_for = None
+        self._follower = self._hub.add_follower(self._key, after)
+
+    def close(self) -> None:
+        if self._follower is not None:
+            self._hub.remove_follower(self._follower)
+            self._follower = None
+
+    def poll(self) -> list[tuple[str, EntryView]] | None:
+        """The entries that came, in stream order, up to the terminal one (there may be none to pass on: []);
+        None when none came. Raises TurnTimeoutError once the deadline has passed with nothing come: the deadline
+        counts only while waiting (what came is passed on first)."""
+        follower = self._follower
+        assert follower is not None, "poll() before open() or after close()"
+        raw = follower.take()
+        if raw is None:
+            progress = self._progress
+            if progress.deadline <= time.monotonic():
+                raise TurnTimeoutError(self._turn_id, waiting_for=progress.waiting_for, last_run=progress.newest_run)
+            return None
+        self._hub.taken(follower)
+        return self._progress.take(raw, self._timeouts)
+
+    def ready(self) -> asyncio.Future[None]:
+        """Done once there may be something to `poll()`: a batch came, the hub ticked, or the deadline is near."""
+        follower = self._follower
+        assert follower is not None, "ready() before open() or after close()"
+        # The hub's tick wakes it at least that often; a timer only for a nearer limit.
+        limit_s = min(self._wait_s, self._progress.deadline - time.monotonic())
+        return follower.arm(limit_s if limit_s < self._hub.tick_s else None)
+
+
 async def read_turn(
     hub: StreamHub,
     redis: aioredis.Redis,
@@ -402,35 +476,17 @@ async def read_turn(
     timeouts: Timeouts,
     after: str = "0-0",
 ) -> AsyncIterator[list[tuple[str, EntryView]]]:
-    """Yield batches of (entry id, entry) in stream order, the terminal entry last.
-
-    Entries of a run older than the newest seen are dropped: a redelivered (or handed-off) turn supersedes what
-    an earlier run wrote. No wait lasts longer than `block_ms`. A Redis that goes away for a moment is waited for,
-    within the same deadlines."""
-    key = turn_stream_key(namespace, turn_id)
-    progress = _Progress((0, 0), first_agent, time.monotonic() + timeouts.start_s)
-    if after != "0-0":
-        # Resuming: the entry the client last saw tells which run it was following.
-        seen = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(key, min=after, max=after))
-        if seen:
-            progress.newest_run = peek_entry(seen[0][1]).run
-            progress.waiting_for = None
-    wait_s = timeouts.block_ms / 1000
-    with hub.follow(key, after) as follower:
+    """Yield batches of (entry id, entry) in stream order, the terminal entry last (see `TurnReader`)."""
+    reader = TurnReader(hub, namespace, turn_id, first_agent=first_agent, timeouts=timeouts)
+    try:
+        await reader.open(redis, after)
         while True:
-            raw = follower.take()
-            if raw is None:
-                # Nothing held: the deadline counts only while waiting (what came is passed on first).
-                remaining_s = progress.deadline - time.monotonic()
-                if remaining_s <= 0:
-                    raise TurnTimeoutError(turn_id, waiting_for=progress.waiting_for, last_run=progress.newest_run)
-                # The hub's tick wakes it at least that often; a timer only for a nearer limit.
-                limit_s = min(wait_s, remaining_s)
-                await follower.wait(limit_s if limit_s < hub.tick_s else None)
-                continue
-            hub.taken(follower)
-            batch = progress.take(raw, timeouts)
-            if batch:
+            batch = reader.poll()
+            if batch is None:
+                await reader.ready()
+            elif batch:
                 yield batch
                 if batch[-1][1].is_terminal:
                     return
+    finally:
+        reader.close()

@@ -26,7 +26,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from kitrelay.gateway.context import RequestContext
 from kitrelay.gateway.store import GatewayStore
-from kitrelay.gateway.turn_relay import BUSY_MESSAGE, TurnRejectedError, TurnRelay
+from kitrelay.gateway.turn_relay import BUSY_MESSAGE, FollowedTurn, TurnRejectedError, TurnRelay
 from kitrelay.services.feedback import FeedbackService
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import TurnRequest, WidgetAction
@@ -163,7 +163,7 @@ class _RelayedTurn:
         self._first = True
         self._closed = False
 
-    def frames(self) -> AsyncIterator[list[tuple[str | None, str]]]:
+    def frames(self) -> FollowedTurn:
         # The relay's own iterator, not a generator around it: a layer less for every event of every stream.
         return self._relay.follow_raw(self._turn_id, self._thread_id, first_agent=self._agent)
 

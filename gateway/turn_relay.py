@@ -25,7 +25,7 @@ from nats.aio.client import Client as NATS
 
 from kitrelay.gateway.context import HeldMessage
 from kitrelay.gateway.errors import ApiError
-from kitrelay.gateway.relay import StreamHubs, Timeouts, TurnTimeoutError, entry_before, read_turn, split_event_id
+from kitrelay.gateway.relay import StreamHubs, Timeouts, TurnReader, TurnTimeoutError, entry_before, split_event_id
 from kitrelay.gateway.watch_keys import WatchKeys
 from kitrelay.services.turns import TurnRecords, start_statement
 from kitrelay.shared.messages import EntryView, TurnEnd, TurnEntry, TurnRequest, TurnStatus, event_json
@@ -182,52 +182,27 @@ class TurnRelay:
             TURNS_STARTED.labels(turn.agent).inc()
             log.info("turn %s published for thread %s to %s", turn.turn_id, turn.thread_id, turn.agent)
 
-    async def follow_raw(
-        self, turn_id: str, thread_id: str, *, first_agent: AgentKind, after: str = "0-0"
-    ) -> AsyncIterator[list[RelayedFrame]]:
+    def follow_raw(self, turn_id: str, thread_id: str, *, first_agent: AgentKind, after: str = "0-0") -> FollowedTurn:
         """The turn's ChatKit events until its end, in batches of (entry id, the event's JSON as the client
         receives it), passed on as the worker wrote them, without rebuilding models. A turn nobody picks up (or
-        that goes quiet) is ended here with a clear, retryable error event (which has no entry id)."""
-        watch_key = turn_watch_key(self.config.namespace, turn_id)
-        # Resuming inside a pack ("<entry id>.<n>"): that entry is read again and its first n + 1 events skipped.
-        start, resumed_in = split_event_id(after)
-        if resumed_in:
-            after = entry_before(start)
-        client = _ClientView(turn_id, resume_at=start, skip=resumed_in)
-        # Counted into the metric every RELAYED_COUNT_EVERY events and at the end, not per batch: the counter's
-        # lock was a few per cent of the gateway at thousands of streams.
-        relayed = 0
-        SSE_STREAMS_OPEN.inc()
-        try:
-            await self.watch_keys.watch(watch_key)  # counted at once: the `finally` always balances it
-            async for batch in read_turn(
-                self.hubs.for_key(turn_stream_key(self.config.namespace, turn_id)),
-                self._redis,
-                self.config.namespace,
-                turn_id,
-                first_agent=first_agent,
-                timeouts=self.config.timeouts,
-                after=after,
-            ):
-                if frames := client.frames(batch):
-                    relayed += len(frames)
-                    if relayed >= RELAYED_COUNT_EVERY:
-                        EVENTS_RELAYED.inc(relayed)
-                        relayed = 0
-                    yield frames
-        except TurnTimeoutError as exc:
-            log.warning("%s", exc)
-            await self._end_here(turn_id, thread_id, exc.last_run, "failed", str(exc))
-            message = (
-                f"No {exc.waiting_for} worker picked up this message in time. Please try again in a moment."
-                if exc.waiting_for
-                else "The assistant stopped responding. Please try again."
-            )
-            yield [(None, event_json(ErrorEvent(code="custom", message=message, allow_retry=True)))]
-        finally:
-            EVENTS_RELAYED.inc(relayed)
-            self.watch_keys.unwatch(watch_key)
-            SSE_STREAMS_OPEN.dec()
+        that goes quiet) is ended here with a clear, retryable error event (which has no entry id). Close it
+        (`aclose`) however its reading ends."""
+        return FollowedTurn(self, turn_id, thread_id, first_agent=first_agent, after=after)
+
+    async def timed_out(self, turn_id: str, thread_id: str, exc: TurnTimeoutError) -> list[RelayedFrame]:
+        """End a turn nobody picked up (or that went quiet) here; the client is shown a retryable error."""
+        log.warning("%s", exc)
+        await self._end_here(turn_id, thread_id, exc.last_run, "failed", str(exc))
+        message = (
+            f"No {exc.waiting_for} worker picked up this message in time. Please try again in a moment."
+            if exc.waiting_for
+            else "The assistant stopped responding. Please try again."
+        )
+        return [(None, event_json(ErrorEvent(code="custom", message=message, allow_retry=True)))]
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
 
     async def close(self) -> None:
         await self.watch_keys.close()
@@ -282,6 +257,102 @@ class TurnRelay:
         await self.turns.finish(turn_id, status)
         if thread_id is not None:
             await release_thread(self._redis, self.config.namespace, thread_id, turn_id)
+
+
+class FollowedTurn:
+    """A turn's relayed events, one client's (`TurnRelay.follow_raw`): an async iterator of batches of frames,
+    not a generator. Every event of every stream comes through here and the SSE response's `__anext__`; each
+    layer of async generators in between was one more frame to resume per event, so this one waits on the hub's
+    future itself (relay.TurnReader). Its bookkeeping (the hub's follower, the watch key, the gauges) is
+    released by `aclose()`, at the end of the turn, or when it is collected, whichever comes first."""
+
+    def __init__(self, relay: TurnRelay, turn_id: str, thread_id: str, *, first_agent: AgentKind, after: str) -> None:
+        self._reader: TurnReader | None = None
+        self._opened = False
+        self._done = False
+        self._relay = relay
+        self._turn_id = turn_id
+        self._thread_id = thread_id
+        self._first_agent = first_agent
+        # Resuming inside a pack ("<entry id>.<n>"): that entry is read again and its first n + 1 events skipped.
+        start, resumed_in = split_event_id(after)
+        self._after = entry_before(start) if resumed_in else after
+        self._client = _ClientView(turn_id, resume_at=start, skip=resumed_in)
+        self._watch_key = turn_watch_key(relay.config.namespace, turn_id)
+        # Counted into the metric every RELAYED_COUNT_EVERY events and at the end, not per batch: the counter's
+        # lock was a few per cent of the gateway at thousands of streams.
+        self._relayed = 0
+
+    def __aiter__(self) -> FollowedTurn:
+        return self
+
+    async def __anext__(self) -> list[RelayedFrame]:
+        reader = self._reader
+        if reader is None:
+            if self._done:
+                raise StopAsyncIteration
+            reader = await self._open()
+        try:
+            while True:
+                batch = reader.poll()
+                if batch is None:
+                    await reader.ready()
+                    continue
+                if not batch:
+                    continue
+                frames = self._client.frames(batch)
+                if batch[-1][1].is_terminal:
+                    self._close()
+                if frames:
+                    self._relayed += len(frames)
+                    if self._relayed >= RELAYED_COUNT_EVERY:
+                        EVENTS_RELAYED.inc(self._relayed)
+                        self._relayed = 0
+                    return frames
+                if self._done:
+                    raise StopAsyncIteration
+        except TurnTimeoutError as exc:
+            self._close()
+            return await self._relay.timed_out(self._turn_id, self._thread_id, exc)
+
+    async def _open(self) -> TurnReader:
+        relay = self._relay
+        self._opened = True
+        SSE_STREAMS_OPEN.inc()
+        self._reader = reader = TurnReader(
+            relay.hubs.for_key(turn_stream_key(relay.config.namespace, self._turn_id)),
+            relay.config.namespace,
+            self._turn_id,
+            first_agent=self._first_agent,
+            timeouts=relay.config.timeouts,
+        )
+        try:
+            await relay.watch_keys.watch(self._watch_key)  # counted at once: `_close` always balances it
+            await reader.open(relay.redis, self._after)
+        except BaseException:
+            self._close()
+            raise
+        return reader
+
+    def _close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._opened:
+            EVENTS_RELAYED.inc(self._relayed)
+            self._relayed = 0
+            self._relay.watch_keys.unwatch(self._watch_key)
+            SSE_STREAMS_OPEN.dec()
+
+    async def aclose(self) -> None:
+        self._close()
+
+    def __del__(self) -> None:
+        # As an async generator is closed when it is collected: a reader nobody closed still leaves the hub.
+        self._close()
 
 
 async def _next_loop_turn(work: Awaitable[None]) -> None:

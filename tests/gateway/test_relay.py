@@ -202,7 +202,7 @@ async def test_a_follower_that_does_not_keep_up_leaves_the_backlog_in_redis(
         assert len(follower.held) == HUB_BATCH
         seen = 0
         while seen < 1501:
-            await follower.wait(5)
+            await follower.arm(5)
             batch = follower.take()
             assert batch is not None, "no batch within 5 s"
             hub.taken(follower)

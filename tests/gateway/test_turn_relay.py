@@ -4,6 +4,7 @@ handed to the workers while its record is written, and a turn whose record canno
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from collections.abc import Sequence
@@ -20,14 +21,15 @@ from chatkit.types import (
     UserMessageTextContent,
 )
 from nats.aio.client import Client as NATS
+from prometheus_client import REGISTRY
 
 from kitrelay.gateway.context import HeldMessage, RequestContext
 from kitrelay.gateway.relay import entry_before, split_event_id
-from kitrelay.gateway.turn_relay import TurnRelay
+from kitrelay.gateway.turn_relay import FollowedTurn, TurnRelay
 from kitrelay.gateway.turn_routes import ENTRY_ID_PATTERN
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, Identity, PackEntry, TurnEnd, TurnEntry, TurnRequest
-from kitrelay.shared.names import turns_subject
+from kitrelay.shared.names import turn_stream_key, turns_subject
 from kitrelay.shared.store.chatkit_store import Statement
 from kitrelay.shared.turn_bus import append_entry, last_entry
 from tests.gateway.conftest import MakeSettings, in_process_gateway
@@ -84,6 +86,47 @@ async def test_a_pack_is_relayed_event_by_event_and_a_client_resumes_inside_it(m
         assert _texts(await _frames(relay, turn_id, after=f"{pack}.1")) == ["c", "d"]
         assert _texts(await _frames(relay, turn_id, after=pack)) == ["d"]
         assert _texts(await _frames(relay, turn_id, after=ids[0])) == ["a", "b", "c", "d"]
+
+
+def _streams_open() -> float:
+    return REGISTRY.get_sample_value("kitrelay_sse_streams_open") or 0.0
+
+
+async def test_a_follower_leaves_the_hub_when_closed_read_to_its_end_or_dropped(make_settings: MakeSettings) -> None:
+    """A followed turn is an iterator, not a generator: whichever way its reading ends, its hub follower, its watch
+    key and the open-streams gauge are given back."""
+    settings = make_settings()
+    async with in_process_gateway(settings) as gateway:
+        relay: TurnRelay = gateway.state["chatkit_server"].relay
+        redis = gateway.state["redis"]
+        turn_id = new_id("turn")
+        hub = relay.hubs.for_key(turn_stream_key(settings.NAMESPACE, turn_id))
+        entry = TurnEntry(turn_id=turn_id, attempt=1, seq=0, body=ChatKitEntry(event=ProgressUpdateEvent(text="p")))
+        await append_entry(redis, settings.NAMESPACE, entry, ttl_s=60)
+        open_before = _streams_open()
+
+        async def followed_once() -> FollowedTurn:
+            following = relay.follow_raw(turn_id, "thr_1", first_agent="task")
+            assert _texts(await anext(following)) == ["p"]
+            assert (hub.followed, relay.watch_keys.watched, _streams_open()) == (1, 1, open_before + 1)
+            return following
+
+        closed = await followed_once()
+        await closed.aclose()
+        assert (hub.followed, relay.watch_keys.watched, _streams_open()) == (0, 0, open_before)
+        with pytest.raises(StopAsyncIteration):
+            await anext(closed)
+
+        dropped = await followed_once()
+        del dropped
+        gc.collect()
+        assert (hub.followed, relay.watch_keys.watched, _streams_open()) == (0, 0, open_before)
+
+        read = await followed_once()
+        end = TurnEntry(turn_id=turn_id, attempt=1, seq=1, body=TurnEnd(status="completed"))
+        await append_entry(redis, settings.NAMESPACE, end, ttl_s=60)
+        assert [batch async for batch in read] == []
+        assert (hub.followed, relay.watch_keys.watched, _streams_open()) == (0, 0, open_before)
 
 
 @pytest.mark.parametrize(("event_id", "split"), [("5-3", ("5-3", 0)), ("5-3.0", ("5-3", 1)), ("5-3.41", ("5-3", 42))])
