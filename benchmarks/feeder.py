@@ -66,6 +66,7 @@ class FedTurn:
     key: str
     item: AssistantMessageItem
     delta_event: ThreadItemUpdatedEvent
+    phase: int = 0  # when in each tick its entries are written (see Feeder)
     written: int = 0  # events written so far
     seq: int = 0  # entries written so far
     templates: dict[int, XaddTemplate] = field(default_factory=dict)  # delta entries by how many they pack
@@ -184,7 +185,15 @@ def _next_entry(turn: FedTurn, tokens: int, pack: int = 1) -> tuple[bytes, int]:
 
 class Feeder:
     def __init__(
-        self, settings: Settings, *, tokens: int, token_delay_s: float, per_round: int, hold_until: int, pack: bool
+        self,
+        settings: Settings,
+        *,
+        tokens: int,
+        token_delay_s: float,
+        per_round: int,
+        hold_until: int,
+        pack: bool,
+        phases: int = 1,
     ) -> None:
         self._settings = settings
         # Write nothing until this many turns are open (or HOLD_TIMEOUT_S passed): the figures are then those of
@@ -196,7 +205,13 @@ class Feeder:
         self._per_round = per_round
         # A round's deltas of a turn in one entry (a pack), as a worker writes a model that outruns its writes.
         self._pack = per_round if pack else 1
+        # Each turn writes at one of `phases` moments of a tick, taken in turn: a model's tokens come at its own
+        # pace, not in step with every other turn's, and 2,000 turns written in one round every tick made the
+        # gateway relay 2,000 events at once and none until the next tick.
+        self._phases = max(1, phases) if token_delay_s else 1
         self._active: dict[str, FedTurn] = {}
+        self._by_phase: list[dict[str, FedTurn]] = [{} for _ in range(self._phases)]
+        self._started = 0
         self._stopping = asyncio.Event()
         self._enough = asyncio.Event()
         self.turns_done = 0
@@ -204,6 +219,13 @@ class Feeder:
     def stop(self) -> None:
         self._stopping.set()
         self._enough.set()  # stop holding too
+
+    def add(self, request: TurnRequest) -> None:
+        """A turn to answer, at the next phase in turn."""
+        turn = self._active[request.turn_id] = _start(request, self._settings.NAMESPACE)
+        turn.phase = self._started % self._phases
+        self._by_phase[turn.phase][request.turn_id] = turn
+        self._started += 1
 
     async def run(self) -> None:
         ns = self._settings.NAMESPACE
@@ -226,8 +248,7 @@ class Feeder:
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
                 for msg in msgs:
-                    request = TurnRequest.model_validate_json(msg.data)
-                    self._active[request.turn_id] = _start(request, ns)
+                    self.add(TurnRequest.model_validate_json(msg.data))
                     if len(self._active) >= self._hold_until:
                         self._enough.set()
                     # Acked at once: redelivery is not what this process is for.
@@ -239,15 +260,21 @@ class Feeder:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._enough.wait(), HOLD_TIMEOUT_S)
                 log.warning("feeder starts with %d turns open", len(self._active))
+            # Every round at its moment of the tick, counted from the first (a late round is caught up at once,
+            # not moved on, so the token delay is what it says).
+            step_s = self._delay_s / self._phases
+            rounds = 0
+            first = time.monotonic()
             while not self._stopping.is_set():
-                started = time.monotonic()
                 if self._active:
-                    await self._round(redis)
+                    await self._round(redis, rounds % self._phases)
+                    rounds += 1
                 else:
                     await asyncio.sleep(0.005)
+                    first = time.monotonic() - rounds * step_s
                     continue
-                if self._delay_s:
-                    await asyncio.sleep(max(0.0, self._delay_s - (time.monotonic() - started)))
+                if step_s:
+                    await asyncio.sleep(max(0.0, first + rounds * step_s - time.monotonic()))
                 else:
                     await asyncio.sleep(0)  # let the puller in
         finally:
@@ -258,11 +285,11 @@ class Feeder:
             await redis.close()
             log.warning("feeder stopped after %d turns", self.turns_done)
 
-    async def _round(self, redis: RawRedis) -> None:
+    async def _round(self, redis: RawRedis, phase: int) -> None:
         settings = self._settings
         finished: list[FedTurn] = []
         commands: list[bytes] = []
-        for turn in list(self._active.values()):
+        for turn in list(self._by_phase[phase].values()):
             budget = self._per_round
             while budget > 0:
                 command, events = _next_entry(turn, self._tokens, min(self._pack, budget))
@@ -277,9 +304,11 @@ class Feeder:
                     commands.append(_resp("DEL", thread_active_key(settings.NAMESPACE, turn.request.thread_id)))
                     finished.append(turn)
                     break
-        await redis.run(commands)
+        if commands:
+            await redis.run(commands)
         for turn in finished:
             del self._active[turn.request.turn_id]
+            del self._by_phase[turn.phase][turn.request.turn_id]
             self.turns_done += 1
 
 
@@ -291,6 +320,7 @@ async def _main(args: argparse.Namespace) -> None:
         per_round=args.per_round,
         hold_until=args.hold_until,
         pack=args.pack,
+        phases=args.phases,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -307,6 +337,9 @@ def main(argv: list[str] | None = None) -> None:
         "--pack", action="store_true", help="write a round's deltas of a turn as one entry, as a worker packs them"
     )
     parser.add_argument("--hold-until", type=int, default=0, help="write nothing until this many turns are open")
+    parser.add_argument(
+        "--phases", type=int, default=10, help="moments of each token tick the turns are spread over (1: in step)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     # uvloop, as the load generator: the feeder stands in for workers on other machines, and the CPU it spends on

@@ -303,6 +303,7 @@ def run_stream_scenario(args: argparse.Namespace, work: Path, scenario: str) -> 
     if scenario == "streams":
         streams = args.streams
         feeder = ["--tokens", str(args.stream_tokens), "--token-delay-ms", str(args.stream_token_delay_ms)]
+        feeder += ["--phases", str(args.stream_phases)]
     else:
         streams = args.relay_streams
         feeder = ["--tokens", str(args.relay_tokens), "--token-delay-ms", "0", "--per-round", str(args.relay_batch)]
@@ -445,6 +446,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, default=2000, help="streams: open streams")
     parser.add_argument("--stream-tokens", type=int, default=600, help="streams: deltas per reply")
     parser.add_argument("--stream-token-delay-ms", type=float, default=50.0)
+    parser.add_argument(
+        "--stream-phases",
+        type=int,
+        default=10,
+        help="streams: moments of each token tick the replies are spread over, as independent models (1: in step)",
+    )
     parser.add_argument("--open-concurrency", type=int, default=20, help="streams being opened at once")
     parser.add_argument("--relay-streams", type=int, default=200)
     parser.add_argument("--relay-tokens", type=int, default=1000)

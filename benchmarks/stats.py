@@ -102,7 +102,10 @@ class RunResult:
             "events_per_s": round(events / self.wall_s, 1) if self.wall_s else None,
             "first_event_ms_p50": ms(percentile(firsts, 0.5)),
             "first_event_ms_p99": ms(percentile(firsts, 0.99)),
+            "event_gap_ms_p50": ms(percentile(gaps, 0.5)),
+            "event_gap_ms_p90": ms(percentile(gaps, 0.9)),
             "event_gap_ms_p99": ms(percentile(gaps, 0.99)),
+            "event_gap_ms_p999": ms(percentile(gaps, 0.999)),
             "turn_ms_p50": ms(percentile(durations, 0.5)),
             "turn_ms_p99": ms(percentile(durations, 0.99)),
             "by_kind_first_event_ms_p50": {

@@ -8,9 +8,10 @@ from datetime import datetime
 import pytest
 import redis.asyncio as aioredis
 
-from benchmarks.feeder import RawRedis, XaddTemplate, _entry, _resp, _start, _xadd
+from benchmarks.feeder import Feeder, RawRedis, XaddTemplate, _entry, _resp, _start, _xadd
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, PackEntry, TurnEnd, TurnEntry, TurnRequest
+from kitrelay.shared.settings import Settings
 from tests.turn_streams import turn_entries
 
 
@@ -61,3 +62,35 @@ async def test_a_command_redis_refuses_is_an_error_not_a_silent_miss(redis_url: 
             await raw.run([_resp("XADD", "k", "not-an-id", "f", "v")])
     finally:
         await raw.close()
+
+
+async def test_turns_are_spread_over_the_phases_of_a_tick(redis_url: str, namespace: str) -> None:
+    """Each round writes its phase's turns only, as independent models' tokens come at their own moments."""
+    feeder = Feeder(
+        Settings(REDIS_URL=redis_url, NAMESPACE=namespace),
+        tokens=5,
+        token_delay_s=0.05,
+        per_round=1,
+        hold_until=0,
+        pack=False,
+        phases=2,
+    )
+    requests = [_request() for _ in range(4)]
+    for request in requests:
+        feeder.add(request)
+    raw = await RawRedis.connect(redis_url)
+    redis = aioredis.Redis.from_url(redis_url)
+
+    async def written() -> list[int]:
+        return [len(await turn_entries(redis, namespace, request.turn_id)) for request in requests]
+
+    try:
+        await feeder._round(raw, 0)
+        assert await written() == [1, 0, 1, 0]
+        await feeder._round(raw, 1)
+        assert await written() == [1, 1, 1, 1]
+        await feeder._round(raw, 0)
+        assert await written() == [2, 1, 2, 1]
+    finally:
+        await raw.close()
+        await redis.aclose()
