@@ -13,11 +13,14 @@ from kitrelay.shared.store.chatkit_store import Statement
 
 
 class RelayedFrames(Protocol):
-    """A relayed turn's batches of (entry id, event JSON), read with `async for`; `aclose()` however that ends."""
+    """A relayed turn's batches of (entry id, event JSON), read with `async for`; `aclose()` however that ends.
+    `push_to(sink)` hands batches to `sink` as they come, where it can (gateway/turn_relay.FollowedTurn)."""
 
     def __aiter__(self) -> RelayedFrames: ...
 
     async def __anext__(self) -> list[tuple[str | None, str]]: ...
+
+    def push_to(self, sink: Callable[[list[tuple[str | None, str]]], bool]) -> None: ...
 
     async def aclose(self) -> None: ...
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -99,14 +99,21 @@ class _Follower:
     held: RawEntries | None = None
     waiter: asyncio.Future[None] | None = None
     timer: asyncio.TimerHandle | None = None
+    # Takes a batch the moment it is given, inside the hub's hand-out, and says whether it did (see `listen`).
+    listener: Callable[[], bool] | None = None
 
     def give(self, batch: RawEntries) -> None:
         self.held = batch
+        if self.listener is not None:
+            try:
+                if self.listener():
+                    return
+            except Exception:
+                # The hub serves every stream of this process: one reader's failure must not stop it.
+                log.exception("a turn stream's listener failed; its reader takes the batch")
         self.wake()
 
     def take(self) -> RawEntries | None:
-        if self.waiter is not None:
-            self.disarm()
         batch, self.held = self.held, None
         return batch
 
@@ -116,7 +123,7 @@ class _Follower:
 
     def arm(self, timeout_s: float | None = None) -> asyncio.Future[None]:
         """A future done once a batch comes, at the hub's next tick, or when `timeout_s` passes (whichever first;
-        it does not say which). Without `timeout_s` there is no timer of its own. `take` ends the wait."""
+        it does not say which). Without `timeout_s` there is no timer of its own. A new `arm` replaces the wait."""
         self.disarm()
         loop = asyncio.get_running_loop()
         self.waiter = waiter = loop.create_future()
@@ -276,16 +283,18 @@ class StreamHub:
                 continue
             finally:
                 self._reading = None
-            for key, entries in response:
-                self._dispatch(key, entries)
-            if response:
-                # The followers just given a batch take it in the loop's next turn: the next read then asks for
-                # their keys too, instead of leaving them out and being interrupted (CLIENT UNBLOCK) for each.
-                self._between_reads = True
-                try:
-                    await asyncio.sleep(0)
-                finally:
-                    self._between_reads = False
+            if not response:
+                continue
+            # The followers given a batch take it during the hand-out (a listener) or in the loop's next turn:
+            # the next read then asks for their keys too, instead of leaving them out and being interrupted
+            # (CLIENT UNBLOCK) for each.
+            self._between_reads = True
+            try:
+                for key, entries in response:
+                    self._dispatch(key, entries)
+                await asyncio.sleep(0)
+            finally:
+                self._between_reads = False
 
     def _streams_to_read(self) -> dict[bytes, str]:
         """Each followed key and the id to read it after. Backpressure: a follower still holding a batch is not
@@ -441,6 +450,13 @@ class TurnReader:
         if self._follower is not None:
             self._hub.remove_follower(self._follower)
             self._follower = None
+
+    def listen(self, listener: Callable[[], bool]) -> None:
+        """Have `listener` called the moment the hub gives a batch, inside the hub's hand-out: it may `poll()`
+        and pass the batch on there and then, and returns whether it did; if not, `ready()` is done as usual.
+        A relayed event then wakes no task (the SSE response writes it from there: gateway/sse.py)."""
+        assert self._follower is not None, "listen() before open() or after close()"
+        self._follower.listener = listener
 
     def poll(self) -> list[tuple[str, EntryView]] | None:
         """The entries that came, in stream order, up to the terminal one (there may be none to pass on: []);

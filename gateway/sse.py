@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Generator
 from time import monotonic
-from typing import Any, Protocol
+from types import CoroutineType
+from typing import Any, Protocol, runtime_checkable
 
 from chatkit.server import StreamingResult
 from sse_starlette import ServerSentEvent
@@ -97,9 +98,21 @@ class _ChatKitChunks:
         self._context = context
         self._opening: AsyncGenerator[bytes, None] | None = _opening(result, context)
         self._frames: RelayedFrames | None = None
+        self._sink: ChunkSink | None = None
 
     def __aiter__(self) -> _ChatKitChunks:
         return self
+
+    def push_to(self, sink: ChunkSink) -> None:
+        """The relayed turn's chunks go to `sink` as the relay reads them, where it can (see `SseResponse`)."""
+        self._sink = sink
+
+    def _push(self, frames: list[tuple[str | None, str]]) -> bool:
+        relayed, sink = self._context.relayed, self._sink
+        if relayed is None or sink is None or not sink(_chunk(frames)):
+            return False
+        relayed.saw(frames)
+        return True
 
     async def __anext__(self) -> bytes:
         if self._opening is not None:
@@ -110,6 +123,8 @@ class _ChatKitChunks:
                 if self._context.relayed is None:
                     raise
                 self._frames = self._context.relayed.frames()
+                if self._sink is not None:
+                    self._frames.push_to(self._push)
         relayed, frames_of = self._context.relayed, self._frames
         if relayed is None or frames_of is None:
             raise StopAsyncIteration
@@ -174,6 +189,17 @@ _HEADERS = {
 }
 
 
+# Writes a chunk there and then if it can, and says whether it did (SseResponse._write_now).
+ChunkSink = Callable[[bytes], bool]
+
+
+@runtime_checkable
+class PushedChunks(Protocol):
+    """Chunks that can be handed to a sink the moment they come, besides being iterated (`_ChatKitChunks`)."""
+
+    def push_to(self, sink: ChunkSink) -> None: ...
+
+
 class Lease(Protocol):
     """What a stream holds while it is open (gateway/limits.TurnSlot): refreshed while it lasts, given back once
     it ends, however it ends. `release` must be idempotent and must not raise."""
@@ -207,6 +233,9 @@ class SseResponse(Response):
         self._last_write = 0.0
         self._finished = False  # the closing write is on its way: no ping may follow it
         self._waiting: asyncio.Timeout | None = None  # the watcher's wait for the client, while it waits
+        self._send_chunk: Send | None = None
+        self._writer_busy = False  # the writer holds a chunk: nothing may be written before it
+        self._rest: asyncio.Task[None] | None = None  # a write from `_write_now` the server suspended
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -230,12 +259,17 @@ class SseResponse(Response):
         # resumes it through every frame of its stack, and the request's task sits under uvicorn's, Starlette's
         # and each middleware's frames. The request's task watches the client meanwhile.
         self._last_write = monotonic()
-        writer = asyncio.create_task(self._write(send, scope.get(SERVER_SEND, send)))
+        self._send_chunk = scope.get(SERVER_SEND, send)
+        if isinstance(self.chunks, PushedChunks):
+            self.chunks.push_to(self._write_now)
+        writer = asyncio.create_task(self._write(send, self._send_chunk))
         try:
             await self._watch(receive, send, writer)
         finally:
             if not writer.done():
                 writer.cancel()
+            if self._rest is not None and not self._rest.done():
+                self._rest.cancel()
             # Ended before the chunks are closed (__call__): a generator still running in the writer cannot be.
             await asyncio.wait({writer})
 
@@ -244,10 +278,54 @@ class SseResponse(Response):
         middlewares' `send` (OpenTelemetry's ends the request's span there)."""
         async for chunk in self.chunks:
             if chunk:
-                await send_chunk({"type": "http.response.body", "body": chunk, "more_body": True})
+                self._writer_busy = True
+                try:
+                    await self._after_rest()
+                    await send_chunk({"type": "http.response.body", "body": chunk, "more_body": True})
+                finally:
+                    self._writer_busy = False
                 self._last_write = monotonic()
         self._finished = True
+        await self._after_rest()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _write_now(self, chunk: bytes) -> bool:
+        """Write `chunk` here and now, from outside the writer (the relay's hand-out of a Redis read calls this),
+        and say whether it did: not while another write is under way, which it would overtake.
+
+        Every relayed event woke the writer's task, a few microseconds of the gateway's time per event. The ASGI
+        server's send is a coroutine that writes at once unless the client is behind: it is stepped by hand here,
+        and only when the server does wait (for the client's socket to drain) does the rest run in a task, which
+        every later write waits for. A send that fails here is left to the writer, which raises what it raises."""
+        send = self._send_chunk
+        if send is None or self._writer_busy or self._rest is not None or self._finished:
+            return False
+        step = send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if type(step) is not CoroutineType:  # an awaitable of another kind cannot be stepped: a task runs it
+            self._rest = asyncio.ensure_future(step)
+        else:
+            try:
+                awaited = step.send(None)
+            except StopIteration:
+                self._last_write = monotonic()
+                return True
+            except Exception:
+                log.debug("an SSE chunk written from the relay failed; the writer writes it again", exc_info=True)
+                return False
+            self._rest = asyncio.ensure_future(_finish(step, awaited))
+        self._rest.add_done_callback(self._rest_done)
+        return True
+
+    def _rest_done(self, rest: asyncio.Task[None]) -> None:
+        # A failed rest stays, for the writer to raise; writes from the relay stop meanwhile.
+        if not rest.cancelled() and rest.exception() is None:
+            self._rest = None
+            self._last_write = monotonic()
+
+    async def _after_rest(self) -> None:
+        if self._rest is not None:
+            await self._rest
+            self._rest = None
 
     async def _watch(self, receive: Receive, send: Send, writer: asyncio.Task[None]) -> None:
         """Until the writer ends (what it raised is raised here) or the client leaves (the writer is cancelled).
@@ -295,6 +373,36 @@ class SseResponse(Response):
             except Exception:
                 log.warning("could not keep an SSE stream's lease alive", exc_info=True)
         return self.ping_s - quiet
+
+
+class _Resumed:
+    """The rest of a coroutine stepped by hand (`step.send(None)`) that suspended on `awaited`, as an awaitable: it
+    yields to the awaiting task what the coroutine yields (the futures it waits on) and passes back what the task
+    sends or throws in, as `await` itself does."""
+
+    def __init__(self, step: Coroutine[Any, Any, Any], awaited: Any) -> None:
+        self._step = step
+        self._awaited = awaited
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        awaited = self._awaited
+        while True:
+            try:
+                sent = yield awaited
+            except BaseException as exc:
+                try:
+                    awaited = self._step.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    awaited = self._step.send(sent)
+                except StopIteration:
+                    return
+
+
+async def _finish(step: Coroutine[Any, Any, Any], awaited: Any) -> None:
+    await _Resumed(step, awaited)
 
 
 async def _aclose(iterator: AsyncIterator[Any]) -> None:

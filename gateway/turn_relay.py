@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -282,9 +282,37 @@ class FollowedTurn:
         # Counted into the metric every RELAYED_COUNT_EVERY events and at the end, not per batch: the counter's
         # lock was a few per cent of the gateway at thousands of streams.
         self._relayed = 0
+        self._sink: Callable[[list[RelayedFrame]], bool] | None = None
+        # What a listener took from the hub and left to this iterator: frames to return, and whether the turn ended.
+        self._left: tuple[list[RelayedFrame], bool] | None = None
 
     def __aiter__(self) -> FollowedTurn:
         return self
+
+    def push_to(self, sink: Callable[[list[RelayedFrame]], bool]) -> None:
+        """Hand batches to `sink` the moment the hub reads them, inside its hand-out, instead of waking the task
+        that iterates: `sink` says whether it passed them on. The end of the turn, a timeout, and whatever `sink`
+        did not take still come from `__anext__`, which must still be awaited until it ends."""
+        self._sink = sink
+        if self._reader is not None:
+            self._reader.listen(self._on_batch)
+
+    def _on_batch(self) -> bool:
+        """The hub's listener (relay.TurnReader.listen): the batch's frames go to the sink, unless they end the
+        turn, or the sink cannot take them now (then `__anext__` returns them, woken as usual)."""
+        reader, sink = self._reader, self._sink
+        if reader is None or sink is None or self._left is not None:
+            return False  # the iterating task has frames to return first: it takes this batch after them
+        batch = reader.poll()
+        if not batch:
+            return True  # nothing to pass on (entries of a superseded run)
+        frames = self._client.frames(batch)
+        ended = batch[-1][1].is_terminal
+        if not ended and (not frames or sink(frames)):
+            self._count(frames)
+            return True
+        self._left = (frames, ended)
+        return False
 
     async def __anext__(self) -> list[RelayedFrame]:
         reader = self._reader
@@ -294,26 +322,32 @@ class FollowedTurn:
             reader = await self._open()
         try:
             while True:
-                batch = reader.poll()
-                if batch is None:
+                if self._left is not None:
+                    frames, ended = self._left
+                    self._left = None
+                elif (batch := reader.poll()) is None:
                     await reader.ready()
                     continue
-                if not batch:
+                elif not batch:
                     continue
-                frames = self._client.frames(batch)
-                if batch[-1][1].is_terminal:
+                else:
+                    frames, ended = self._client.frames(batch), batch[-1][1].is_terminal
+                if ended:
                     self._close()
                 if frames:
-                    self._relayed += len(frames)
-                    if self._relayed >= RELAYED_COUNT_EVERY:
-                        EVENTS_RELAYED.inc(self._relayed)
-                        self._relayed = 0
+                    self._count(frames)
                     return frames
                 if self._done:
                     raise StopAsyncIteration
         except TurnTimeoutError as exc:
             self._close()
             return await self._relay.timed_out(self._turn_id, self._thread_id, exc)
+
+    def _count(self, frames: list[RelayedFrame]) -> None:
+        self._relayed += len(frames)
+        if self._relayed >= RELAYED_COUNT_EVERY:
+            EVENTS_RELAYED.inc(self._relayed)
+            self._relayed = 0
 
     async def _open(self) -> TurnReader:
         relay = self._relay
@@ -329,6 +363,8 @@ class FollowedTurn:
         try:
             await relay.watch_keys.watch(self._watch_key)  # counted at once: `_close` always balances it
             await reader.open(relay.redis, self._after)
+            if self._sink is not None:
+                reader.listen(self._on_batch)
         except BaseException:
             self._close()
             raise

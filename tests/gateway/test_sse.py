@@ -24,8 +24,9 @@ from starlette.types import Message, Scope
 
 from kitrelay.gateway.client import user_input
 from kitrelay.gateway.limits import Limiter
-from kitrelay.gateway.sse import PING, SERVER_SEND, SseResponse
+from kitrelay.gateway.sse import PING, SERVER_SEND, ChunkSink, SseResponse
 from tests.gateway.conftest import MakeSettings, bearer, in_process_gateway, new_user
+from tests.polling import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -300,6 +301,85 @@ async def test_chunks_skip_the_middlewares_and_the_start_and_the_end_go_through_
     assert server.bodies() == [b"data: 1\n\n", b"data: 2\n\n", b""]
     assert [m["type"] for m in through_middlewares] == ["http.response.start", "http.response.body"]
     assert through_middlewares[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class PushedStream:
+    """Chunks a relay hands to the response's sink as they come (as /chatkit's do), and ends when told."""
+
+    def __init__(self) -> None:
+        self.sink: ChunkSink | None = None
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def push_to(self, sink: ChunkSink) -> None:
+        self.sink = sink
+
+    def push(self, chunk: bytes) -> bool:
+        assert self.sink is not None
+        return self.sink(chunk)
+
+    def __aiter__(self) -> PushedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.queue.get()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+
+async def test_pushed_chunks_are_written_at_once_and_in_order_with_the_writers() -> None:
+    """A pushed chunk is written there and then, with no task woken; one the server cannot write yet (its client is
+    behind) holds every later write, pushed or not, until it is written; a push it would overtake is refused."""
+    stream = PushedStream()
+    server = ServerSide()
+    behind = asyncio.Event()
+    drained = asyncio.Event()
+
+    async def server_send(message: Message) -> None:
+        if behind.is_set():
+            await drained.wait()  # as uvicorn waits for a paused transport to drain
+        await server.send(message)
+
+    response = SseResponse(stream, ping_s=30)
+    serving = asyncio.create_task(response({**SCOPE, SERVER_SEND: server_send}, server.receive, server.send))
+    await until(lambda: stream.sink is not None and bool(server.messages))
+    await asyncio.sleep(0)  # the writer waits for its first chunk
+
+    assert stream.push(b"data: 1\n\n") is True
+    assert server.frames() == [b"data: 1\n\n"], "written before any other task ran"
+
+    behind.set()
+    assert stream.push(b"data: 2\n\n") is True, "taken: the rest of its write runs in a task"
+    assert stream.push(b"data: 3\n\n") is False, "it would overtake chunk 2"
+    stream.queue.put_nowait(b"data: 3\n\n")  # so the writer writes it, after chunk 2
+    await asyncio.sleep(0.05)
+    assert server.frames() == [b"data: 1\n\n"]
+    drained.set()
+    behind.clear()
+    await until(lambda: len(server.frames()) == 3)
+    assert server.frames() == [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"]
+    assert stream.push(b"data: 4\n\n") is True
+    stream.queue.put_nowait(None)
+    await asyncio.wait_for(serving, 10)
+    assert server.bodies() == [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n", b"data: 4\n\n", b""]
+
+
+async def test_a_pushed_chunk_the_server_refuses_is_left_to_the_writer_which_raises() -> None:
+    stream = PushedStream()
+    server = ServerSide()
+
+    async def broken_send(message: Message) -> None:
+        raise RuntimeError("the server cannot write this")
+
+    lease = FakeLease()
+    response = SseResponse(stream, ping_s=30, lease=lease)
+    serving = asyncio.create_task(response({**SCOPE, SERVER_SEND: broken_send}, server.receive, server.send))
+    await until(lambda: stream.sink is not None and bool(server.messages))
+    assert stream.push(b"data: 1\n\n") is False
+    stream.queue.put_nowait(b"data: 1\n\n")  # what the relay does with a batch its sink refused
+    with pytest.raises(RuntimeError, match="cannot write"):
+        await asyncio.wait_for(serving, 10)
+    assert lease.releases == 1
 
 
 async def test_head_gets_the_headers_and_no_stream() -> None:

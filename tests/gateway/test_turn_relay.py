@@ -4,6 +4,7 @@ handed to the workers while its record is written, and a turn whose record canno
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import re
@@ -33,6 +34,7 @@ from kitrelay.shared.names import turn_stream_key, turns_subject
 from kitrelay.shared.store.chatkit_store import Statement
 from kitrelay.shared.turn_bus import append_entry, last_entry
 from tests.gateway.conftest import MakeSettings, in_process_gateway
+from tests.polling import until
 
 
 def _delta(text: str) -> ThreadItemUpdatedEvent:
@@ -127,6 +129,53 @@ async def test_a_follower_leaves_the_hub_when_closed_read_to_its_end_or_dropped(
         await append_entry(redis, settings.NAMESPACE, end, ttl_s=60)
         assert [batch async for batch in read] == []
         assert (hub.followed, relay.watch_keys.watched, _streams_open()) == (0, 0, open_before)
+
+
+async def test_pushed_batches_reach_the_sink_as_read_and_the_rest_and_the_end_come_from_iterating(
+    make_settings: MakeSettings,
+) -> None:
+    """With a sink, a batch is handed over inside the hub's hand-out of its read; a batch the sink refuses, and the
+    end of the turn, come from the iterator, in stream order."""
+    settings = make_settings()
+    async with in_process_gateway(settings) as gateway:
+        relay: TurnRelay = gateway.state["chatkit_server"].relay
+        redis = gateway.state["redis"]
+        turn_id = new_id("turn")
+        hub = relay.hubs.for_key(turn_stream_key(settings.NAMESPACE, turn_id))
+        pushed: list[str] = []
+        iterated: list[str] = []
+        accept = True
+
+        def sink(frames: list[tuple[str | None, str]]) -> bool:
+            if accept:
+                pushed.extend(_texts(frames))
+            return accept
+
+        following = relay.follow_raw(turn_id, "thr_1", first_agent="task")
+        following.push_to(sink)
+
+        async def iterate() -> None:
+            async for frames in following:
+                iterated.extend(_texts(frames))
+
+        async def append(seq: int, body: ChatKitEntry | TurnEnd) -> None:
+            entry = TurnEntry(turn_id=turn_id, attempt=1, seq=seq, body=body)
+            await append_entry(redis, settings.NAMESPACE, entry, ttl_s=60)
+
+        iterating = asyncio.create_task(iterate())
+        await until(lambda: hub.followed == 1)
+        await append(0, ChatKitEntry(event=ProgressUpdateEvent(text="a")))
+        await until(lambda: pushed == ["a"])
+        accept = False
+        await append(1, ChatKitEntry(event=ProgressUpdateEvent(text="b")))
+        await until(lambda: iterated == ["b"])
+        accept = True
+        await append(2, ChatKitEntry(event=ProgressUpdateEvent(text="c")))
+        await until(lambda: pushed == ["a", "c"])
+        await append(3, TurnEnd(status="completed"))
+        await asyncio.wait_for(iterating, 5)
+        assert (pushed, iterated) == (["a", "c"], ["b"])
+        assert hub.followed == 0
 
 
 @pytest.mark.parametrize(("event_id", "split"), [("5-3", ("5-3", 0)), ("5-3.0", ("5-3", 1)), ("5-3.41", ("5-3", 42))])
