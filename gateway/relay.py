@@ -43,8 +43,9 @@ REDIS_RETRY_S = 0.5
 # How often a hub wakes its waiting followers to look at their deadlines (a turn's relay sets its own).
 HUB_TICK_S = 1.0
 # Hubs per gateway process, each reading its share of the followed streams on a connection of its own (see
-# `StreamHubs`).
-HUB_SHARDS = 4
+# `StreamHubs`). More hubs hand out smaller replies in turn: with 2,000 streams at 20 events/s each, a stream's
+# longest gaps (p99) were 100-120 ms with 4 hubs, 98 with 8, 90 with 16, 91 with 32 (benchmarks/README.md).
+HUB_SHARDS = 16
 
 
 class TurnTimeoutError(Exception):
