@@ -87,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
             store=store, blobs=blob_store, knowledge=knowledge, settings=settings
         )
         relay = TurnRelay(nc=nc, redis=redis, turns=TurnRecords(sessions), config=RelayConfig.from_settings(settings))
+        relay.hubs.start()
         server = RelayChatKitServer(
             store=store, attachment_store=attachment_store, feedback=FeedbackService(sessions), relay=relay
         )

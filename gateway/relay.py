@@ -251,7 +251,17 @@ class StreamHub:
     async def _run(self) -> None:
         # The hub's reads belong to no turn: a span for each (hundreds a second) would be a trace of its own.
         with suppress_instrumentation():
+            # Its connection is made now, not on the way to the first event of the first turn it follows.
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                self._client_id = int(await self._reader.client_id())
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError  # redis-py reports a cancelled read as a timeout
             await self._read_forever()
+
+    @property
+    def connected(self) -> bool:
+        return self._client_id is not None
 
     async def _read_forever(self) -> None:
         while True:
@@ -362,6 +372,17 @@ class StreamHubs:
         tick_s: float = HUB_TICK_S,
     ) -> None:
         self._hubs = [StreamHub(redis, block_ms=block_ms, tick_s=tick_s) for _ in range(shards)]
+
+    def start(self) -> None:
+        """Start every hub now (the gateway's lifespan), each with its connection: a hub started by its first
+        follower took a connection from the pool on that turn's way to its first event, and the next command
+        opened a new one."""
+        for hub in self._hubs:
+            hub.start()
+
+    @property
+    def connected(self) -> int:
+        return sum(hub.connected for hub in self._hubs)
 
     def for_key(self, key: str) -> StreamHub:
         hub = self._hubs[zlib.crc32(key.encode()) % len(self._hubs)]

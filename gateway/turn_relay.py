@@ -99,7 +99,8 @@ class TurnRelay:
         self._nc = nc
         self._js = nc.jetstream()
         self._redis = redis
-        # Every stream this gateway follows is read through its hubs (each started with its first follower).
+        # Every stream this gateway follows is read through its hubs (started with the gateway, or a hub's first
+        # follower).
         self.hubs = StreamHubs(redis, tick_s=config.timeouts.block_ms / 1000)
         # And the watch keys of the turns it follows are refreshed together, once per tick.
         self.watch_keys = WatchKeys(redis, ttl_s=config.watch_ttl_s, every_s=config.timeouts.block_ms / 1000)

@@ -25,7 +25,7 @@ from nats.aio.client import Client as NATS
 from prometheus_client import REGISTRY
 
 from kitrelay.gateway.context import HeldMessage, RequestContext
-from kitrelay.gateway.relay import entry_before, split_event_id
+from kitrelay.gateway.relay import HUB_SHARDS, entry_before, split_event_id
 from kitrelay.gateway.turn_relay import FollowedTurn, TurnRelay
 from kitrelay.gateway.turn_routes import ENTRY_ID_PATTERN
 from kitrelay.shared.ids import new_id
@@ -176,6 +176,13 @@ async def test_pushed_batches_reach_the_sink_as_read_and_the_rest_and_the_end_co
         await asyncio.wait_for(iterating, 5)
         assert (pushed, iterated) == (["a", "c"], ["b"])
         assert hub.followed == 0
+
+
+async def test_every_hub_has_its_connection_once_the_gateway_is_up(make_settings: MakeSettings) -> None:
+    """Not on the way to the first event of the first turn each hub follows."""
+    async with in_process_gateway(make_settings()) as gateway:
+        relay: TurnRelay = gateway.state["chatkit_server"].relay
+        await until(lambda: relay.hubs.connected == HUB_SHARDS)
 
 
 @pytest.mark.parametrize(("event_id", "split"), [("5-3", ("5-3", 0)), ("5-3.0", ("5-3", 1)), ("5-3.41", ("5-3", 42))])
