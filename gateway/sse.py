@@ -111,7 +111,11 @@ class _ChatKitChunks:
         relayed, sink = self._context.relayed, self._sink
         if relayed is None or sink is None or not sink(_chunk(frames)):
             return False
-        relayed.saw(frames)
+        try:
+            relayed.saw(frames)
+        except Exception:
+            # Written already: saying otherwise would have them written again.
+            log.exception("could not record a relayed batch")
         return True
 
     async def __anext__(self) -> bytes:

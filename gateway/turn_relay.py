@@ -309,11 +309,19 @@ class FollowedTurn:
             return True  # nothing to pass on (entries of a superseded run)
         frames = self._client.frames(batch)
         ended = batch[-1][1].is_terminal
-        if not ended and (not frames or sink(frames)):
+        if not ended and (not frames or self._pushed(sink, frames)):
             self._count(frames)
             return True
         self._left = (frames, ended)
         return False
+
+    def _pushed(self, sink: Callable[[list[RelayedFrame]], bool], frames: list[RelayedFrame]) -> bool:
+        try:
+            return sink(frames)
+        except Exception:
+            # Taken from the hub already: the iterating task passes them on (and meets the failure itself).
+            log.exception("turn %s: the relay's sink failed; its reader passes the events on", self._turn_id)
+            return False
 
     async def __anext__(self) -> list[RelayedFrame]:
         reader = self._reader

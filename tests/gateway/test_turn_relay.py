@@ -134,8 +134,8 @@ async def test_a_follower_leaves_the_hub_when_closed_read_to_its_end_or_dropped(
 async def test_pushed_batches_reach_the_sink_as_read_and_the_rest_and_the_end_come_from_iterating(
     make_settings: MakeSettings,
 ) -> None:
-    """With a sink, a batch is handed over inside the hub's hand-out of its read; a batch the sink refuses, and the
-    end of the turn, come from the iterator, in stream order."""
+    """With a sink, a batch is handed over inside the hub's hand-out of its read; a batch the sink refuses (or fails
+    on), and the end of the turn, come from the iterator, in stream order."""
     settings = make_settings()
     async with in_process_gateway(settings) as gateway:
         relay: TurnRelay = gateway.state["chatkit_server"].relay
@@ -146,7 +146,11 @@ async def test_pushed_batches_reach_the_sink_as_read_and_the_rest_and_the_end_co
         iterated: list[str] = []
         accept = True
 
+        failing = False
+
         def sink(frames: list[tuple[str | None, str]]) -> bool:
+            if failing:
+                raise RuntimeError("a sink that fails")
             if accept:
                 pushed.extend(_texts(frames))
             return accept
@@ -172,9 +176,13 @@ async def test_pushed_batches_reach_the_sink_as_read_and_the_rest_and_the_end_co
         accept = True
         await append(2, ChatKitEntry(event=ProgressUpdateEvent(text="c")))
         await until(lambda: pushed == ["a", "c"])
-        await append(3, TurnEnd(status="completed"))
+        failing = True
+        await append(3, ChatKitEntry(event=ProgressUpdateEvent(text="d")))
+        await until(lambda: iterated == ["b", "d"])
+        failing = False
+        await append(4, TurnEnd(status="completed"))
         await asyncio.wait_for(iterating, 5)
-        assert (pushed, iterated) == (["a", "c"], ["b"])
+        assert (pushed, iterated) == (["a", "c"], ["b", "d"])
         assert hub.followed == 0
 
 
