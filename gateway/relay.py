@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from kitrelay.gateway.xread import XreadConnection
 from kitrelay.shared.messages import EntryView, peek_entry, peek_fields
 from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.settings import AgentKind
@@ -155,11 +156,10 @@ class StreamHub:
         self._redis = redis
         # Every tick, each waiting follower is woken to look at its deadline (see `_Follower`).
         self.tick_s = tick_s
-        # A connection of its own: it sits in XREAD BLOCK, and CLIENT UNBLOCK names it.
-        self._reader = redis.client()
-        # Its XREAD replies are read as hiredis returns them (see `_xread_entries`): redis-py's own reshaping of
-        # every entry cost more than the rest of the relay together.
-        self._reader.set_response_callback("XREAD", _raw_reply)
+        # A connection of its own: it sits in XREAD BLOCK, and CLIENT UNBLOCK names it. Its XREAD replies are read
+        # as hiredis returns them (see `_xread_entries`): redis-py's own reshaping of every entry cost more than the
+        # rest of the relay together, and its packing of every key 5 % of the gateway (gateway/xread.py).
+        self._reader = XreadConnection(redis)
         self._block_ms = block_ms
         self._batch = batch
         self._followers: dict[bytes, list[_Follower]] = {}
@@ -253,7 +253,7 @@ class StreamHub:
         with suppress_instrumentation():
             # Its connection is made now, not on the way to the first event of the first turn it follows.
             with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
-                self._client_id = int(await self._reader.client_id())
+                self._client_id = await self._reader.client_id()
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise asyncio.CancelledError  # redis-py reports a cancelled read as a timeout
@@ -277,11 +277,9 @@ class StreamHub:
                 continue
             try:
                 if self._client_id is None:
-                    self._client_id = int(await self._reader.client_id())
+                    self._client_id = await self._reader.client_id()
                 self._reading = generation
-                response = _xread_entries(
-                    await self._reader.xread(streams, count=self._batch, block=self._block_ms)  # type: ignore[arg-type]
-                )
+                response = _xread_entries(await self._reader.xread(streams, count=self._batch, block_ms=self._block_ms))
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
@@ -392,10 +390,6 @@ class StreamHubs:
     async def stop(self) -> None:
         for hub in self._hubs:
             await hub.stop()
-
-
-def _raw_reply(response: Any, **_options: Any) -> Any:
-    return response
 
 
 def _xread_entries(response: Any) -> XReadResponse:
