@@ -284,8 +284,9 @@ class FollowedTurn:
         # lock was a few per cent of the gateway at thousands of streams.
         self._relayed = 0
         self._sink: Callable[[list[RelayedFrame]], bool] | None = None
-        # What a listener took from the hub and left to this iterator: frames to return, and whether the turn ended.
-        self._left: tuple[list[RelayedFrame], bool] | None = None
+        # What a listener took from the hub and left to this iterator: frames to return, and whether the turn ended;
+        # or what reading the batch raised (an entry this relay cannot read), which this iterator raises.
+        self._left: tuple[list[RelayedFrame], bool] | Exception | None = None
 
     def __aiter__(self) -> FollowedTurn:
         return self
@@ -304,10 +305,15 @@ class FollowedTurn:
         reader, sink = self._reader, self._sink
         if reader is None or sink is None or self._left is not None:
             return False  # the iterating task has frames to return first: it takes this batch after them
-        batch = reader.poll()
-        if not batch:
-            return True  # nothing to pass on (entries of a superseded run)
-        frames = self._client.frames(batch)
+        try:
+            batch = reader.poll()
+            if not batch:
+                return True  # nothing to pass on (entries of a superseded run)
+            frames = self._client.frames(batch)
+        except Exception as exc:
+            # Raised where the turn's own reader would have met it: the stream ends with it, not the hub.
+            self._left = exc
+            return False
         ended = batch[-1][1].is_terminal
         if not ended and (not frames or self._pushed(sink, frames)):
             self._count(frames)
@@ -331,6 +337,9 @@ class FollowedTurn:
             reader = await self._open()
         try:
             while True:
+                if isinstance(self._left, Exception):
+                    failure, self._left = self._left, None
+                    raise failure
                 if self._left is not None:
                     frames, ended = self._left
                     self._left = None

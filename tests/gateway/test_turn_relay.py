@@ -9,9 +9,11 @@ import gc
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import pytest
+import redis.asyncio as aioredis
 from chatkit.types import (
     AssistantMessageContentPartTextDelta,
     InferenceOptions,
@@ -25,15 +27,26 @@ from nats.aio.client import Client as NATS
 from prometheus_client import REGISTRY
 
 from kitrelay.gateway.context import HeldMessage, RequestContext
-from kitrelay.gateway.relay import HUB_SHARDS, entry_before, split_event_id
+from kitrelay.gateway.relay import HUB_SHARDS, StreamHub, entry_before, split_event_id
 from kitrelay.gateway.turn_relay import FollowedTurn, TurnRelay
 from kitrelay.gateway.turn_routes import ENTRY_ID_PATTERN
 from kitrelay.shared.ids import new_id
-from kitrelay.shared.messages import ChatKitEntry, Identity, PackEntry, TurnEnd, TurnEntry, TurnRequest
+from kitrelay.shared.messages import (
+    ENTRY_FIELD,
+    ChatKitEntry,
+    EntryBody,
+    Identity,
+    PackEntry,
+    TurnEnd,
+    TurnEntry,
+    TurnRequest,
+    UnreadableEntryError,
+)
 from kitrelay.shared.names import turn_stream_key, turns_subject
+from kitrelay.shared.settings import Settings
 from kitrelay.shared.store.chatkit_store import Statement
 from kitrelay.shared.turn_bus import append_entry, last_entry
-from tests.gateway.conftest import MakeSettings, in_process_gateway
+from tests.gateway.conftest import InProcess, MakeSettings, in_process_gateway
 from tests.polling import until
 
 
@@ -58,24 +71,43 @@ def _texts(frames: list[tuple[str | None, str]]) -> list[str]:
     return out
 
 
+@dataclass
+class _NewTurn:
+    """A turn of its own on an in-process gateway's relay, written to as its worker would."""
+
+    relay: TurnRelay
+    redis: aioredis.Redis
+    namespace: str
+    turn_id: str = field(default_factory=lambda: new_id("turn"))
+
+    @classmethod
+    def on(cls, gateway: InProcess, settings: Settings) -> _NewTurn:
+        return cls(gateway.state["chatkit_server"].relay, gateway.state["redis"], settings.NAMESPACE)
+
+    @property
+    def hub(self) -> StreamHub:
+        return self.relay.hubs.for_key(turn_stream_key(self.namespace, self.turn_id))
+
+    def follow(self) -> FollowedTurn:
+        return self.relay.follow_raw(self.turn_id, "thr_1", first_agent="task")
+
+    async def append(self, seq: int, body: EntryBody) -> str:
+        entry = TurnEntry(turn_id=self.turn_id, attempt=1, seq=seq, body=body)
+        return await append_entry(self.redis, self.namespace, entry, ttl_s=60)
+
+
 async def test_a_pack_is_relayed_event_by_event_and_a_client_resumes_inside_it(make_settings: MakeSettings) -> None:
     settings = make_settings()
     async with in_process_gateway(settings) as gateway:
-        relay: TurnRelay = gateway.state["chatkit_server"].relay
-        redis = gateway.state["redis"]
-        turn_id = new_id("turn")
-        bodies = [
+        turn = _NewTurn.on(gateway, settings)
+        relay, turn_id = turn.relay, turn.turn_id
+        bodies: list[EntryBody] = [
             ChatKitEntry(event=ProgressUpdateEvent(text="p")),
             PackEntry(events=[_delta("a"), _delta("b"), _delta("c")]),
             ChatKitEntry(event=_delta("d")),
             TurnEnd(status="completed"),
         ]
-        ids = [
-            await append_entry(
-                redis, settings.NAMESPACE, TurnEntry(turn_id=turn_id, attempt=1, seq=n, body=body), ttl_s=60
-            )
-            for n, body in enumerate(bodies)
-        ]
+        ids = [await turn.append(n, body) for n, body in enumerate(bodies)]
 
         frames = await _frames(relay, turn_id)
         assert _texts(frames) == ["p", "a", "b", "c", "d"]
@@ -99,16 +131,13 @@ async def test_a_follower_leaves_the_hub_when_closed_read_to_its_end_or_dropped(
     key and the open-streams gauge are given back."""
     settings = make_settings()
     async with in_process_gateway(settings) as gateway:
-        relay: TurnRelay = gateway.state["chatkit_server"].relay
-        redis = gateway.state["redis"]
-        turn_id = new_id("turn")
-        hub = relay.hubs.for_key(turn_stream_key(settings.NAMESPACE, turn_id))
-        entry = TurnEntry(turn_id=turn_id, attempt=1, seq=0, body=ChatKitEntry(event=ProgressUpdateEvent(text="p")))
-        await append_entry(redis, settings.NAMESPACE, entry, ttl_s=60)
+        turn = _NewTurn.on(gateway, settings)
+        relay, hub = turn.relay, turn.hub
+        await turn.append(0, ChatKitEntry(event=ProgressUpdateEvent(text="p")))
         open_before = _streams_open()
 
         async def followed_once() -> FollowedTurn:
-            following = relay.follow_raw(turn_id, "thr_1", first_agent="task")
+            following = turn.follow()
             assert _texts(await anext(following)) == ["p"]
             assert (hub.followed, relay.watch_keys.watched, _streams_open()) == (1, 1, open_before + 1)
             return following
@@ -125,8 +154,7 @@ async def test_a_follower_leaves_the_hub_when_closed_read_to_its_end_or_dropped(
         assert (hub.followed, relay.watch_keys.watched, _streams_open()) == (0, 0, open_before)
 
         read = await followed_once()
-        end = TurnEntry(turn_id=turn_id, attempt=1, seq=1, body=TurnEnd(status="completed"))
-        await append_entry(redis, settings.NAMESPACE, end, ttl_s=60)
+        await turn.append(1, TurnEnd(status="completed"))
         assert [batch async for batch in read] == []
         assert (hub.followed, relay.watch_keys.watched, _streams_open()) == (0, 0, open_before)
 
@@ -138,10 +166,8 @@ async def test_pushed_batches_reach_the_sink_as_read_and_the_rest_and_the_end_co
     on), and the end of the turn, come from the iterator, in stream order."""
     settings = make_settings()
     async with in_process_gateway(settings) as gateway:
-        relay: TurnRelay = gateway.state["chatkit_server"].relay
-        redis = gateway.state["redis"]
-        turn_id = new_id("turn")
-        hub = relay.hubs.for_key(turn_stream_key(settings.NAMESPACE, turn_id))
+        turn = _NewTurn.on(gateway, settings)
+        hub, append = turn.hub, turn.append
         pushed: list[str] = []
         iterated: list[str] = []
         accept = True
@@ -155,16 +181,12 @@ async def test_pushed_batches_reach_the_sink_as_read_and_the_rest_and_the_end_co
                 pushed.extend(_texts(frames))
             return accept
 
-        following = relay.follow_raw(turn_id, "thr_1", first_agent="task")
+        following = turn.follow()
         following.push_to(sink)
 
         async def iterate() -> None:
             async for frames in following:
                 iterated.extend(_texts(frames))
-
-        async def append(seq: int, body: ChatKitEntry | TurnEnd) -> None:
-            entry = TurnEntry(turn_id=turn_id, attempt=1, seq=seq, body=body)
-            await append_entry(redis, settings.NAMESPACE, entry, ttl_s=60)
 
         iterating = asyncio.create_task(iterate())
         await until(lambda: hub.followed == 1)
@@ -184,6 +206,32 @@ async def test_pushed_batches_reach_the_sink_as_read_and_the_rest_and_the_end_co
         await asyncio.wait_for(iterating, 5)
         assert (pushed, iterated) == (["a", "c"], ["b", "d"])
         assert hub.followed == 0
+
+
+@pytest.mark.parametrize("pushed", [False, True], ids=["iterated", "pushed"])
+async def test_an_entry_the_relay_cannot_read_ends_the_stream_with_that_error(
+    make_settings: MakeSettings, pushed: bool
+) -> None:
+    """Whether the hub hands the batch to a sink or the turn's reader takes it, an entry of a protocol version this
+    relay does not know is refused on the stream, and the hub goes on serving the others."""
+    settings = make_settings()
+    async with in_process_gateway(settings) as gateway:
+        turn = _NewTurn.on(gateway, settings)
+        following = turn.follow()
+        if pushed:
+            following.push_to(lambda frames: True)
+        await turn.append(0, ChatKitEntry(event=ProgressUpdateEvent(text="a")))
+        unreadable = b'{"v": 99, "attempt": 1, "body": {"kind": "end", "status": "completed"}}'
+        await turn.redis.xadd(turn_stream_key(turn.namespace, turn.turn_id), {ENTRY_FIELD: unreadable})
+        with pytest.raises(UnreadableEntryError):
+            async with asyncio.timeout(5):
+                async for _ in following:
+                    pass
+        await following.aclose()
+        other = _NewTurn.on(gateway, settings)
+        await other.append(0, ChatKitEntry(event=ProgressUpdateEvent(text="b")))
+        await other.append(1, TurnEnd(status="completed"))
+        assert _texts(await _frames(other.relay, other.turn_id)) == ["b"]
 
 
 async def test_every_hub_has_its_connection_once_the_gateway_is_up(make_settings: MakeSettings) -> None:
