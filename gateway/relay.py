@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -200,17 +200,9 @@ class StreamHub:
     def followed(self) -> int:
         return sum(len(followers) for followers in self._followers.values())
 
-    @contextlib.contextmanager
-    def follow(self, key: str, after: str) -> Iterator[_Follower]:
-        """A follower of `key` from after entry id `after`: it is given the entries in order, a batch at a time."""
-        follower = self.add_follower(key, after)
-        try:
-            yield follower
-        finally:
-            self.remove_follower(follower)
-
     def add_follower(self, key: str, after: str) -> _Follower:
-        """As `follow`, for a reader that is not a block of code (`TurnReader`): `remove_follower` once done."""
+        """A follower of `key` from after entry id `after`: it is given the entries in order, a batch at a time.
+        `remove_follower` once done."""
         follower = _Follower(key.encode(), after)
         self._followers.setdefault(follower.key, []).append(follower)
         self._generation += 1
@@ -436,8 +428,8 @@ class _Progress:
 class TurnReader:
     """One reader's way through a turn's stream, through its hub: `poll()` for what came, and await `ready()` when
     nothing did. No generator: every event of every stream passes here, and each layer of async generators between
-    the hub and the SSE write was one more frame to resume per event (`read_turn` is the generator, for callers
-    that can afford one). `open()` first; `close()` always, once done (a second call does nothing).
+    the hub and the SSE write was one more frame to resume per event. `open()` first; `close()` always, once done
+    (a second call does nothing).
 
     Entries of a run older than the newest seen are dropped: a redelivered (or handed-off) turn supersedes what
     an earlier run wrote. No wait lasts longer than `block_ms`. A Redis that goes away for a moment is waited for,
@@ -496,29 +488,3 @@ class TurnReader:
         # The hub's tick wakes it at least that often; a timer only for a nearer limit.
         limit_s = min(self._wait_s, self._progress.deadline - time.monotonic())
         return follower.arm(limit_s if limit_s < self._hub.tick_s else None)
-
-
-async def read_turn(
-    hub: StreamHub,
-    redis: aioredis.Redis,
-    namespace: str,
-    turn_id: str,
-    *,
-    first_agent: AgentKind,
-    timeouts: Timeouts,
-    after: str = "0-0",
-) -> AsyncIterator[list[tuple[str, EntryView]]]:
-    """Yield batches of (entry id, entry) in stream order, the terminal entry last (see `TurnReader`)."""
-    reader = TurnReader(hub, namespace, turn_id, first_agent=first_agent, timeouts=timeouts)
-    try:
-        await reader.open(redis, after)
-        while True:
-            batch = reader.poll()
-            if batch is None:
-                await reader.ready()
-            elif batch:
-                yield batch
-                if batch[-1][1].is_terminal:
-                    return
-    finally:
-        reader.close()

@@ -1,6 +1,6 @@
-"""The stream hub and read_turn against a real Redis: many turns read through one connection, a new follower
-served at once (not after the hub's block), and read_turn's semantics (resume, superseded runs, deadlines, kept by
-the hub's ticks when no timer of the follower's own is armed)."""
+"""The stream hub and a turn's reader (TurnReader) against a real Redis: many turns read through one connection, a
+new follower served at once (not after the hub's block), and the reader's semantics (resume, superseded runs,
+deadlines, kept by the hub's ticks when no timer of the follower's own is armed)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from chatkit.types import ProgressUpdateEvent
 
-from kitrelay.gateway.relay import HUB_BATCH, StreamHub, Timeouts, TurnTimeoutError, read_turn
+from kitrelay.gateway.relay import HUB_BATCH, StreamHub, Timeouts, TurnReader, TurnTimeoutError
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, EntryView, HandoffEntry, TurnEnd, TurnEntry
 from kitrelay.shared.names import turn_stream_key
@@ -53,10 +53,21 @@ def _end(turn_id: str, seq: int, *, hop: int = 0, attempt: int = 1) -> TurnEntry
 async def _texts(
     hub: StreamHub, redis: aioredis.Redis, ns: str, turn_id: str, *, after: str = "0-0", timeouts: Timeouts = TIMEOUTS
 ) -> list[tuple[str, EntryView]]:
+    """The turn's entries up to its end, read as the relay reads them (turn_relay.FollowedTurn)."""
     got: list[tuple[str, EntryView]] = []
-    async for batch in read_turn(hub, redis, ns, turn_id, first_agent="triage", timeouts=timeouts, after=after):
-        got.extend(batch)
-    return got
+    reader = TurnReader(hub, ns, turn_id, first_agent="triage", timeouts=timeouts)
+    try:
+        await reader.open(redis, after)
+        while True:
+            batch = reader.poll()
+            if batch is None:
+                await reader.ready()
+                continue
+            got.extend(batch)
+            if batch and batch[-1][1].is_terminal:
+                return got
+    finally:
+        reader.close()
 
 
 def _text(entry: EntryView) -> str:
@@ -195,7 +206,8 @@ async def test_a_follower_that_does_not_keep_up_leaves_the_backlog_in_redis(
     for seq in range(1500):
         await append_entry(redis, ns, _progress(turn_id, seq, str(seq)), ttl_s=60)
     await append_entry(redis, ns, _end(turn_id, 1500), ttl_s=60)
-    with hub.follow(turn_stream_key(ns, turn_id), "0-0") as follower:
+    follower = hub.add_follower(turn_stream_key(ns, turn_id), "0-0")
+    try:
         await asyncio.sleep(0.5)
         # One batch (at most HUB_BATCH entries) waits for it; the rest stays in Redis until it takes that one.
         assert follower.held is not None
@@ -208,3 +220,5 @@ async def test_a_follower_that_does_not_keep_up_leaves_the_backlog_in_redis(
             hub.taken(follower)
             seen += len(batch)
         assert seen == 1501
+    finally:
+        hub.remove_follower(follower)
