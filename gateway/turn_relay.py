@@ -294,10 +294,9 @@ class FollowedTurn:
     def push_to(self, sink: Callable[[list[RelayedFrame]], bool]) -> None:
         """Hand batches to `sink` the moment the hub reads them, inside its hand-out, instead of waking the task
         that iterates: `sink` says whether it passed them on. The end of the turn, a timeout, and whatever `sink`
-        did not take still come from `__anext__`, which must still be awaited until it ends."""
+        did not take still come from `__anext__`, which must still be awaited until it ends. Before the first
+        `__anext__` (which starts following the turn)."""
         self._sink = sink
-        if self._reader is not None:
-            self._reader.listen(self._on_batch)
 
     def _on_batch(self) -> bool:
         """The hub's listener (relay.TurnReader.listen): the batch's frames go to the sink, unless they end the
