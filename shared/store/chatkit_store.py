@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from chatkit.store import NotFoundError, Store, StoreItemType
 from chatkit.types import Attachment, Page, ThreadItem, ThreadMetadata
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, Executable, Row, Select, and_, asc, bindparam, delete, desc, or_, select
+from sqlalchemy import ColumnElement, Executable, Row, Select, and_, asc, bindparam, delete, desc, or_, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -165,8 +165,12 @@ class SqlStore(Store[C]):
     ) -> Page[ThreadItem]:
         descending = _is_descending(order)
         async with read_session(self._sessions) as session:
+            if after is None:
+                # Every turn's read: the ownership check and the page in one statement.
+                _, page = await _own_thread_with_items(session, thread_id, limit, context, descending=descending)
+                return page
             await _require_thread(session, thread_id, context)
-            return await _items_page(session, thread_id, after, limit, descending=descending)
+            return await _items_page_after(session, thread_id, after, limit, descending=descending)
 
     async def load_thread_with_items(
         self, thread_id: str, limit: int, context: C
@@ -174,8 +178,7 @@ class SqlStore(Store[C]):
         """The thread and its newest `limit` items (newest first) in one read: what a turn starts from. One
         transaction instead of `load_thread` and `load_thread_items`, whose ownership check reads the thread too."""
         async with read_session(self._sessions) as session:
-            thread = await _own_thread(session, thread_id, context)
-            page = await _items_page(session, thread_id, None, limit, descending=True)
+            thread, page = await _own_thread_with_items(session, thread_id, limit, context, descending=True)
         self._remember_owner(thread_id, context)
         return thread, page
 
@@ -309,17 +312,27 @@ _OWN_THREAD = select(ThreadRow.data, ThreadRow.created_at).where(*_IS_OWN_THREAD
 _OWN_THREAD_ID = select(ThreadRow.id).where(*_IS_OWN_THREAD)
 
 
-def _first_items(*, descending: bool) -> Select[str]:
-    return (
-        select(ThreadItemRow.data)
+def _own_thread_and_first_items(*, descending: bool) -> Select[tuple[str, datetime, str | None]]:
+    """The caller's thread and its first items (from the newest, or the oldest), a row per item: no row at all when
+    the thread is not theirs, one row without an item for a thread that has none. A database round trip costs
+    more than the statement (four driver calls on SQLite's thread), and every turn starts with this read."""
+    items = (
+        select(ThreadItemRow.data, ThreadItemRow.seq)
         .where(ThreadItemRow.thread_id == bindparam("thread_id"))
         .order_by(desc(ThreadItemRow.seq) if descending else asc(ThreadItemRow.seq))
         .limit(bindparam("size"))
+        .subquery()
+    )
+    return (
+        select(ThreadRow.data, ThreadRow.created_at, items.c.data.label("item"))
+        .outerjoin(items, true())
+        .where(*_IS_OWN_THREAD)
+        .order_by(desc(items.c.seq) if descending else asc(items.c.seq))
     )
 
 
-_NEWEST_ITEMS = _first_items(descending=True)
-_OLDEST_ITEMS = _first_items(descending=False)
+_OWN_THREAD_NEWEST_ITEMS = _own_thread_and_first_items(descending=True)
+_OWN_THREAD_OLDEST_ITEMS = _own_thread_and_first_items(descending=False)
 
 
 def _own(thread_id: str, context: HasIdentity) -> dict[str, str]:
@@ -333,6 +346,21 @@ async def _own_thread(session: AsyncSession, thread_id: str, context: HasIdentit
     return _thread_from_row(row)
 
 
+async def _own_thread_with_items(
+    session: AsyncSession, thread_id: str, limit: int, context: HasIdentity, *, descending: bool
+) -> tuple[ThreadMetadata, Page[ThreadItem]]:
+    """The caller's thread and a page of its items from the newest (or the oldest), in one statement."""
+    size = _page_size(limit)
+    query = _OWN_THREAD_NEWEST_ITEMS if descending else _OWN_THREAD_OLDEST_ITEMS
+    rows = (await session.execute(query, {**_own(thread_id, context), "size": size + 1})).all()
+    if not rows:
+        raise NotFoundError(f"Thread {thread_id} not found")
+    datas = [row.item for row in rows if row.item is not None]
+    items = [_item_from_json(data) for data in datas[:size]]
+    page: Page[ThreadItem] = Page(data=items, has_more=len(datas) > size, after=items[-1].id if items else None)
+    return _thread_from_row(rows[0]), page
+
+
 async def _require_thread(session: AsyncSession, thread_id: str, context: HasIdentity) -> None:
     if (await session.execute(_OWN_THREAD_ID, _own(thread_id, context))).first() is None:
         raise NotFoundError(f"Thread {thread_id} not found")
@@ -343,32 +371,27 @@ def thread_metadata(thread: ThreadMetadata) -> ThreadMetadata:
     return ThreadMetadata.model_validate(thread.model_dump(exclude={"items"}))
 
 
-async def _items_page(
-    session: AsyncSession, thread_id: str, after: str | None, limit: int, *, descending: bool
+async def _items_page_after(
+    session: AsyncSession, thread_id: str, after: str, limit: int, *, descending: bool
 ) -> Page[ThreadItem]:
+    """A page of the thread's items after the item `after` (the thread's ownership already checked)."""
     size = _page_size(limit)
-    if after is None:
-        # A page from the newest (or the oldest) item, every turn's read: its statement is built once.
-        query = _NEWEST_ITEMS if descending else _OLDEST_ITEMS
-        result = await session.execute(query, {"thread_id": thread_id, "size": size + 1})
-    else:
-        cursor_seq = (
-            await session.execute(
-                select(ThreadItemRow.seq).where(ThreadItemRow.thread_id == thread_id, ThreadItemRow.id == after)
-            )
-        ).scalar_one_or_none()
-        if cursor_seq is None:
-            raise NotFoundError(f"Item {after} not found")
-        beyond = ThreadItemRow.seq < cursor_seq if descending else ThreadItemRow.seq > cursor_seq
-        order = desc(ThreadItemRow.seq) if descending else asc(ThreadItemRow.seq)
-        query = select(ThreadItemRow.data).where(ThreadItemRow.thread_id == thread_id, beyond).order_by(order)
-        result = await session.execute(query.limit(size + 1))
-    rows = list(result.scalars())
+    cursor_seq = (
+        await session.execute(
+            select(ThreadItemRow.seq).where(ThreadItemRow.thread_id == thread_id, ThreadItemRow.id == after)
+        )
+    ).scalar_one_or_none()
+    if cursor_seq is None:
+        raise NotFoundError(f"Item {after} not found")
+    beyond = ThreadItemRow.seq < cursor_seq if descending else ThreadItemRow.seq > cursor_seq
+    order = desc(ThreadItemRow.seq) if descending else asc(ThreadItemRow.seq)
+    query = select(ThreadItemRow.data).where(ThreadItemRow.thread_id == thread_id, beyond).order_by(order)
+    rows = list((await session.execute(query.limit(size + 1))).scalars())
     items = [_item_from_json(data) for data in rows[:size]]
     return Page(data=items, has_more=len(rows) > size, after=items[-1].id if items else None)
 
 
-def _thread_from_row(row: ThreadRow | Row[str, datetime]) -> ThreadMetadata:
+def _thread_from_row(row: ThreadRow | Row[str, datetime] | Row[tuple[str, datetime, str | None]]) -> ThreadMetadata:
     thread = ThreadMetadata.model_validate_json(row.data)
     # The column holds the first save's time, in UTC; the JSON holds whatever the last save carried.
     thread.created_at = row.created_at

@@ -255,3 +255,24 @@ async def test_another_users_thread_cannot_be_opened(
         await store.open_turn(thread_id, 50, turn(db_sessions, MALLORY))
     with pytest.raises(NotFoundError):
         await store.open_turn("thr_missing", 50, turn(db_sessions))
+
+
+async def test_a_turns_read_of_its_thread_and_history_is_one_statement(
+    store: TurnStore, db_sessions: async_sessionmaker[AsyncSession], db_engine: AsyncEngine
+) -> None:
+    """The ownership check and the items in one round trip: every turn starts with this read."""
+    context = turn(db_sessions)
+    thread_id = await thread_with(store, context, 3)
+    empty_id = await thread_with(store, context, 0)
+
+    with statements(db_engine, lambda statement: statement.lstrip().upper().startswith("SELECT")) as reads:
+        history = await store.load_history(thread_id, 50, turn(db_sessions))
+        thread, opened = await store.open_turn(thread_id, 2, turn(db_sessions))
+        empty = await store.load_history(empty_id, 50, turn(db_sessions))
+
+    assert len(reads) == 3
+    assert [item.id for item in history] == ids(thread_id, 0, 1, 2)
+    assert (thread.title, [item.id for item in opened]) == ("groceries", ids(thread_id, 1, 2))
+    assert empty == []
+    with pytest.raises(NotFoundError):
+        await store.load_history(thread_id, 50, turn(db_sessions, MALLORY))
