@@ -88,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         relay = TurnRelay(nc=nc, redis=redis, turns=TurnRecords(sessions), config=RelayConfig.from_settings(settings))
         relay.hubs.start()
+        store.pending_writes = relay.thread_recorded
         server = RelayChatKitServer(
             store=store, attachment_store=attachment_store, feedback=FeedbackService(sessions), relay=relay
         )

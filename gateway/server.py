@@ -172,6 +172,8 @@ class _RelayedTurn:
             self._first = False
             TIME_TO_FIRST_EVENT.labels(self._agent).observe(time.monotonic() - self._published)
             self._span.add_event("first event")
+            # The worker has read the conversation: the gateway's write no longer delays the turn.
+            self._relay.record_now(self._turn_id)
         for _, data in frames:
             if data.startswith('{"type":"error"'):
                 self._span.set_status(Status(StatusCode.ERROR, "error event"))
@@ -180,6 +182,7 @@ class _RelayedTurn:
         if self._closed:
             return
         self._closed = True
+        self._relay.record_now(self._turn_id)
         if not finished:
             # A dropped connection is not a stop: the worker keeps going and saves the whole reply.
             log.info("client detached from turn %s of thread %s; the turn continues", self._turn_id, self._thread_id)

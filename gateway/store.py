@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 
 from chatkit.types import Page, ThreadItem, ThreadMetadata, UserMessageItem
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kitrelay.gateway.context import HeldMessage, RequestContext
 from kitrelay.shared.store.chatkit_store import SqlStore
@@ -20,6 +22,12 @@ class GatewayStore(SqlStore[RequestContext]):
 
     A thread is read once per request: the access check reads it before the SDK does (gateway/requests.py), and
     the SDK's own read gets a copy of what the check read (a tenth of the gateway's database time per turn)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        super().__init__(sessions)
+        # Waits for this gateway's writes of the thread's started turns (gateway/turn_relay.TurnRelay.start),
+        # so that a read of the thread's items shows the user's message of a turn that is running.
+        self.pending_writes: Callable[[str], Awaitable[None]] | None = None
 
     async def load_thread(self, thread_id: str, context: RequestContext) -> ThreadMetadata:
         seen = context.threads.get(thread_id)
@@ -50,6 +58,8 @@ class GatewayStore(SqlStore[RequestContext]):
     ) -> Page[ThreadItem]:
         if context.held is not None and context.held.thread_id == thread_id:
             await context.save_held()  # whoever reads the thread sees the message
+        if self.pending_writes is not None:
+            await self.pending_writes(thread_id)
         return await super().load_thread_items(thread_id, after, limit, order, context)
 
     async def save_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:

@@ -5,7 +5,7 @@ every gateway replica: all state lives in NATS, Redis and the database."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -57,6 +57,8 @@ THREAD_CLAIM_TTL_S = 600
 STOP_RETRY_FACTOR = 5
 RECENT_ENTRY_S = 2.0
 RELAYED_COUNT_EVERY = 100
+# The longest a started turn's record waits for the turn's first event (see TurnRelay.start).
+RECORD_AFTER_S = 0.25
 
 
 BUSY_MESSAGE = "The previous reply in this conversation is still being written. Wait for it, or stop it first."
@@ -106,6 +108,8 @@ class TurnRelay:
         self.watch_keys = WatchKeys(redis, ttl_s=config.watch_ttl_s, every_s=config.timeouts.block_ms / 1000)
         self.turns = turns
         self.config = config
+        # Started turns whose record this gateway has yet to write, by turn id (see `start`).
+        self._recording: dict[str, _TurnRecording] = {}
 
     async def make_way(self, thread_id: str) -> None:
         """Before a request that starts a turn on a thread reaches the ChatKit server (which stores the user's
@@ -149,13 +153,17 @@ class TurnRelay:
             await asyncio.sleep(0.1)
 
     async def start(self, turn: TurnRequest, *, user_message: HeldMessage | None = None) -> None:
-        """Hand the turn to the workers and, meanwhile, record it (with the user's message it answers, when the
-        store held it: one transaction). The thread must already be claimed (see `admit`).
+        """Hand the turn to the workers; record it (with the user's message it answers, when the store held it:
+        one transaction) once its worker has read the conversation. The thread must already be claimed (see
+        `admit`).
 
-        Both at once: the record's write transaction was a tenth of the time to a turn's first event. The message
-        travels in the turn (`TurnRequest.user_item`), so a worker whose read of the conversation comes before the
-        write commits still answers it, and a worker's end of the turn may come before its record
-        (services/turns.end_statement). A turn whose record cannot be written is stopped.
+        The record waits for the turn's first relayed event (`record_now`, from the stream), at most
+        RECORD_AFTER_S: written while the worker reads the conversation, on a machine of few cores, it took the
+        CPU that read needed and added 2 ms to the time to first event. The message travels in the turn
+        (`TurnRequest.user_item`), and every hop's worker saves it with its first write (services/turn_log.py),
+        so a gateway that dies before its write loses nothing, and a worker's end of the turn may come before its
+        record (services/turns.end_statement). Whatever reads or ends a turn's record here waits for the write
+        (`recorded`).
 
         The current span (the gateway's relay span of the turn) becomes the turn's trace context: its trace id is
         recorded with the turn, and every hop of the turn joins that trace."""
@@ -168,20 +176,37 @@ class TurnRelay:
                 agent=turn.agent,
                 trace_id=trace_id_of(turn.trace.traceparent),
             )
-            saving = user_message.save([record]) if user_message is not None else self.turns.record(record)
-            published, saved = await asyncio.gather(
-                publish_turn(self._js, self.config.namespace, turn), _next_loop_turn(saving), return_exceptions=True
+            try:
+                await publish_turn(self._js, self.config.namespace, turn)
+            except BaseException:
+                # Never handed over, so not recorded: the user's message is still saved.
+                if user_message is not None:
+                    await asyncio.shield(user_message.save(()))
+                raise
+            save = (
+                functools.partial(user_message.save, [record])
+                if user_message is not None
+                else functools.partial(self.turns.record, record)
             )
-            if isinstance(saved, BaseException):
-                if not isinstance(published, BaseException):
-                    # Not recorded, so not answered: the user's message may not be saved either.
-                    with contextlib.suppress(Exception):
-                        await self.stop(turn.turn_id)
-                raise saved
-            if isinstance(published, BaseException):
-                raise published
+            self._recording[turn.turn_id] = _TurnRecording(turn.turn_id, turn.thread_id, save, self._recording)
             TURNS_STARTED.labels(turn.agent).inc()
             log.info("turn %s published for thread %s to %s", turn.turn_id, turn.thread_id, turn.agent)
+
+    def record_now(self, turn_id: str) -> None:
+        """Write the turn's record now, if it waits: its first event reached the client, or the client left."""
+        if (recording := self._recording.get(turn_id)) is not None:
+            recording.now()
+
+    async def recorded(self, turn_id: str) -> None:
+        """Return once this gateway's write of the turn's record is done (at once if it has none waiting)."""
+        if (recording := self._recording.get(turn_id)) is not None:
+            await asyncio.shield(recording.now())
+
+    async def thread_recorded(self, thread_id: str) -> None:
+        """`recorded` for every turn of the thread this gateway started."""
+        waiting = [r.now() for r in list(self._recording.values()) if r.thread_id == thread_id]
+        if waiting:
+            await asyncio.shield(asyncio.gather(*waiting))
 
     def follow_raw(self, turn_id: str, thread_id: str, *, first_agent: AgentKind, after: str = "0-0") -> FollowedTurn:
         """The turn's ChatKit events until its end, in batches of (entry id, the event's JSON as the client
@@ -206,12 +231,16 @@ class TurnRelay:
         return self._redis
 
     async def close(self) -> None:
+        # A gateway that stops leaves no turn it started unrecorded.
+        if self._recording:
+            await asyncio.gather(*(r.now() for r in list(self._recording.values())))
         await self.watch_keys.close()
         await self.hubs.stop()
 
     async def stop(self, turn_id: str) -> StopOutcome:
         """Stop a turn: the worker running it confirms within CANCEL_CONFIRM_TIMEOUT_S and saves what it has; a
         turn no worker runs (still queued, or its worker died) is ended here so that none ever will."""
+        await self.recorded(turn_id)  # its end must come after its record's start
         last = await last_entry(self._redis, self.config.namespace, turn_id)
         if last is not None and last.is_terminal:
             return "already_ended"
@@ -408,11 +437,38 @@ class FollowedTurn:
         self._close()
 
 
-async def _next_loop_turn(work: Awaitable[None]) -> None:
-    """`work`, from the event loop's next turn: nats-py writes a publish from a task of its own, which would
-    otherwise wait behind the synchronous start of a write transaction (a few tenths of a millisecond)."""
-    await asyncio.sleep(0)
-    await work
+class _TurnRecording:
+    """A started turn's record (with the user's message), written by `now()` or after RECORD_AFTER_S, whichever
+    comes first; forgotten once written. A write that fails is logged: the turn's worker records the turn at its
+    end and saves the message with its first write."""
+
+    def __init__(
+        self,
+        turn_id: str,
+        thread_id: str,
+        save: Callable[[], Awaitable[None]],
+        waiting: dict[str, _TurnRecording],
+    ) -> None:
+        self.turn_id = turn_id
+        self.thread_id = thread_id
+        self._save = save
+        self._waiting = waiting
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(RECORD_AFTER_S, self.now)
+
+    def now(self) -> asyncio.Task[None]:
+        if self._task is None:
+            self._timer.cancel()
+            self._task = asyncio.create_task(self._write(), name=f"record turn {self.turn_id}")
+        return self._task
+
+    async def _write(self) -> None:
+        try:
+            await self._save()
+        except Exception:
+            log.exception("could not record turn %s; its worker records it, and the user's message", self.turn_id)
+        finally:
+            self._waiting.pop(self.turn_id, None)
 
 
 class _ClientView:

@@ -30,6 +30,7 @@ def _relay(request: Request) -> TurnRelay:
 
 
 async def _turn(relay: TurnRelay, context: ContextDep, turn_id: str) -> TurnRecord:
+    await relay.recorded(turn_id)
     try:
         return await relay.turns.get(context.identity, turn_id)
     except TurnNotFoundError:
@@ -77,7 +78,9 @@ async def thread_turns(
 ) -> dict[str, Any]:
     """Each turn's status and trace id; `trace_url` links to the trace when TRACE_DASHBOARD_URL is set."""
     await store.load_thread(thread_id, context=context)
-    turns = await _relay(request).turns.for_thread(context.identity, thread_id)
+    relay = _relay(request)
+    await relay.thread_recorded(thread_id)
+    turns = await relay.turns.for_thread(context.identity, thread_id)
     return {"data": [_public(turn, settings) for turn in turns]}
 
 
@@ -85,6 +88,7 @@ async def thread_turns(
 async def cancel_thread_turn(thread_id: str, request: Request, context: ContextDep, store: StoreDep) -> dict[str, Any]:
     await store.load_thread(thread_id, context=context)
     relay = _relay(request)
+    await relay.thread_recorded(thread_id)
     running = [turn for turn in await relay.turns.for_thread(context.identity, thread_id) if turn.status == "queued"]
     if not running:
         return {"thread_id": thread_id, "status": "idle"}

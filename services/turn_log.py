@@ -11,6 +11,11 @@ waits for the queue to be written, so the stream keeps the order the agent produ
 A finished reply or widget (`thread.item.done`/`replaced` of an assistant message or a widget) is held until the
 next event: it is then saved and published as usual, but when the turn ends instead, it is saved in the same
 transaction as the turn's end and published in the same round trip, a write transaction less per turn.
+
+The user's message the turn answers (`question`) is saved with the first write of every hop to the store, before
+anything the hop writes, and at the latest with the turn's end. The gateway saves it too, once this worker has
+read the conversation (gateway/turn_relay.py): whichever write comes first gives it its place in the thread, the
+other changes nothing, and a gateway that dies after handing the turn over loses no word of it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import cast
 
@@ -29,12 +34,14 @@ from chatkit.types import (
     AssistantMessageContentPartTextDelta,
     AssistantMessageItem,
     SDKHiddenContextItem,
+    ThreadItem,
     ThreadItemAddedEvent,
     ThreadItemDoneEvent,
     ThreadItemRemovedEvent,
     ThreadItemReplacedEvent,
     ThreadItemUpdatedEvent,
     ThreadStreamEvent,
+    UserMessageItem,
     WidgetItem,
 )
 from opentelemetry import trace as otel_trace
@@ -57,6 +64,7 @@ from kitrelay.shared.messages import (
 from kitrelay.shared.metrics import TURNS_ENDED
 from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.settings import AgentKind
+from kitrelay.shared.store.chatkit_store import Statement
 from kitrelay.shared.telemetry import trace_id_of
 from kitrelay.shared.turn_bus import append_end, append_entry
 
@@ -91,6 +99,7 @@ class TurnLog:
         ttl_after_end_s: int,
         agent: AgentKind,
         trace: TraceContext | None = None,
+        question: UserMessageItem | None = None,
     ) -> None:
         self._redis = redis
         self._store = store
@@ -115,6 +124,8 @@ class TurnLog:
         self._writing: asyncio.Task[None] | None = None
         # A finished item neither saved nor published yet (see the module's docstring).
         self._held: ThreadItemDoneEvent | ThreadItemReplacedEvent | None = None
+        # The user's message, until this hop's first write to the store has saved it.
+        self._question = question
         self.ended = False
 
     def _entry(self, body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd) -> TurnEntry:
@@ -214,11 +225,12 @@ class TurnLog:
                 self._held = event
                 return
             case ThreadItemDoneEvent():
-                await self._store.add_thread_item(self._thread_id, event.item, context=self._context)
+                await self._save([event.item])
                 self._pending.pop(event.item.id, None)
             case ThreadItemReplacedEvent():
-                await self._store.save_item(self._thread_id, event.item, context=self._context)
+                await self._save([event.item])
             case ThreadItemRemovedEvent():
+                await self._save([])
                 await self._store.delete_thread_item(self._thread_id, event.item_id, context=self._context)
                 self._pending.pop(event.item_id, None)
             case ThreadItemAddedEvent(item=AssistantMessageItem() as item):
@@ -230,8 +242,17 @@ class TurnLog:
         if (held := self._held) is None:
             return
         self._held = None
-        await self._store.add_thread_item(self._thread_id, held.item, context=self._context)
+        await self._save([held.item])
         await self._append(ChatKitEntry(event=held))
+
+    async def _save(self, items: list[ThreadItem], also: Sequence[Statement] = ()) -> None:
+        """Upsert `items` (and run `also`) in one transaction, after the user's message if this hop has not saved
+        it yet. Nothing to write, and the message saved already: no transaction at all."""
+        question = [self._question] if self._question is not None else []
+        if not (question or items or also):
+            return
+        await self._store.add_thread_items_with(self._thread_id, [*question, *items], self._context, also)
+        self._question = None
 
     async def _flushed(self) -> None:
         with self._writes():
@@ -309,14 +330,15 @@ class TurnLog:
             trace_id=trace_id_of(self._trace.traceparent),
             status=status,
         )
-        if held is None:
+        if held is None and self._question is None:
             entry_id = await self._append(TurnEnd(status=status, error=error))
             await self._turns.record(record)
         else:
-            # The last item and the turn's end: one transaction, then one round trip to Redis.
-            also = [record]
-            await self._store.add_thread_item_with(self._thread_id, held.item, self._context, also)
-            entry_id = await self._append(TurnEnd(status=status, error=error), after=ChatKitEntry(event=held))
+            # The last item (or the user's message, if nothing saved it yet) and the turn's end: one transaction,
+            # then one round trip to Redis.
+            await self._save([held.item] if held is not None else [], also=[record])
+            after = ChatKitEntry(event=held) if held is not None else None
+            entry_id = await self._append(TurnEnd(status=status, error=error), after=after)
         self.ended = True
         log.info("turn %s ended: %s after %d entries (%d events)", self._turn_id, status, self._seq, self.events)
         self._count(status)

@@ -137,6 +137,7 @@ def _turn_log(request: TurnRequest, attempt: int, context: TurnContext, deps: Tu
         # Entries carry this worker's span of the turn, so whoever reads them can join the turn's trace.
         trace=current_trace_context(request.trace),
         agent=request.agent,
+        question=request.user_item,
     )
 
 

@@ -61,6 +61,12 @@ class TurnStore(SqlStore[TurnContext]):
         context.newest_items.pop(thread_id, None)
         await super().add_thread_item_with(thread_id, item, context, also)
 
+    async def add_thread_items_with(
+        self, thread_id: str, items: Sequence[ThreadItem], context: TurnContext, also: Sequence[Statement] = ()
+    ) -> None:
+        context.newest_items.pop(thread_id, None)
+        await super().add_thread_items_with(thread_id, items, context, also)
+
     async def save_item(self, thread_id: str, item: ThreadItem, context: TurnContext) -> None:
         context.newest_items.pop(thread_id, None)
         await super().save_item(thread_id, item, context)

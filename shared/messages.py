@@ -82,8 +82,9 @@ class TurnRequest(BaseModel):
     # The thread (its metadata, not its items) as the gateway handed the turn over: a worker answering a message
     # then reads only the conversation, as an in-process server would. None from a gateway of an earlier release.
     thread: ThreadMetadata | None = None
-    # The user message itself: the gateway saves it while it publishes the turn, so a worker's read of the
-    # conversation may come before the save commits. None from a gateway of an earlier release (it saved first).
+    # The user message itself. The gateway saves it once the worker has read the conversation, and each hop's
+    # worker saves it with its first write (services/turn_log.py): the worker's read may come before either.
+    # None from a gateway of an earlier release (it saved first).
     user_item: UserMessageItem | None = None
 
 

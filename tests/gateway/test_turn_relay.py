@@ -1,6 +1,7 @@
 """The gateway's relay of a turn's stream, on real NATS and Redis: a pack reaches the client as one frame per event,
 each with an id to resume after, and resuming inside a pack gives exactly the events after that one. A turn is
-handed to the workers while its record is written, and a turn whose record cannot be written is stopped."""
+handed to the workers first and recorded once its worker has read the conversation; whatever reads the record
+here waits for it, and a turn whose record the gateway cannot write goes on."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from prometheus_client import REGISTRY
 
 from kitrelay.gateway.context import HeldMessage, RequestContext
 from kitrelay.gateway.relay import HUB_SHARDS, StreamHub, entry_before, split_event_id
-from kitrelay.gateway.turn_relay import FollowedTurn, TurnRelay
+from kitrelay.gateway.turn_relay import RECORD_AFTER_S, FollowedTurn, TurnRelay
 from kitrelay.gateway.turn_routes import ENTRY_ID_PATTERN
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import (
@@ -44,7 +45,8 @@ from kitrelay.shared.messages import (
 )
 from kitrelay.shared.names import turn_stream_key, turns_subject
 from kitrelay.shared.settings import Settings
-from kitrelay.shared.store.chatkit_store import Statement
+from kitrelay.shared.store.chatkit_store import SqlStore, Statement
+from kitrelay.shared.store.engine import make_sessionmaker
 from kitrelay.shared.turn_bus import append_entry, last_entry
 from tests.gateway.conftest import InProcess, MakeSettings, in_process_gateway
 from tests.polling import until
@@ -279,38 +281,77 @@ async def _turn_with_message(gateway_state: dict[str, object]) -> tuple[TurnRequ
     return turn, message
 
 
-async def test_a_turn_is_handed_over_while_its_record_is_written(make_settings: MakeSettings) -> None:
-    """The save only finishes once the turn's message is on NATS: a start that published after saving would never
-    get there (the save would time out)."""
+async def _start_held(gateway_state: dict[str, object], relay: TurnRelay) -> tuple[TurnRequest, UserMessageItem]:
+    """A turn started as the ChatKit server starts one: its message held by the store, saved with its record."""
+    turn, message = await _turn_with_message(gateway_state)
+    context = RequestContext(identity=ALICE, hold_user_message=True)
+    await gateway_state["store"].add_thread_item(turn.thread_id, message, context=context)  # type: ignore[attr-defined]
+    await relay.start(turn, user_message=context.take_held())
+    return turn, message
+
+
+async def test_a_turn_is_handed_over_first_and_recorded_once_its_first_event_is_relayed(
+    make_settings: MakeSettings,
+) -> None:
+    """The record and the message are written after the worker has had the turn (and read the conversation):
+    written beside that read, they took the CPU it needed."""
     settings = make_settings()
     async with in_process_gateway(settings) as gateway:
         relay: TurnRelay = gateway.state["chatkit_server"].relay
         nc: NATS = gateway.state["nats"]
-        turn, message = await _turn_with_message(gateway.state)
         published = await nc.subscribe(turns_subject(settings.NAMESPACE, "triage"))
-        context = RequestContext(identity=ALICE, hold_user_message=True)
-        store = gateway.state["store"]
-        await store.add_thread_item(turn.thread_id, message, context=context)
-        held = context.take_held()
-        assert held is not None
-        seen: list[TurnRequest] = []
+        turn, message = await _start_held(gateway.state, relay)
 
-        async def save_once_published(also: Sequence[Statement]) -> None:
-            seen.append(TurnRequest.model_validate_json((await published.next_msg(timeout=10)).data))
-            await held.save(also)
-
-        await relay.start(turn, user_message=HeldMessage(turn.thread_id, message, save_once_published))
-
-        assert [request.turn_id for request in seen] == [turn.turn_id]
+        handed = TurnRequest.model_validate_json((await published.next_msg(timeout=10)).data)
         # The worker gets the message itself, whether or not its read of the conversation finds it saved.
-        assert seen[0].user_item == message
+        assert (handed.turn_id, handed.user_item) == (turn.turn_id, message)
+        assert await relay.turns.get_any(turn.turn_id) is None  # not yet: no event relayed
+
+        relay.record_now(turn.turn_id)  # what the stream does with the turn's first event
+        await relay.recorded(turn.turn_id)
         record = await relay.turns.get(ALICE, turn.turn_id)
         assert (record.status, record.agent) == ("queued", "triage")
-        items = await store.load_thread_items(turn.thread_id, None, 10, "asc", RequestContext(identity=ALICE))
+        sql = SqlStore[RequestContext](make_sessionmaker(gateway.state["engine"]))
+        items = await sql.load_thread_items(turn.thread_id, None, 10, "asc", RequestContext(identity=ALICE))
         assert [item.id for item in items.data] == [message.id]
 
 
-async def test_a_turn_whose_record_cannot_be_written_is_stopped(make_settings: MakeSettings) -> None:
+async def test_a_turn_that_shows_no_event_is_recorded_all_the_same(make_settings: MakeSettings) -> None:
+    settings = make_settings()
+    async with in_process_gateway(settings) as gateway:
+        relay: TurnRelay = gateway.state["chatkit_server"].relay
+        turn, _ = await _start_held(gateway.state, relay)
+        assert await relay.turns.get_any(turn.turn_id) is None
+        await asyncio.sleep(RECORD_AFTER_S * 2)
+        assert await relay.turns.get_any(turn.turn_id) is not None
+
+
+async def test_reads_of_a_started_turn_or_its_thread_wait_for_its_record(make_settings: MakeSettings) -> None:
+    """A client that looks at the turn, stops it, or reloads the thread right after it started sees it whole."""
+    settings = make_settings()
+    async with in_process_gateway(settings) as gateway:
+        relay: TurnRelay = gateway.state["chatkit_server"].relay
+        turn, message = await _start_held(gateway.state, relay)
+        store = gateway.state["store"]
+        items = await store.load_thread_items(turn.thread_id, None, 10, "asc", RequestContext(identity=ALICE))
+        assert [item.id for item in items.data] == [message.id]
+        assert await relay.turns.get_any(turn.turn_id) is not None
+
+        turn, _ = await _start_held(gateway.state, relay)
+        await relay.thread_recorded(turn.thread_id)
+        assert [t.id for t in await relay.turns.for_thread(ALICE, turn.thread_id)] == [turn.turn_id]
+
+        # A stop ends the turn's record after its start: the record says so, not "queued".
+        turn, _ = await _start_held(gateway.state, relay)
+        assert await relay.stop(turn.turn_id) == "cancelled"
+        assert (await relay.turns.get(ALICE, turn.turn_id)).status == "cancelled"
+
+
+async def test_a_turn_whose_record_the_gateway_cannot_write_goes_on(
+    make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its worker saves the message with its first write and records the turn at its end
+    (tests/services/test_turn_log.py): stopping the turn would lose the answer, not save the message."""
     settings = make_settings()
     async with in_process_gateway(settings) as gateway:
         relay: TurnRelay = gateway.state["chatkit_server"].relay
@@ -319,10 +360,8 @@ async def test_a_turn_whose_record_cannot_be_written_is_stopped(make_settings: M
         async def failing_save(also: Sequence[Statement]) -> None:
             raise OSError("disk full")
 
-        with pytest.raises(OSError, match="disk full"):
-            await relay.start(turn, user_message=HeldMessage(turn.thread_id, message, failing_save))
+        await relay.start(turn, user_message=HeldMessage(turn.thread_id, message, failing_save))
+        await relay.recorded(turn.turn_id)
 
-        # Published all the same, so ended on its stream: no worker answers a message that was not saved.
-        ended = await last_entry(gateway.state["redis"], settings.NAMESPACE, turn.turn_id)
-        assert ended is not None and isinstance(ended.body, TurnEnd)
-        assert ended.body.status == "cancelled"
+        assert await last_entry(gateway.state["redis"], settings.NAMESPACE, turn.turn_id) is None  # not stopped
+        assert f"could not record turn {turn.turn_id}" in caplog.text

@@ -16,10 +16,14 @@ from chatkit.types import (
     AssistantMessageContent,
     AssistantMessageContentPartTextDelta,
     AssistantMessageItem,
+    ErrorEvent,
+    InferenceOptions,
     ThreadItemAddedEvent,
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
     ThreadStreamEvent,
+    UserMessageItem,
+    UserMessageTextContent,
 )
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -28,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kitrelay.agents.context import TurnContext
 from kitrelay.services.turn_log import PACK_MAX_EVENTS, TurnLog, TurnLogWriteError
+from kitrelay.services.turns import start_statement
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, PackEntry, TurnEnd
 from kitrelay.shared.names import turn_stream_key
@@ -43,7 +48,12 @@ async def env(nats_url: str, redis_url: str, unique_namespace: str, tmp_path: Pa
 
 
 def _turn_log(
-    env: WorkerEnv, thread_id: str, *, redis: aioredis.Redis | None = None, ttl_s: int = 60
+    env: WorkerEnv,
+    thread_id: str,
+    *,
+    redis: aioredis.Redis | None = None,
+    ttl_s: int = 60,
+    question: UserMessageItem | None = None,
 ) -> tuple[TurnLog, str]:
     turn_id = new_id("turn")
     context = TurnContext(
@@ -62,6 +72,7 @@ def _turn_log(
         ttl_s=ttl_s,
         ttl_after_end_s=60,
         agent="task",
+        question=question,
     )
     return log, turn_id
 
@@ -249,3 +260,71 @@ async def test_a_stop_saves_a_held_reply_whole_and_records_the_stop(env: WorkerE
     types = [e.type for e in await _stream_events(env, turn_id)]
     assert types[:2] == ["thread.item.added", "thread.item.done"]
     assert (await env.turns.get(ALICE, turn_id)).status == "cancelled"
+
+
+def _question(thread_id: str, text: str) -> UserMessageItem:
+    return UserMessageItem(
+        id=new_id("msg"),
+        thread_id=thread_id,
+        created_at=datetime.now(),
+        content=[UserMessageTextContent(text=text)],
+        attachments=[],
+        inference_options=InferenceOptions(),
+    )
+
+
+async def _thread_item_ids(env: WorkerEnv, thread_id: str) -> list[str]:
+    page = await env.db.load_thread_items(thread_id, None, 20, "asc", context=StoreContext(ALICE))
+    return [item.id for item in page.data]
+
+
+async def test_the_users_message_is_saved_before_the_first_item_of_the_hop_in_its_transaction(env: WorkerEnv) -> None:
+    """The gateway had not saved the message (it saves it once the worker has read the conversation, or it died):
+    the worker's first write saves it, before the reply, and the gateway's later save keeps that place."""
+    thread_id, earlier = await env.new_thread("an earlier message")
+    question = _question(thread_id, "what now?")
+    log, turn_id = _turn_log(env, thread_id, question=question)
+    reply, widget = _message(thread_id, "this"), _message(thread_id, "that")
+    await log.emit(ThreadItemAddedEvent(item=reply))
+    with write_transactions(env.engine) as begun:
+        await log.emit(ThreadItemDoneEvent(item=reply))
+        await log.emit(ThreadItemAddedEvent(item=widget))  # saves the held reply, with the message first
+    assert len(begun) == 1
+    assert await _thread_item_ids(env, thread_id) == [earlier, question.id, reply.id]
+
+    await log.emit(ThreadItemDoneEvent(item=widget))
+    await log.end("completed")
+    # The gateway's save of the message and the turn's record, late: an upsert, the message keeps its place.
+    record = start_statement(ALICE, turn_id=turn_id, thread_id=thread_id, agent="triage")
+    await env.db.add_thread_item_with(thread_id, question, StoreContext(ALICE), [record])
+    assert await _thread_item_ids(env, thread_id) == [earlier, question.id, reply.id, widget.id]
+    assert (await env.turns.get(ALICE, turn_id)).status == "completed"
+
+
+async def test_a_hop_that_saves_no_item_saves_the_users_message_with_the_turns_end(env: WorkerEnv) -> None:
+    thread_id, _ = await env.new_thread()
+    question = _question(thread_id, "hello?")
+    log, turn_id = _turn_log(env, thread_id, question=question)
+    await log.emit(ErrorEvent(code="custom", message="Sorry.", allow_retry=True))
+    assert await _thread_item_ids(env, thread_id) == []  # not a write of the store: nothing saved yet
+
+    with write_transactions(env.engine) as begun:
+        await log.end("failed", error="the model failed")
+
+    assert len(begun) == 1  # the message and the turn's record together
+    assert await _thread_item_ids(env, thread_id) == [question.id]
+    assert (await env.turns.get(ALICE, turn_id)).status == "failed"
+
+
+async def test_a_hop_whose_message_is_saved_writes_it_no_more(env: WorkerEnv) -> None:
+    thread_id, _ = await env.new_thread()
+    question = _question(thread_id, "once")
+    log, _ = _turn_log(env, thread_id, question=question)
+    first, second = _message(thread_id, "one"), _message(thread_id, "two")
+    await log.emit(ThreadItemDoneEvent(item=first))
+    await log.emit(ThreadItemAddedEvent(item=second))
+    with statements(env.engine, lambda statement: statement.startswith("INSERT INTO thread_items")) as inserts:
+        await log.emit(ThreadItemDoneEvent(item=second))
+        await log.emit(ThreadItemAddedEvent(item=_message(thread_id)))
+    assert len(inserts) == 1  # the second reply only
+    assert await _thread_item_ids(env, thread_id) == [question.id, first.id, second.id]
