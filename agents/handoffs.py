@@ -7,9 +7,10 @@ workers, so a handoff's callback stops the run right there (before the next agen
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
-from agents import Agent, Handoff, RunContextWrapper, handoff
+from agents import Agent, Handoff, RunContextWrapper, RunResultStreaming, StreamEvent, handoff
 
 
 class CrossWorkerHandoff(Exception):
@@ -33,3 +34,28 @@ def find_handoff(exc: BaseException) -> CrossWorkerHandoff | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+class StopsAtHandoff:
+    """A streamed run as ChatKit's `stream_agent_response` reads it (`streamed()`), whose events end where a
+    cross-worker handoff stopped the run, `handoff` then saying where to, instead of raising out of them. Raised
+    through the SDK, the signal left its task reading the run's queue of context events pending, which asyncio
+    logged as an error ("Task was destroyed but it is pending!") when it was collected: once per handoff. Every
+    other error is raised as before."""
+
+    def __init__(self, result: RunResultStreaming) -> None:
+        self._result = result
+        self.handoff: CrossWorkerHandoff | None = None
+
+    def streamed(self) -> RunResultStreaming:
+        # The SDK calls nothing but `stream_events()` on the run it converts.
+        return cast(RunResultStreaming, self)
+
+    async def stream_events(self) -> AsyncIterator[StreamEvent]:
+        try:
+            async for event in self._result.stream_events():
+                yield event
+        except Exception as exc:
+            if (signal := find_handoff(exc)) is None:
+                raise
+            self.handoff = signal

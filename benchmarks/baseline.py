@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kitrelay.agents.context import TurnContext
 from kitrelay.agents.converter import KitrelayConverter
-from kitrelay.agents.handoffs import find_handoff
+from kitrelay.agents.handoffs import StopsAtHandoff
 from kitrelay.agents.providers import model_for, model_provider
 from kitrelay.agents.registry import action_handler, build_agent, kind_of
 from kitrelay.agents.stream_ids import with_real_ids
@@ -97,23 +97,22 @@ class InProcessServer(ChatKitServer[BaselineContext]):
                     model=model_for(self._settings, kind), model_provider=self._provider, tracing_disabled=True
                 ),
             )
+            run = StopsAtHandoff(result)
             events = with_real_ids(
-                stream_agent_response(agent_context, result),
+                stream_agent_response(agent_context, run.streamed()),
                 lambda: self._agent_store.generate_item_id("message", thread, turn),
             )
-            try:
-                async for event in events:
-                    for out in cite(event, turn.citations):
-                        yield out
+            async for event in events:
+                for out in cite(event, turn.citations):
+                    yield out
+            if run.handoff is None:
                 return
-            except Exception as exc:
-                signal = find_handoff(exc)
-                target = kind_of(signal.target) if signal is not None else None
-                if signal is None or target is None:
-                    raise
-                # The seed runs the next agent in the same request; kitrelay hands the turn to another worker.
-                yield ProgressUpdateEvent(text=f"Handing over to {signal.target}…", icon="agent")
-                kind = target
+            target = kind_of(run.handoff.target)
+            if target is None:
+                raise run.handoff
+            # The seed runs the next agent in the same request; kitrelay hands the turn to another worker.
+            yield ProgressUpdateEvent(text=f"Handing over to {run.handoff.target}…", icon="agent")
+            kind = target
         yield ErrorEvent(code="custom", message="Sorry, I could not route this request.", allow_retry=True)
 
     async def action(

@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 
 from kitrelay.agents.context import TurnContext
 from kitrelay.agents.converter import KitrelayConverter
-from kitrelay.agents.handoffs import find_handoff
+from kitrelay.agents.handoffs import StopsAtHandoff, find_handoff
 from kitrelay.agents.providers import error_event_for
 from kitrelay.agents.registry import action_handler, kind_of
 from kitrelay.agents.stream_ids import with_real_ids
@@ -235,14 +235,17 @@ async def _run_agent(
     )
 
     async def relay_events() -> None:
+        run = StopsAtHandoff(result)
         # Chat-completions models give every message the id "__fake_id__": each gets a real one here.
         events = with_real_ids(
-            stream_agent_response(agent_context, result),
+            stream_agent_response(agent_context, run.streamed()),
             lambda: deps.store.generate_item_id("message", thread, context),
         )
         async for event in events:
             for out in cite(event, context.citations):
                 await turn_log.emit(out)
+        if run.handoff is not None:
+            raise run.handoff
 
     running = asyncio.create_task(relay_events())
     stop_requested = asyncio.create_task(control.stopped.wait())

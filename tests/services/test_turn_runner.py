@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -178,6 +181,20 @@ async def test_triage_hands_off_by_publishing_the_same_turn_to_the_next_kind(env
     [msg] = await sub.fetch(1, timeout=5)
     handed = TurnRequest.model_validate_json(msg.data)
     assert (handed.turn_id, handed.agent, handed.hops, handed.user_item_id) == (request.turn_id, "task", 1, user_item)
+
+
+async def test_a_handoff_leaves_no_task_of_the_sdk_pending(env: WorkerEnv, caplog: pytest.LogCaptureFixture) -> None:
+    """ChatKit's stream left its queue reader pending when the handoff signal was raised through it: asyncio
+    logged "Task was destroyed but it is pending!" at ERROR once the run was collected, every handoff."""
+    thread_id, user_item = await env.new_thread("add task write report")
+    request = request_for(thread_id, user_item, agent="triage")
+    await run_turn(request, attempt=1, agent=build_agent("triage"), deps=env.deps(OfflineModelProvider()))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    gc.collect()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR] == []
+    entries = await entries_of(env, request.turn_id)
+    assert isinstance(entries[-1].body, HandoffEntry)
 
 
 async def test_triage_answers_small_talk_itself(env: WorkerEnv) -> None:
