@@ -8,6 +8,7 @@ from typing import Protocol
 
 from chatkit.types import ThreadMetadata, UserMessageItem
 
+from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import Identity
 from kitrelay.shared.store.chatkit_store import Statement
 
@@ -38,6 +39,20 @@ class RelayedStream(Protocol):
     def close(self, *, finished: bool = False) -> None: ...
 
 
+class SentClaim(Protocol):
+    """The claim of the request's thread for the turn it will start, sent before the ChatKit server runs
+    (gateway/turn_relay.TurnRelay.claim_ahead): its round trip to Redis overlaps the server's work."""
+
+    thread_id: str
+    turn_id: str
+
+    def take(self, thread_id: str, turn_id: str) -> Awaitable[bool] | None:
+        """The claim's answer (whether the turn has the thread), for the turn it was sent for; else None."""
+        ...
+
+    async def release_if_unused(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class HeldMessage:
     """A user's message the store has not saved yet (gateway/store.GatewayStore): the turn it starts saves it with
@@ -64,6 +79,13 @@ class RequestContext:
     # Set for a request whose user message starts a turn: the store holds the message for the turn's start.
     hold_user_message: bool = False
     held: HeldMessage | None = None
+    # Set for a request that may start a turn on a thread that exists (gateway/routes.run_chatkit_request).
+    claim_ahead: SentClaim | None = None
+
+    def turn_id_for(self, thread_id: str) -> str:
+        """The id of the turn this request starts on the thread: the one the claim sent ahead names, if any."""
+        ahead = self.claim_ahead
+        return ahead.turn_id if ahead is not None and ahead.thread_id == thread_id else new_id("turn")
 
     def take_held(self) -> HeldMessage | None:
         held, self.held = self.held, None
@@ -73,3 +95,12 @@ class RequestContext:
         """Save a held message alone: no turn took it (refused, failed, or never started)."""
         if (held := self.take_held()) is not None:
             await held.save(())
+
+    async def opening_ended(self) -> None:
+        """What the end of the ChatKit server's part of a stream leaves to do: a held message no turn took is
+        saved, and a claim sent ahead that no turn took is given back."""
+        try:
+            await self.save_held()
+        finally:
+            if self.claim_ahead is not None:
+                await self.claim_ahead.release_if_unused()

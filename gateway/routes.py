@@ -91,10 +91,13 @@ async def run_chatkit_request(
     try:
         if is_streaming_req(parsed) and (thread_id := getattr(parsed.params, "thread_id", None)):
             await server.relay.make_way(thread_id)
+            context.claim_ahead = server.relay.claim_ahead(thread_id)
         # The user's message then waits for the turn it starts, and is saved with it (gateway/store.py).
         context.hold_user_message = isinstance(parsed, ThreadsCreateReq | ThreadsAddUserMessageReq)
         result = await process_parsed(server, parsed, context)
     except BaseException:
+        if context.claim_ahead is not None:
+            await context.claim_ahead.release_if_unused()
         if slot is not None:
             await slot.release()
         raise

@@ -28,7 +28,6 @@ from kitrelay.gateway.context import RequestContext
 from kitrelay.gateway.store import GatewayStore
 from kitrelay.gateway.turn_relay import BUSY_MESSAGE, FollowedTurn, TurnRejectedError, TurnRelay
 from kitrelay.services.feedback import FeedbackService
-from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import TurnRequest, WidgetAction
 from kitrelay.shared.metrics import TIME_TO_FIRST_EVENT, TURNS_IN_FLIGHT
 from kitrelay.shared.names import action_agent
@@ -63,7 +62,7 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
             # thread.updated after the next event.
             thread.title = thread_title(input_user_message)
         turn = TurnRequest(
-            turn_id=new_id("turn"),
+            turn_id=context.turn_id_for(thread.id),
             thread_id=thread.id,
             identity=context.identity,
             agent=self.relay.config.entry_agent,
@@ -84,7 +83,7 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
             return
         payload = action.payload if isinstance(action.payload, dict) else {}
         turn = TurnRequest(
-            turn_id=new_id("turn"),
+            turn_id=context.turn_id_for(thread.id),
             thread_id=thread.id,
             identity=context.identity,
             agent=agent,
@@ -109,7 +108,7 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
         handed_over = False
         try:
             try:
-                async for waiting in self.relay.admit(turn):
+                async for waiting in self.relay.admit(turn, ahead=context.claim_ahead):
                     yield waiting
             except TurnRejectedError:
                 span.set_status(Status(StatusCode.ERROR, "rejected: the thread is busy"))

@@ -60,9 +60,9 @@ async def _opening(result: StreamingResult, context: RequestContext) -> AsyncGen
             async for frame in result:
                 frames.put_nowait(frame)
         finally:
-            # A user's message no turn took (refused, or the SDK failed before the turn started) is still saved:
-            # every stream that can hold one runs here.
-            await context.save_held()
+            # A user's message no turn took (refused, or the SDK failed before the turn started) is still saved,
+            # and a claim no turn took is given back: every stream that can hold one runs here.
+            await context.opening_ended()
             frames.put_nowait(None)
             if reader_left.is_set() and context.relayed is not None:
                 context.relayed.close()
@@ -97,6 +97,7 @@ class _ChatKitChunks:
     def __init__(self, result: StreamingResult, context: RequestContext) -> None:
         self._context = context
         self._opening: AsyncGenerator[bytes, None] | None = _opening(result, context)
+        self._opened = False  # the opening ran (its end does what `RequestContext.opening_ended` says)
         self._frames: RelayedFrames | None = None
         self._sink: ChunkSink | None = None
 
@@ -120,6 +121,7 @@ class _ChatKitChunks:
 
     async def __anext__(self) -> bytes:
         if self._opening is not None:
+            self._opened = True
             try:
                 return await anext(self._opening)
             except StopAsyncIteration:
@@ -143,6 +145,8 @@ class _ChatKitChunks:
 
     async def aclose(self) -> None:
         try:
+            if not self._opened:
+                await self._context.opening_ended()  # the stream ended before the ChatKit server ran
             if self._opening is not None:
                 await self._opening.aclose()
             if self._frames is not None:

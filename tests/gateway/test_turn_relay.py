@@ -19,6 +19,7 @@ from chatkit.types import (
     AssistantMessageContentPartTextDelta,
     InferenceOptions,
     ProgressUpdateEvent,
+    ThreadItem,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
     UserMessageItem,
@@ -27,8 +28,11 @@ from chatkit.types import (
 from nats.aio.client import Client as NATS
 from prometheus_client import REGISTRY
 
+from kitrelay.gateway import turn_relay
+from kitrelay.gateway.client import user_input
 from kitrelay.gateway.context import HeldMessage, RequestContext
 from kitrelay.gateway.relay import HUB_SHARDS, StreamHub, entry_before, split_event_id
+from kitrelay.gateway.store import GatewayStore
 from kitrelay.gateway.turn_relay import RECORD_AFTER_S, FollowedTurn, TurnRelay
 from kitrelay.gateway.turn_routes import ENTRY_ID_PATTERN
 from kitrelay.shared.ids import new_id
@@ -47,9 +51,9 @@ from kitrelay.shared.names import turn_stream_key, turns_subject
 from kitrelay.shared.settings import Settings
 from kitrelay.shared.store.chatkit_store import SqlStore, Statement
 from kitrelay.shared.store.engine import make_sessionmaker
-from kitrelay.shared.turn_bus import append_entry, last_entry
+from kitrelay.shared.turn_bus import active_turn, append_entry, claim_thread, last_entry, release_thread
 from tests.gateway.conftest import InProcess, MakeSettings, in_process_gateway
-from tests.polling import until
+from tests.polling import until, until_read
 
 
 def _delta(text: str) -> ThreadItemUpdatedEvent:
@@ -365,3 +369,97 @@ async def test_a_turn_whose_record_the_gateway_cannot_write_goes_on(
 
         assert await last_entry(gateway.state["redis"], settings.NAMESPACE, turn.turn_id) is None  # not stopped
         assert f"could not record turn {turn.turn_id}" in caplog.text
+
+
+async def test_a_claim_sent_ahead_is_the_claim_of_the_turn_it_names(make_settings: MakeSettings) -> None:
+    settings = make_settings()
+    async with in_process_gateway(settings) as gateway:
+        relay: TurnRelay = gateway.state["chatkit_server"].relay
+        redis = gateway.state["redis"]
+        turn, _ = await _turn_with_message(gateway.state)
+        context = RequestContext(identity=ALICE, claim_ahead=relay.claim_ahead(turn.thread_id))
+        turn.turn_id = context.turn_id_for(turn.thread_id)
+        assert context.turn_id_for(new_id("thr")) != turn.turn_id  # another thread's turn is another turn
+
+        assert [event async for event in relay.admit(turn, ahead=context.claim_ahead)] == []
+        await context.opening_ended()  # taken by the turn: not given back
+        assert await active_turn(redis, settings.NAMESPACE, turn.thread_id) == turn.turn_id
+
+
+async def test_a_claim_sent_ahead_that_no_turn_took_is_given_back(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings()
+    async with in_process_gateway(settings) as gateway:
+        relay: TurnRelay = gateway.state["chatkit_server"].relay
+        redis = gateway.state["redis"]
+        turn, _ = await _turn_with_message(gateway.state)
+        context = RequestContext(identity=ALICE, claim_ahead=relay.claim_ahead(turn.thread_id))
+        await until_read(
+            lambda: active_turn(redis, settings.NAMESPACE, turn.thread_id), context.turn_id_for(turn.thread_id)
+        )
+        await context.opening_ended()  # the stream started no turn (an unknown action, say)
+        assert await active_turn(redis, settings.NAMESPACE, turn.thread_id) is None
+
+        # One whose request never got that far goes after CLAIM_AHEAD_UNUSED_S all the same.
+        monkeypatch.setattr(turn_relay, "CLAIM_AHEAD_UNUSED_S", 0.05)
+        ahead = relay.claim_ahead(turn.thread_id)
+        await until_read(lambda: active_turn(redis, settings.NAMESPACE, turn.thread_id), ahead.turn_id)
+        await until_read(lambda: active_turn(redis, settings.NAMESPACE, turn.thread_id), None)
+
+
+async def test_a_turn_whose_claim_sent_ahead_found_the_thread_busy_waits_for_it(make_settings: MakeSettings) -> None:
+    settings = make_settings()
+    async with in_process_gateway(settings) as gateway:
+        relay: TurnRelay = gateway.state["chatkit_server"].relay
+        redis = gateway.state["redis"]
+        turn, _ = await _turn_with_message(gateway.state)
+        running = new_id("turn")
+        assert await claim_thread(redis, settings.NAMESPACE, turn.thread_id, running, ttl_s=60)
+        ahead = relay.claim_ahead(turn.thread_id)
+        turn.turn_id = ahead.turn_id
+        shown: list[object] = []
+
+        async def admit() -> None:
+            async for event in relay.admit(turn, ahead=ahead):
+                shown.append(event)
+
+        admitting = asyncio.create_task(admit())
+        await until(lambda: bool(shown))  # "Waiting for the previous reply to finish…"
+        await release_thread(redis, settings.NAMESPACE, turn.thread_id, running)
+        await asyncio.wait_for(admitting, timeout=10)
+        assert await active_turn(redis, settings.NAMESPACE, turn.thread_id) == turn.turn_id
+
+
+async def test_a_message_on_a_thread_is_claimed_once_before_the_chatkit_server_runs(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request sends the claim before the ChatKit server runs (which saves the message first); the turn's
+    admission takes its answer instead of asking again."""
+    seen: list[str] = []
+
+    async def counted(redis: aioredis.Redis, namespace: str, thread_id: str, turn_id: str, *, ttl_s: int) -> bool:
+        seen.append(f"claim {turn_id}")
+        return await claim_thread(redis, namespace, thread_id, turn_id, ttl_s=ttl_s)
+
+    add_thread_item = GatewayStore.add_thread_item
+
+    async def noted(store: GatewayStore, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
+        seen.append("message")
+        await add_thread_item(store, thread_id, item, context)
+
+    monkeypatch.setattr(turn_relay, "claim_thread", counted)
+    monkeypatch.setattr(GatewayStore, "add_thread_item", noted)
+    settings = make_settings(TURN_START_TIMEOUT_S=0.5)
+    async with in_process_gateway(settings) as gateway:
+        nc: NATS = gateway.state["nats"]
+        published = await nc.subscribe(turns_subject(settings.NAMESPACE, "triage"))
+        turn, _ = await _turn_with_message(gateway.state)
+        request = {
+            "type": "threads.add_user_message",
+            "params": {"thread_id": turn.thread_id, "input": user_input("hi")},
+        }
+        answer = await gateway.chatkit(ALICE, request)
+        assert answer.status_code == 200
+        handed = TurnRequest.model_validate_json((await published.next_msg(timeout=10)).data)
+        assert seen == [f"claim {handed.turn_id}", "message"]
