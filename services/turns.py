@@ -22,7 +22,7 @@ _TURNS = cast(Table, TurnRow.__table__)
 _COLUMNS = ("id", "thread_id", "team_id", "user_id", "agent", "status", "created_at", "ended_at", "trace_id")
 _VALUES = f"INSERT INTO turns ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + name for name in _COLUMNS)})"
 _TYPED = [bindparam(name, type_=_TURNS.c[name].type) for name in _COLUMNS]
-# The gateway records a turn while it publishes it, so a worker may end the turn first (`end_statement`): the
+# The gateway records a turn once its first event is relayed, so a worker may end the turn first (`end_statement`): the
 # record then keeps its end and takes the rest from the gateway's. Plain SQL, since SQLite and PostgreSQL write
 # ON CONFLICT the same way and a statement here is built before its dialect is known.
 _START_TURN = text(

@@ -1,4 +1,4 @@
-"""Turn records on a real database (each dialect): the gateway records a turn while it publishes it, so a worker's
+"""Turn records on a real database (each dialect): the gateway records a turn after it publishes it, so a worker's
 end may reach the database before the record does; either way round, the record ends up whole and ended once."""
 
 from __future__ import annotations
