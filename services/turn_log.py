@@ -318,11 +318,13 @@ class TurnLog:
         await self.emit(ThreadItemDoneEvent(item=note))
         return await self.end("cancelled", error=reason)
 
-    async def end(self, status: TurnStatus, error: str | None = None) -> str:
+    async def end(self, status: TurnStatus, error: str | None = None, *, record: bool = True) -> str:
+        """End the turn: on its stream, and in its record unless `record` is False (a thread that is gone takes
+        no record: its turns went with it)."""
         with self._writes():
             await self.flush()
         held, self._held = self._held, None
-        record = end_statement(
+        ended = end_statement(
             self._context.identity,
             turn_id=self._turn_id,
             thread_id=self._thread_id,
@@ -330,15 +332,19 @@ class TurnLog:
             trace_id=trace_id_of(self._trace.traceparent),
             status=status,
         )
-        if held is None and self._question is None:
+        if held is None:
+            # On the stream first: whatever the store then says, the client gets the end (and a redelivery of
+            # the turn finds it over).
             entry_id = await self._append(TurnEnd(status=status, error=error))
-            await self._turns.record(record)
+            if self._question is not None:
+                await self._save([], also=[ended] if record else [])  # the user's message, with the record
+            elif record:
+                await self._turns.record(ended)
         else:
-            # The last item (or the user's message, if nothing saved it yet) and the turn's end: one transaction,
-            # then one round trip to Redis.
-            await self._save([held.item] if held is not None else [], also=[record])
-            after = ChatKitEntry(event=held) if held is not None else None
-            entry_id = await self._append(TurnEnd(status=status, error=error), after=after)
+            # The last item (after the user's message, if nothing saved it yet) and the turn's end: one
+            # transaction, then one round trip to Redis.
+            await self._save([held.item], also=[ended] if record else [])
+            entry_id = await self._append(TurnEnd(status=status, error=error), after=ChatKitEntry(event=held))
         self.ended = True
         log.info("turn %s ended: %s after %d entries (%d events)", self._turn_id, status, self._seq, self.events)
         self._count(status)

@@ -121,7 +121,9 @@ def _context(request: TurnRequest, deps: TurnDeps) -> TurnContext:
     )
 
 
-def _turn_log(request: TurnRequest, attempt: int, context: TurnContext, deps: TurnDeps) -> TurnLog:
+def _turn_log(
+    request: TurnRequest, attempt: int, context: TurnContext, deps: TurnDeps, *, with_question: bool = True
+) -> TurnLog:
     return TurnLog(
         redis=deps.redis,
         store=deps.store,
@@ -137,7 +139,7 @@ def _turn_log(request: TurnRequest, attempt: int, context: TurnContext, deps: Tu
         # Entries carry this worker's span of the turn, so whoever reads them can join the turn's trace.
         trace=current_trace_context(request.trace),
         agent=request.agent,
-        question=request.user_item,
+        question=request.user_item if with_question else None,
     )
 
 
@@ -162,13 +164,14 @@ async def run_turn(
         # Already over: finished before a lost ack, or given up by the gateway while no worker was free.
         log.info("turn %s is already over; not running it again", request.turn_id)
         return
-    turn_log = _turn_log(request, attempt, context, deps)
+    # A thread that is gone (or not the caller's) has no place for the user's message: only its end is recorded.
+    turn_log = _turn_log(request, attempt, context, deps, with_question=opening is not None)
     if attempt > 1:
         await turn_log.supersede_earlier_attempts()
     if opening is None:
         # The thread was deleted (or never belonged to this identity): nothing to answer, nothing to retry.
         await turn_log.emit(ErrorEvent(code="custom", message="This conversation no longer exists.", allow_retry=False))
-        await turn_log.end("failed", error="thread not found")
+        await turn_log.end("failed", error="thread not found", record=False)
         return
     if request.action is not None:
         await _run_action(request, context, turn_log, deps)

@@ -7,12 +7,19 @@ import gc
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from agents import Model, ModelProvider
 from agents.testing import ModelStep, ScriptedModel, assistant_message
-from chatkit.types import AssistantMessageItem, WidgetItem
+from chatkit.types import (
+    AssistantMessageItem,
+    InferenceOptions,
+    UserMessageItem,
+    UserMessageTextContent,
+    WidgetItem,
+)
 
 from kitrelay.agents.offline_model import OfflineModelProvider
 from kitrelay.agents.registry import build_agent
@@ -149,6 +156,26 @@ async def test_a_thread_of_someone_else_is_never_answered(env: WorkerEnv, thread
     assert isinstance(entries[-1].body, TurnEnd) and entries[-1].body.status == "failed"
     [error] = chatkit_events(entries)
     assert error.type == "error" and error.message == "This conversation no longer exists."
+
+
+async def test_a_message_to_a_thread_deleted_meanwhile_is_ended_not_retried(env: WorkerEnv) -> None:
+    """As the gateway sends it, the message in the turn: it has nowhere to be saved, and the turn still ends."""
+    thread_id, _ = await env.new_thread()
+    message = UserMessageItem(
+        id=new_id("msg"),
+        thread_id=thread_id,
+        created_at=datetime.now(),
+        content=[UserMessageTextContent(text="add task gone")],
+        attachments=[],
+        inference_options=InferenceOptions(),
+    )
+    request = request_for(thread_id, message.id, agent="triage").model_copy(update={"user_item": message})
+    await env.db.delete_thread(thread_id, StoreContext(ALICE))
+
+    await run_turn(request, attempt=1, agent=build_agent("triage"), deps=env.deps(OfflineModelProvider()))
+
+    end = (await entries_of(env, request.turn_id))[-1].body
+    assert isinstance(end, TurnEnd) and (end.status, end.error) == ("failed", "thread not found")
 
 
 async def test_a_turn_that_is_already_over_is_not_run_again(env: WorkerEnv) -> None:
