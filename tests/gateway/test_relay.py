@@ -19,6 +19,7 @@ from kitrelay.shared.messages import ChatKitEntry, EntryView, HandoffEntry, Turn
 from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.turn_bus import append_entry
 from tests.infra import cleanup_redis_namespace
+from tests.polling import until
 
 TIMEOUTS = Timeouts(start_s=5, handoff_s=5, idle_s=5, block_ms=200)
 
@@ -28,7 +29,7 @@ TIMEOUTS = Timeouts(start_s=5, handoff_s=5, idle_s=5, block_ms=200)
 async def redis(redis_url: str, namespace: str, request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, protocol=request.param)
     yield client
-    await client.aclose()
+    await asyncio.wait_for(client.aclose(), timeout=30)
     cleanup_redis_namespace(redis_url, f"{namespace}hub")
 
 
@@ -38,7 +39,8 @@ async def hub(redis: aioredis.Redis) -> AsyncIterator[StreamHub]:
     hub = StreamHub(redis, block_ms=10_000)
     hub.start()
     yield hub
-    await hub.stop()
+    # Bounded: a stop that hangs fails the test instead of the whole run.
+    await asyncio.wait_for(hub.stop(), timeout=30)
 
 
 def _progress(turn_id: str, seq: int, text: str, *, hop: int = 0, attempt: int = 1) -> TurnEntry:
@@ -208,8 +210,10 @@ async def test_a_follower_that_does_not_keep_up_leaves_the_backlog_in_redis(
     await append_entry(redis, ns, _end(turn_id, 1500), ttl_s=60)
     follower = hub.add_follower(turn_stream_key(ns, turn_id), "0-0")
     try:
-        await asyncio.sleep(0.5)
-        # One batch (at most HUB_BATCH entries) waits for it; the rest stays in Redis until it takes that one.
+        # One batch (at most HUB_BATCH entries) waits for it; the rest stays in Redis until it takes that one,
+        # however long the hub then goes on reading (its ticks, other reads).
+        await until(lambda: follower.held is not None, timeout_s=10)
+        await asyncio.sleep(0.3)
         assert follower.held is not None
         assert len(follower.held) == HUB_BATCH
         seen = 0
