@@ -51,25 +51,12 @@ class TurnStore(SqlStore[TurnContext]):
         has_more = len(newest.data) > limit or newest.has_more
         return Page(data=data, has_more=has_more, after=data[-1].id if data else None)
 
-    async def add_thread_item(self, thread_id: str, item: ThreadItem, context: TurnContext) -> None:
-        context.newest_items.pop(thread_id, None)
-        await super().add_thread_item(thread_id, item, context)
-
-    async def add_thread_item_with(
-        self, thread_id: str, item: ThreadItem, context: TurnContext, also: Sequence[Statement]
-    ) -> None:
-        context.newest_items.pop(thread_id, None)
-        await super().add_thread_item_with(thread_id, item, context, also)
-
     async def add_thread_items_with(
         self, thread_id: str, items: Sequence[ThreadItem], context: TurnContext, also: Sequence[Statement] = ()
     ) -> None:
+        # Every item write of the store (add, save, add with) comes through here.
         context.newest_items.pop(thread_id, None)
         await super().add_thread_items_with(thread_id, items, context, also)
-
-    async def save_item(self, thread_id: str, item: ThreadItem, context: TurnContext) -> None:
-        context.newest_items.pop(thread_id, None)
-        await super().save_item(thread_id, item, context)
 
     async def delete_thread_item(self, thread_id: str, item_id: str, context: TurnContext) -> None:
         context.newest_items.pop(thread_id, None)

@@ -184,10 +184,10 @@ class SqlStore(Store[C]):
 
     async def add_thread_item(self, thread_id: str, item: ThreadItem, context: C) -> None:
         # An upsert: a redelivered turn saves the same item again, and it must keep its place in the thread.
-        await self._upsert_items(thread_id, [item], context)
+        await self.add_thread_items_with(thread_id, [item], context)
 
     async def save_item(self, thread_id: str, item: ThreadItem, context: C) -> None:
-        await self._upsert_items(thread_id, [item], context)
+        await self.add_thread_items_with(thread_id, [item], context)
 
     async def add_thread_item_with(
         self, thread_id: str, item: ThreadItem, context: C, also: Sequence[Statement]
@@ -195,14 +195,29 @@ class SqlStore(Store[C]):
         """`add_thread_item`, with more writes in the same transaction: all of them are saved, or none. A write
         transaction costs more than its statements (SQLite's lock, the driver's round trips): a turn's last item
         and the turn's end go in one."""
-        await self._upsert_items(thread_id, [item], context, also)
+        await self.add_thread_items_with(thread_id, [item], context, also)
 
     async def add_thread_items_with(
         self, thread_id: str, items: Sequence[ThreadItem], context: C, also: Sequence[Statement] = ()
     ) -> None:
         """Several items, in this order, and more writes, in one transaction. Each is an upsert: an item already
-        saved keeps its place in the thread."""
-        await self._upsert_items(thread_id, items, context, also)
+        saved keeps its place in the thread. Every item write of the store comes through here."""
+        rows = [_item_row(thread_id, item) for item in items]
+        async with self._sessions() as session, session.begin():
+            await self._require_owned(session, thread_id, context)
+            # seq and thread_id stay as first written; an id taken in another thread is never overwritten.
+            stmt = _upsert(session, ThreadItemRow, update=("type", "created_at", "data"), only_if=_same_thread)
+            for values in rows:
+                try:
+                    saved = (await session.execute(stmt, values)).first()
+                except IntegrityError as exc:
+                    # The thread was deleted between the check and the write (foreign key violation).
+                    raise NotFoundError(f"Thread {thread_id} not found") from exc
+                if saved is None:
+                    # Raised inside the transaction: the writes that came along are rolled back with it.
+                    raise ItemIdConflictError(f"Item id {values['id']} is already used by another thread")
+            for statement, parameters in also:
+                await session.execute(statement, parameters)
 
     async def load_item(self, thread_id: str, item_id: str, context: C) -> ThreadItem:
         return _item_from_json(await self._item_column(ThreadItemRow.data, thread_id, item_id, context))
@@ -232,26 +247,6 @@ class SqlStore(Store[C]):
             await session.execute(
                 delete(ThreadItemRow).where(ThreadItemRow.thread_id == thread_id, ThreadItemRow.id == item_id)
             )
-
-    async def _upsert_items(
-        self, thread_id: str, items: Sequence[ThreadItem], context: C, also: Sequence[Statement] = ()
-    ) -> None:
-        rows = [_item_row(thread_id, item) for item in items]
-        async with self._sessions() as session, session.begin():
-            await self._require_owned(session, thread_id, context)
-            # seq and thread_id stay as first written; an id taken in another thread is never overwritten.
-            stmt = _upsert(session, ThreadItemRow, update=("type", "created_at", "data"), only_if=_same_thread)
-            for values in rows:
-                try:
-                    saved = (await session.execute(stmt, values)).first()
-                except IntegrityError as exc:
-                    # The thread was deleted between the check and the write (foreign key violation).
-                    raise NotFoundError(f"Thread {thread_id} not found") from exc
-                if saved is None:
-                    # Raised inside the transaction: the writes that came along are rolled back with it.
-                    raise ItemIdConflictError(f"Item id {values['id']} is already used by another thread")
-            for statement, parameters in also:
-                await session.execute(statement, parameters)
 
     # -- attachments ----------------------------------------------------------------------------------------------
 
