@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from chatkit.store import NotFoundError
-from chatkit.types import InferenceOptions, ThreadMetadata, UserMessageItem, UserMessageTextContent
+from chatkit.types import ThreadMetadata
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -28,6 +28,7 @@ from tests.databases import (
     sqlite_database_url,
     statements,
 )
+from tests.items import user_message
 
 __all__ = ["db_engine", "db_sessions", "migrated_db_url", "postgres_database_url", "sqlite_database_url"]
 
@@ -88,17 +89,6 @@ def commits(db_engine: AsyncEngine) -> Iterator[list[None]]:
     event.remove(db_engine.sync_engine, "commit", record)
 
 
-def _user_message(thread_id: str, text: str) -> UserMessageItem:
-    return UserMessageItem(
-        id=new_id("msg"),
-        thread_id=thread_id,
-        created_at=datetime.now(),
-        content=[UserMessageTextContent(text=text)],
-        attachments=[],
-        inference_options=InferenceOptions(),
-    )
-
-
 async def _saved_thread(store: GatewayStore) -> ThreadMetadata:
     thread = ThreadMetadata(id=new_id("thr"), created_at=datetime.now())
     await store.save_thread(thread, RequestContext(identity=ALICE))
@@ -111,7 +101,7 @@ async def test_a_message_that_starts_a_turn_is_saved_with_the_turns_record_in_on
     store = GatewayStore(db_sessions)
     thread = await _saved_thread(store)
     request = RequestContext(identity=ALICE, hold_user_message=True)
-    message = _user_message(thread.id, "hello")
+    message = user_message(thread.id, "hello")
     commits.clear()  # the thread's own
 
     await store.add_thread_item(thread.id, message, request)
@@ -137,7 +127,7 @@ async def test_a_held_message_no_turn_takes_is_saved_alone_and_before_the_thread
     store = GatewayStore(db_sessions)
     thread = await _saved_thread(store)
     request = RequestContext(identity=ALICE, hold_user_message=True)
-    first, second = _user_message(thread.id, "one"), _user_message(thread.id, "two")
+    first, second = user_message(thread.id, "one"), user_message(thread.id, "two")
 
     await store.add_thread_item(thread.id, first, request)
     # The request reads the thread's items: it sees its own message.
@@ -151,7 +141,7 @@ async def test_a_held_message_no_turn_takes_is_saved_alone_and_before_the_thread
     assert [item.id for item in page.data] == [first.id, second.id]
 
     # Without the flag (any other request) a message is saved at once.
-    third = _user_message(thread.id, "three")
+    third = user_message(thread.id, "three")
     other = RequestContext(identity=ALICE)
     await store.add_thread_item(thread.id, third, other)
     assert other.held is None

@@ -9,7 +9,8 @@ import asyncio
 import gc
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -371,12 +372,19 @@ async def test_a_turn_whose_record_the_gateway_cannot_write_goes_on(
         assert f"could not record turn {turn.turn_id}" in caplog.text
 
 
-async def test_a_claim_sent_ahead_is_the_claim_of_the_turn_it_names(make_settings: MakeSettings) -> None:
+@asynccontextmanager
+async def _gateway_with_turn(
+    make_settings: MakeSettings,
+) -> AsyncIterator[tuple[Settings, TurnRelay, aioredis.Redis, TurnRequest]]:
+    """An in-process gateway's settings, relay and Redis, and a turn answering a new message in a thread of Alice's."""
     settings = make_settings()
     async with in_process_gateway(settings) as gateway:
-        relay: TurnRelay = gateway.state["chatkit_server"].relay
-        redis = gateway.state["redis"]
         turn, _ = await _turn_with_message(gateway.state)
+        yield settings, gateway.state["chatkit_server"].relay, gateway.state["redis"], turn
+
+
+async def test_a_claim_sent_ahead_is_the_claim_of_the_turn_it_names(make_settings: MakeSettings) -> None:
+    async with _gateway_with_turn(make_settings) as (settings, relay, redis, turn):
         context = RequestContext(identity=ALICE, claim_ahead=relay.claim_ahead(turn.thread_id))
         turn.turn_id = context.turn_id_for(turn.thread_id)
         assert context.turn_id_for(new_id("thr")) != turn.turn_id  # another thread's turn is another turn
@@ -389,11 +397,7 @@ async def test_a_claim_sent_ahead_is_the_claim_of_the_turn_it_names(make_setting
 async def test_a_claim_sent_ahead_that_no_turn_took_is_given_back(
     make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = make_settings()
-    async with in_process_gateway(settings) as gateway:
-        relay: TurnRelay = gateway.state["chatkit_server"].relay
-        redis = gateway.state["redis"]
-        turn, _ = await _turn_with_message(gateway.state)
+    async with _gateway_with_turn(make_settings) as (settings, relay, redis, turn):
         context = RequestContext(identity=ALICE, claim_ahead=relay.claim_ahead(turn.thread_id))
         await until_read(
             lambda: active_turn(redis, settings.NAMESPACE, turn.thread_id), context.turn_id_for(turn.thread_id)
@@ -409,11 +413,7 @@ async def test_a_claim_sent_ahead_that_no_turn_took_is_given_back(
 
 
 async def test_a_turn_whose_claim_sent_ahead_found_the_thread_busy_waits_for_it(make_settings: MakeSettings) -> None:
-    settings = make_settings()
-    async with in_process_gateway(settings) as gateway:
-        relay: TurnRelay = gateway.state["chatkit_server"].relay
-        redis = gateway.state["redis"]
-        turn, _ = await _turn_with_message(gateway.state)
+    async with _gateway_with_turn(make_settings) as (settings, relay, redis, turn):
         running = new_id("turn")
         assert await claim_thread(redis, settings.NAMESPACE, turn.thread_id, running, ttl_s=60)
         ahead = relay.claim_ahead(turn.thread_id)

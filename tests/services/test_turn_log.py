@@ -17,13 +17,11 @@ from chatkit.types import (
     AssistantMessageContentPartTextDelta,
     AssistantMessageItem,
     ErrorEvent,
-    InferenceOptions,
     ThreadItemAddedEvent,
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
     ThreadStreamEvent,
     UserMessageItem,
-    UserMessageTextContent,
 )
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -37,6 +35,7 @@ from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, PackEntry, TurnEnd
 from kitrelay.shared.names import turn_stream_key
 from tests.databases import statements
+from tests.items import user_message
 from tests.services.worker_env import ALICE, StoreContext, WorkerEnv, worker_env
 from tests.turn_streams import entry_events, turn_entries
 
@@ -262,17 +261,6 @@ async def test_a_stop_saves_a_held_reply_whole_and_records_the_stop(env: WorkerE
     assert (await env.turns.get(ALICE, turn_id)).status == "cancelled"
 
 
-def _question(thread_id: str, text: str) -> UserMessageItem:
-    return UserMessageItem(
-        id=new_id("msg"),
-        thread_id=thread_id,
-        created_at=datetime.now(),
-        content=[UserMessageTextContent(text=text)],
-        attachments=[],
-        inference_options=InferenceOptions(),
-    )
-
-
 async def _thread_item_ids(env: WorkerEnv, thread_id: str) -> list[str]:
     page = await env.db.load_thread_items(thread_id, None, 20, "asc", context=StoreContext(ALICE))
     return [item.id for item in page.data]
@@ -282,7 +270,7 @@ async def test_the_users_message_is_saved_before_the_first_item_of_the_hop_in_it
     """The gateway had not saved the message (it saves it once the worker has read the conversation, or it died):
     the worker's first write saves it, before the reply, and the gateway's later save keeps that place."""
     thread_id, earlier = await env.new_thread("an earlier message")
-    question = _question(thread_id, "what now?")
+    question = user_message(thread_id, "what now?")
     log, turn_id = _turn_log(env, thread_id, question=question)
     reply, widget = _message(thread_id, "this"), _message(thread_id, "that")
     await log.emit(ThreadItemAddedEvent(item=reply))
@@ -303,7 +291,7 @@ async def test_the_users_message_is_saved_before_the_first_item_of_the_hop_in_it
 
 async def test_a_hop_that_saves_no_item_saves_the_users_message_with_the_turns_end(env: WorkerEnv) -> None:
     thread_id, _ = await env.new_thread()
-    question = _question(thread_id, "hello?")
+    question = user_message(thread_id, "hello?")
     log, turn_id = _turn_log(env, thread_id, question=question)
     await log.emit(ErrorEvent(code="custom", message="Sorry.", allow_retry=True))
     assert await _thread_item_ids(env, thread_id) == []  # not a write of the store: nothing saved yet
@@ -318,7 +306,7 @@ async def test_a_hop_that_saves_no_item_saves_the_users_message_with_the_turns_e
 
 async def test_a_hop_whose_message_is_saved_writes_it_no_more(env: WorkerEnv) -> None:
     thread_id, _ = await env.new_thread()
-    question = _question(thread_id, "once")
+    question = user_message(thread_id, "once")
     log, _ = _turn_log(env, thread_id, question=question)
     first, second = _message(thread_id, "one"), _message(thread_id, "two")
     await log.emit(ThreadItemDoneEvent(item=first))

@@ -7,7 +7,6 @@ import gc
 import json
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,6 @@ from agents import Model, ModelProvider
 from agents.testing import ModelStep, ScriptedModel, assistant_message
 from chatkit.types import (
     AssistantMessageItem,
-    InferenceOptions,
-    UserMessageItem,
-    UserMessageTextContent,
     WidgetItem,
 )
 
@@ -27,6 +23,7 @@ from kitrelay.services.turn_runner import run_turn
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import HandoffEntry, Identity, TurnEnd, TurnEntry, TurnRequest, WidgetAction
 from kitrelay.shared.names import turns_subject
+from tests.items import user_message
 from tests.services.worker_env import ALICE, StoreContext, WorkerEnv, worker_env
 from tests.turn_streams import entry_events, turn_entries
 
@@ -161,14 +158,7 @@ async def test_a_thread_of_someone_else_is_never_answered(env: WorkerEnv, thread
 async def test_a_message_to_a_thread_deleted_meanwhile_is_ended_not_retried(env: WorkerEnv) -> None:
     """As the gateway sends it, the message in the turn: it has nowhere to be saved, and the turn still ends."""
     thread_id, _ = await env.new_thread()
-    message = UserMessageItem(
-        id=new_id("msg"),
-        thread_id=thread_id,
-        created_at=datetime.now(),
-        content=[UserMessageTextContent(text="add task gone")],
-        attachments=[],
-        inference_options=InferenceOptions(),
-    )
+    message = user_message(thread_id, "add task gone")
     request = request_for(thread_id, message.id, agent="triage").model_copy(update={"user_item": message})
     await env.db.delete_thread(thread_id, StoreContext(ALICE))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import nats
 import redis.asyncio as aioredis
 from agents import ModelProvider
-from chatkit.types import InferenceOptions, ThreadMetadata, UserMessageItem, UserMessageTextContent
+from chatkit.types import ThreadMetadata
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,6 +28,7 @@ from kitrelay.shared.messages import Identity
 from kitrelay.shared.names import turns_stream
 from kitrelay.shared.store.chatkit_store import SqlStore
 from kitrelay.shared.store.engine import make_engine, make_sessionmaker, migrate_async
+from tests.items import user_message
 
 ALICE = Identity(user_id="alice", team_id="acme")
 
@@ -76,15 +77,8 @@ class WorkerEnv:
         await self.db.save_thread(thread, context=context)
         item_id = ""
         for text in texts:
-            item_id = new_id("msg")
-            item = UserMessageItem(
-                id=item_id,
-                thread_id=thread.id,
-                created_at=datetime.now(),
-                content=[UserMessageTextContent(text=text)],
-                attachments=[],
-                inference_options=InferenceOptions(),
-            )
+            item = user_message(thread.id, text)
+            item_id = item.id
             await self.db.add_thread_item(thread.id, item, context=context)
         return thread.id, item_id
 
