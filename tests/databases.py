@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +61,31 @@ def statements(engine: AsyncEngine, keep: Callable[[str], bool]) -> Iterator[lis
         yield seen
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+@contextmanager
+def sqlite_statements(engine: AsyncEngine, keep: Callable[[str], bool]) -> Iterator[list[str]]:
+    """The statements SQLite itself runs that `keep` picks, in order, while the block runs: SQLAlchemy's and those
+    the driver sends on its own (a write transaction's BEGIN IMMEDIATE, shared/store/sqlite_driver.py)."""
+    seen: list[str] = []
+    traced: list[sqlite3.Connection] = []
+
+    def trace(statement: str) -> None:
+        if keep(statement):
+            seen.append(statement)
+
+    def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        connection = dbapi_connection.driver_connection.sqlite
+        connection.set_trace_callback(trace)
+        traced.append(connection)
+
+    event.listen(engine.sync_engine, "checkout", on_checkout)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "checkout", on_checkout)
+        for connection in traced:
+            connection.set_trace_callback(None)
 
 
 def is_select_of(table: str) -> Callable[[str], bool]:

@@ -17,6 +17,8 @@ from sqlalchemy.ext import asyncio as sa_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from kitrelay.shared.store import sqlite_driver
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_POOL_TIMEOUT_S = 30.0
@@ -34,7 +36,14 @@ def make_engine(database_url: str) -> AsyncEngine:
         # lock (below). Sessions of one process then queue fairly on the pool, and only one connection per process
         # waits on the file lock, whose busy handler is not fair: with a pool of 15 per process, 50 users starved
         # some writers past the busy timeout ("database is locked").
-        engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S)
+        # Statements run on the event loop's thread, not aiosqlite's (shared/store/sqlite_driver.py).
+        engine = create_async_engine(
+            url,
+            async_creator=sqlite_driver.async_creator(url),
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=SQLITE_POOL_TIMEOUT_S,
+        )
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
         event.listen(engine.sync_engine, "begin", _begin_immediate)
         return engine
@@ -49,6 +58,12 @@ def _begin_immediate(connection: Connection) -> None:
     # A session opened with `read_session` never writes: it reads a WAL snapshot beside the writer, no lock taken.
     if connection.get_execution_options().get(_READ_ONLY):
         connection.exec_driver_sql("BEGIN")
+        return
+    driver = connection.connection.driver_connection
+    if isinstance(driver, sqlite_driver.InlineConnection):
+        # The lock is waited for on the event loop: SQLite's busy handler would sleep on the loop's own thread.
+        timeout_s = SQLITE_BUSY_TIMEOUT_MS / 1000
+        sqlite_driver.begin_write(driver.sqlite, timeout_s=timeout_s, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
     else:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 

@@ -34,7 +34,7 @@ from kitrelay.services.turns import start_statement
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, PackEntry, TurnEnd
 from kitrelay.shared.names import turn_stream_key
-from tests.databases import statements
+from tests.databases import sqlite_statements, statements
 from tests.items import user_message
 from tests.services.worker_env import ALICE, StoreContext, WorkerEnv, worker_env
 from tests.turn_streams import entry_events, turn_entries
@@ -193,7 +193,7 @@ async def test_the_streams_expiry_is_pushed_out_by_its_first_entry_then_every_te
 
 def write_transactions(engine: AsyncEngine) -> contextlib.AbstractContextManager[list[str]]:
     """The write transactions the database begins (every one takes SQLite's write lock), as it receives them."""
-    return statements(engine, lambda statement: statement == "BEGIN IMMEDIATE")
+    return sqlite_statements(engine, lambda statement: statement == "BEGIN IMMEDIATE")
 
 
 async def _stream_events(env: WorkerEnv, turn_id: str) -> list[ThreadStreamEvent]:
