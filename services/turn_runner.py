@@ -155,10 +155,10 @@ async def run_turn(
     plus a failed end; failures of Redis, NATS or the store propagate, so the caller leaves the message un-acked
     for redelivery."""
     context = _context(request, deps)
-    # Both at once: they are two round trips before the turn's first event, to two servers. The read of the
-    # conversation, the longer one, is sent first.
-    opening, previous = await asyncio.gather(
-        _open_or_none(request, context, deps), last_entry(deps.redis, deps.namespace, request.turn_id)
+    # Both at once, before the turn's first event. Redis's check is sent first: on SQLite the read of the
+    # conversation then runs on this thread without a pause (shared/store/sqlite_driver.py) while Redis answers.
+    previous, opening = await asyncio.gather(
+        last_entry(deps.redis, deps.namespace, request.turn_id), _open_or_none(request, context, deps)
     )
     if previous is not None and previous.is_terminal:
         # Already over: finished before a lost ack, or given up by the gateway while no worker was free.
