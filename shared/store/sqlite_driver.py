@@ -6,7 +6,7 @@ to the event loop: a queue, a wake-up of the loop and a future per call, four ca
 local file answers a statement in microseconds, so those round trips were most of every store call: a write of a
 message and a turn record cost 2.1 ms of CPU against 0.16 ms for the same statements run in one go, and the task
 worker spent a third of its time on them. `InlineConnection` is aiosqlite's connection (its thread still opens and
-closes the file) whose calls run where they are awaited.
+closes the file) whose calls run where they are awaited, except a commit, which may checkpoint the WAL.
 
 The one wait that could then block the loop is another process's write lock: SQLite's busy handler sleeps in the
 thread that asked. `begin_write` asks for the lock without waiting and sleeps on the event loop between attempts.
@@ -39,6 +39,12 @@ class InlineConnection(aiosqlite.Connection):
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
         return fn(*args, **kwargs)
+
+    async def commit(self) -> None:
+        # On aiosqlite's thread, the loop running meanwhile: a commit may checkpoint the WAL (every 1,000 pages it
+        # copies them into the database file and syncs it, 6-9 ms on a VM's disk), the one slow step of a write.
+        on_thread: Callable[..., Awaitable[None]] = super()._execute
+        await on_thread(self._conn.commit)
 
     @property
     def sqlite(self) -> sqlite3.Connection:

@@ -73,6 +73,21 @@ async def test_statements_run_on_the_event_loops_thread(engine: AsyncEngine) -> 
     assert threads == {threading.get_ident()}
 
 
+async def test_a_commit_runs_on_aiosqlites_thread_where_a_wal_checkpoint_does_not_stop_the_loop(
+    engine: AsyncEngine,
+) -> None:
+    threads: dict[str, int] = {}
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert isinstance(driver, InlineConnection)
+        driver.sqlite.set_trace_callback(lambda statement: threads.setdefault(statement, threading.get_ident()))
+        async with conn.begin():
+            await conn.execute(text("UPDATE counter SET n = n + 1"))
+        driver.sqlite.set_trace_callback(None)
+    assert threads["UPDATE counter SET n = n + 1"] == threading.get_ident()
+    assert threads["COMMIT"] != threading.get_ident()
+
+
 async def test_a_writer_waits_for_another_processs_lock_while_the_event_loop_runs(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
