@@ -193,7 +193,7 @@ class SqlStore(Store[C]):
         self, thread_id: str, item: ThreadItem, context: C, also: Sequence[Statement]
     ) -> None:
         """`add_thread_item`, with more writes in the same transaction: all of them are saved, or none. A write
-        transaction costs more than its statements (SQLite's lock, the driver's round trips): a turn's last item
+        transaction costs more than its statements (SQLite's lock, the session, the commit): a turn's last item
         and the turn's end go in one."""
         await self.add_thread_items_with(thread_id, [item], context, also)
 
@@ -318,8 +318,9 @@ _OWN_THREAD_ID = select(ThreadRow.id).where(*_IS_OWN_THREAD)
 
 def _own_thread_and_first_items(*, descending: bool) -> Select[tuple[str, datetime, str | None]]:
     """The caller's thread and its first items (from the newest, or the oldest), a row per item: no row at all when
-    the thread is not theirs, one row without an item for a thread that has none. A database round trip costs
-    more than the statement (four driver calls on SQLite's thread), and every turn starts with this read."""
+    the thread is not theirs, one row without an item for a thread that has none. Each statement costs more than
+    its work in the database (SQLAlchemy's execution, PostgreSQL's round trip), and every turn starts with this
+    read."""
     items = (
         select(ThreadItemRow.data, ThreadItemRow.seq)
         .where(ThreadItemRow.thread_id == bindparam("thread_id"))
