@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from chatkit.types import ThreadMetadata, UserMessageItem
+from chatkit.types import ThreadMetadata, UserMessageItem, WidgetItem
 
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import Identity
@@ -76,6 +76,9 @@ class RequestContext:
     relayed: RelayedStream | None = None
     # Threads this request has read, by id (gateway/store.GatewayStore.load_thread).
     threads: dict[str, ThreadMetadata] = field(default_factory=dict)
+    # The widget items this request's widget action came from, by id, their widgets unvalidated (the relay passes
+    # on only the id; gateway/store.GatewayStore.load_item).
+    widget_senders: dict[str, WidgetItem] = field(default_factory=dict)
     # Set for a request whose user message starts a turn: the store holds the message for the turn's start.
     hold_user_message: bool = False
     held: HeldMessage | None = None

@@ -271,7 +271,7 @@ async def check_access(request: ChatKitReq, store: SqlStore[RequestContext], con
         return
     await store.load_thread(thread_id, context=context)
     if isinstance(request, ThreadsCustomActionReq | ThreadsSyncCustomActionReq):
-        # The most frequent check, and the SDK loads the sender right after: only the item's type is read here.
+        # The most frequent check; the SDK's load of the sender right after gets what it read.
         await _require_widget(store, thread_id, request.params.item_id, context)
         return
     item_ids: list[str] = []
@@ -315,11 +315,12 @@ async def _require_widget(
     if item_id is None:
         return
     try:
-        item_type = await store.load_item_type(thread_id, item_id, context=context)
+        sender = await store.load_widget_sender(thread_id, item_id, context=context)
     except NotFoundError:
         raise _not_found() from None
-    if item_type != "widget":
+    if sender is None:
         raise ApiError(400, "invalid_request", "Actions come from widgets: that item is not one.")
+    context.widget_senders[item_id] = sender
 
 
 def human_size(size: int) -> str:

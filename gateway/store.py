@@ -53,6 +53,13 @@ class GatewayStore(SqlStore[RequestContext]):
             return
         await super().add_thread_item(thread_id, item, context)
 
+    async def load_item(self, thread_id: str, item_id: str, context: RequestContext) -> ThreadItem:
+        # A widget action's sender, as the access check read it: the SDK only hands it to the server's `action`.
+        sender = context.widget_senders.get(item_id)
+        if sender is not None and sender.thread_id == thread_id:
+            return sender
+        return await super().load_item(thread_id, item_id, context)
+
     async def load_thread_items(
         self, thread_id: str, after: str | None, limit: int, order: str, context: RequestContext
     ) -> Page[ThreadItem]:

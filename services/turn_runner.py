@@ -318,14 +318,14 @@ async def _run_action(request: TurnRequest, context: TurnContext, turn_log: Turn
     sender: WidgetItem | None = None
     if request.action.item_id is not None:
         try:
-            item = await deps.store.load_item(request.thread_id, request.action.item_id, context=context)
+            # The handler redraws the widget: the one stored is not validated (milliseconds for a task list).
+            sender = await deps.store.load_widget_sender(request.thread_id, request.action.item_id, context=context)
         except NotFoundError:
-            item = None
-        if not isinstance(item, WidgetItem):
+            sender = None
+        if sender is None:
             await turn_log.emit(ErrorEvent(code="custom", message="That widget is gone.", allow_retry=False))
             await turn_log.end("failed", error="action sender not found")
             return
-        sender = item
     async for event in handler(request.action, context, sender):
         await turn_log.emit(event)
     await turn_log.end("completed")

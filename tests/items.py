@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
-from chatkit.types import InferenceOptions, UserMessageItem, UserMessageTextContent
+from chatkit.types import InferenceOptions, UserMessageItem, UserMessageTextContent, WidgetItem
 
+from kitrelay.agents.widgets import task_list_widget
+from kitrelay.services.tasks import TaskRecord
 from kitrelay.shared.ids import new_id
 
 
@@ -18,4 +20,30 @@ def user_message(thread_id: str, text: str) -> UserMessageItem:
         content=[UserMessageTextContent(text=text)],
         attachments=[],
         inference_options=InferenceOptions(),
+    )
+
+
+def task_widget_item(thread_id: str, *titles: str) -> WidgetItem:
+    """A task list widget item of open tasks with these titles, as the task agent draws it (not saved)."""
+    created = datetime(2026, 12, 4, 9, 30, tzinfo=UTC)
+    tasks = [
+        TaskRecord(
+            id=n,
+            team_id="acme",
+            owner_id="alice",
+            assignee_id=None,
+            title=title,
+            done=False,
+            due_date=None,
+            created_at=created,
+            completed_at=None,
+        )
+        for n, title in enumerate(titles, 1)
+    ]
+    return WidgetItem(
+        id=new_id("msg"),
+        thread_id=thread_id,
+        created_at=created,
+        widget=task_list_widget(tasks, total=len(tasks)),
+        copy_text="\n".join(titles),
     )

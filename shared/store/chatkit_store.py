@@ -7,6 +7,7 @@ thread raises the same `NotFoundError` as asking for one that does not exist, so
 from __future__ import annotations
 
 import functools
+import json
 import operator
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from chatkit.store import NotFoundError, Store, StoreItemType
-from chatkit.types import Attachment, Page, ThreadItem, ThreadMetadata
+from chatkit.types import Attachment, Page, ThreadItem, ThreadMetadata, WidgetItem
 from pydantic import TypeAdapter
 from sqlalchemy import ColumnElement, Executable, Row, Select, and_, asc, bindparam, delete, desc, or_, select, true
 from sqlalchemy.dialects import postgresql, sqlite
@@ -220,25 +221,37 @@ class SqlStore(Store[C]):
                 await session.execute(statement, parameters)
 
     async def load_item(self, thread_id: str, item_id: str, context: C) -> ThreadItem:
-        return _item_from_json(await self._item_column(ThreadItemRow.data, thread_id, item_id, context))
+        return _item_from_json((await self._own_item(thread_id, item_id, context, ThreadItemRow.data)).data)
 
-    async def load_item_type(self, thread_id: str, item_id: str, context: C) -> str:
-        """The type of one of the thread's items (`widget`, `user_message`, ...), without parsing the item: a
-        task list widget takes milliseconds to validate."""
-        return await self._item_column(ThreadItemRow.type, thread_id, item_id, context)
+    async def load_widget_sender(self, thread_id: str, item_id: str, context: C) -> WidgetItem | None:
+        """The widget item a widget action came from, for a handler that redraws it in place; None when the item
+        is not a widget, NotFoundError when the caller cannot see it. Its widget is left as stored, not validated:
+        the handler replaces it (or passes on only the item's id), and a team's task list takes milliseconds to
+        validate, twice per click in a relayed turn (the gateway's ChatKit server and the worker)."""
+        row = await self._own_item(
+            thread_id, item_id, context, ThreadItemRow.type, ThreadItemRow.created_at, ThreadItemRow.data
+        )
+        if row.type != "widget":
+            return None
+        # Written by this store from a validated WidgetItem: every field but the widget is taken as it is.
+        fields = json.loads(row.data)
+        fields["created_at"] = row.created_at
+        return WidgetItem.model_construct(**fields)
 
-    async def _item_column(self, column: InstrumentedAttribute[str], thread_id: str, item_id: str, context: C) -> str:
-        """One column of one of the caller's thread's items; NotFoundError for an item they cannot see."""
+    async def _own_item(
+        self, thread_id: str, item_id: str, context: C, *columns: InstrumentedAttribute[Any]
+    ) -> Row[Any]:
+        """Columns of one of the caller's thread's items; NotFoundError for an item they cannot see."""
         async with read_session(self._sessions) as session:
             query = (
-                select(column)
+                select(*columns)
                 .join(ThreadRow, ThreadRow.id == ThreadItemRow.thread_id)
                 .where(ThreadItemRow.id == item_id, ThreadItemRow.thread_id == thread_id, _owned_by(context))
             )
-            value = (await session.execute(query)).scalar_one_or_none()
-        if value is None:
+            row = (await session.execute(query)).first()
+        if row is None:
             raise NotFoundError(f"Item {item_id} not found")
-        return value
+        return row
 
     async def delete_thread_item(self, thread_id: str, item_id: str, context: C) -> None:
         async with self._sessions() as session, session.begin():

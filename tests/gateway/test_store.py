@@ -4,17 +4,20 @@ that starts a turn is saved with the turn's record, in one transaction, and neve
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
+from chatkit.actions import Action
 from chatkit.store import NotFoundError
-from chatkit.types import ThreadMetadata
+from chatkit.types import ThreadCustomActionParams, ThreadMetadata, ThreadsCustomActionReq, WidgetItem
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from kitrelay.gateway.context import RequestContext
+from kitrelay.gateway.requests import check_access
 from kitrelay.gateway.store import GatewayStore
 from kitrelay.services.turns import TurnRecords, start_statement
 from kitrelay.shared.ids import new_id
@@ -28,7 +31,7 @@ from tests.databases import (
     sqlite_database_url,
     statements,
 )
-from tests.items import user_message
+from tests.items import task_widget_item, user_message
 
 __all__ = ["db_engine", "db_sessions", "migrated_db_url", "postgres_database_url", "sqlite_database_url"]
 
@@ -63,6 +66,31 @@ async def test_a_request_reads_its_thread_once_and_each_caller_gets_its_own_copy
     assert (await store.load_thread(thread.id, request)).title == "renamed"
     assert (await store.load_thread(thread.id, RequestContext(identity=ALICE))).title == "renamed"
     assert len(thread_reads) == 3
+
+
+async def test_a_widget_actions_sender_is_read_once_by_the_access_check_and_not_validated(
+    db_sessions: async_sessionmaker[AsyncSession], db_engine: AsyncEngine
+) -> None:
+    store = GatewayStore(db_sessions)
+    thread = await _saved_thread(store)
+    widget = task_widget_item(thread.id, "buy milk")
+    await store.add_thread_item(thread.id, widget, RequestContext(identity=ALICE))
+    click = ThreadsCustomActionReq(
+        params=ThreadCustomActionParams(thread_id=thread.id, item_id=widget.id, action=Action(type="task.toggle"))
+    )
+    request = RequestContext(identity=ALICE)
+
+    with statements(db_engine, is_select_of("FROM thread_items")) as item_reads:
+        await check_access(click, store, request)
+        sender = await store.load_item(thread.id, widget.id, request)  # what the ChatKit SDK does next
+    assert len(item_reads) == 1
+    assert isinstance(sender, WidgetItem) and sender.id == widget.id
+    # The widget as stored, not validated: the relay passes on only the item's id.
+    assert sender.widget == json.loads(widget.model_dump_json())["widget"]
+    # Any other item, or another request, is read from the database.
+    assert (await store.load_item(thread.id, widget.id, RequestContext(identity=ALICE))).model_dump() == (
+        widget.model_dump()
+    )
 
 
 async def test_a_thread_deleted_in_the_request_is_gone_for_it(db_sessions: async_sessionmaker[AsyncSession]) -> None:

@@ -29,6 +29,7 @@ from chatkit.types import (
     ThreadStreamEvent,
     UserMessageItem,
     UserMessageTextContent,
+    WidgetItem,
 )
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -40,6 +41,7 @@ from kitrelay.shared.store.chatkit_store import ID_PREFIXES, ItemIdConflictError
 from kitrelay.shared.store.engine import SQLITE_BUSY_TIMEOUT_MS, make_engine, make_sessionmaker
 from kitrelay.shared.store.models import AttachmentRow, ThreadItemRow
 from tests.databases import StoreContext, new_identity
+from tests.items import task_widget_item
 
 # -- builders ---------------------------------------------------------------------------------------------------------
 
@@ -239,7 +241,7 @@ async def test_a_thread_is_invisible_to_everyone_but_its_owner(store: SqlStore) 
             store.save_thread(thread.model_copy(update={"title": "stolen"}), intruder),
             store.load_thread_items(thread.id, None, 10, "asc", intruder),
             store.load_item(thread.id, item.id, intruder),
-            store.load_item_type(thread.id, item.id, intruder),
+            store.load_widget_sender(thread.id, item.id, intruder),
             store.add_thread_item(thread.id, user_message(thread.id, "injected"), intruder),
             store.save_item(thread.id, item.model_copy(update={"content": []}), intruder),
             store.delete_thread_item(thread.id, item.id, intruder),
@@ -377,12 +379,38 @@ async def test_load_item_only_finds_items_of_that_thread(store: SqlStore) -> Non
     await store.add_thread_item(thread.id, item, context)
 
     assert text_of(await store.load_item(thread.id, item.id, context)) == "hello"
-    assert await store.load_item_type(thread.id, item.id, context) == "assistant_message"
+    assert await store.load_widget_sender(thread.id, item.id, context) is None  # not a widget
     for thread_id, item_id in ((other.id, item.id), (thread.id, new_id("msg"))):
         with pytest.raises(NotFoundError):
             await store.load_item(thread_id, item_id, context)
         with pytest.raises(NotFoundError):
-            await store.load_item_type(thread_id, item_id, context)
+            await store.load_widget_sender(thread_id, item_id, context)
+
+
+async def test_a_widget_actions_sender_is_read_as_stored_and_redrawn_in_place(store: SqlStore) -> None:
+    context = new_context()
+    thread = await new_thread(store, context)
+    stored = task_widget_item(thread.id, "buy milk", "call mum")
+    await store.add_thread_item(thread.id, stored, context)
+
+    sender = await store.load_widget_sender(thread.id, stored.id, context)
+    assert isinstance(sender, WidgetItem)
+    assert (sender.id, sender.thread_id, sender.created_at, sender.copy_text) == (
+        stored.id,
+        thread.id,
+        stored.created_at,
+        stored.copy_text,
+    )
+    # The widget is the stored JSON, not validated into components: the handler replaces it.
+    assert sender.widget == json.loads(stored.model_dump_json())["widget"]
+
+    # What a task action does with it: the same item, a new widget, saved and read back whole.
+    redrawn = sender.model_copy(update={"widget": task_widget_item(thread.id, "buy milk").widget, "copy_text": "x"})
+    await store.save_item(thread.id, redrawn, context)
+    loaded = await store.load_item(thread.id, stored.id, context)
+    assert isinstance(loaded, WidgetItem)
+    assert loaded.model_dump() == redrawn.model_dump()
+    assert len((await store.load_thread_items(thread.id, None, 10, "asc", context)).data) == 1
 
 
 async def test_items_of_a_thread_another_process_deleted_are_refused(
