@@ -157,9 +157,10 @@ async def run_turn(
     context = _context(request, deps)
     # Both at once, before the turn's first event. Redis's check is sent first: on SQLite the read of the
     # conversation then runs on this thread without a pause (shared/store/sqlite_driver.py) while Redis answers.
-    previous, opening = await asyncio.gather(
-        last_entry(deps.redis, deps.namespace, request.turn_id), _open_or_none(request, context, deps)
+    opener = (
+        _open_action(request, context, deps) if request.action is not None else _open_or_none(request, context, deps)
     )
+    previous, opening = await asyncio.gather(last_entry(deps.redis, deps.namespace, request.turn_id), opener)
     if previous is not None and previous.is_terminal:
         # Already over: finished before a lost ack, or given up by the gateway while no worker was free.
         log.info("turn %s is already over; not running it again", request.turn_id)
@@ -173,8 +174,8 @@ async def run_turn(
         await turn_log.emit(ErrorEvent(code="custom", message="This conversation no longer exists.", allow_retry=False))
         await turn_log.end("failed", error="thread not found", record=False)
         return
-    if request.action is not None:
-        await _run_action(request, context, turn_log, deps)
+    if isinstance(opening, _ActionOpening):
+        await _run_action(request, opening.sender, context, turn_log)
         return
 
     thread, history = opening
@@ -190,13 +191,38 @@ async def run_turn(
     )
 
 
+@dataclass(frozen=True)
+class _ActionOpening:
+    """A widget action's turn, opened: the widget it came from (None when it names none, or that item is no
+    widget any more)."""
+
+    sender: WidgetItem | None
+
+
+async def _open_action(request: TurnRequest, context: TurnContext, deps: TurnDeps) -> _ActionOpening | None:
+    """The widget an action came from, read with the check that the thread is the caller's: one read (the thread
+    is read only when the action names no item, or its item is gone). None when the thread is gone."""
+    assert request.action is not None  # run_turn opens only actions here
+    try:
+        if request.action.item_id is not None:
+            # The handler redraws the widget: the one stored is not validated (milliseconds for a task list).
+            sender = await deps.store.load_widget_sender(request.thread_id, request.action.item_id, context=context)
+            if sender is not None:
+                return _ActionOpening(sender)
+    except NotFoundError:
+        pass
+    try:
+        await deps.store.load_thread(request.thread_id, context=context)
+    except NotFoundError:
+        return None
+    return _ActionOpening(None)
+
+
 async def _open_or_none(
     request: TurnRequest, context: TurnContext, deps: TurnDeps
 ) -> tuple[ThreadMetadata, list[ThreadItem]] | None:
-    """The thread, and for a message the conversation so far (the user's message is already stored): one read."""
+    """The thread and the conversation so far (the user's message is already stored): one read."""
     try:
-        if request.action is not None:
-            return await deps.store.load_thread(request.thread_id, context=context), []
         if request.thread is not None and request.thread.id == request.thread_id:
             # The gateway sent the thread along; reading the history still checks it exists and is the caller's.
             history = await deps.store.load_history(
@@ -308,24 +334,17 @@ async def _hand_off(request: TurnRequest, target: str, turn_log: TurnLog, deps: 
     await publish_turn(deps.js, deps.namespace, handed)
 
 
-async def _run_action(request: TurnRequest, context: TurnContext, turn_log: TurnLog, deps: TurnDeps) -> None:
+async def _run_action(request: TurnRequest, sender: WidgetItem | None, context: TurnContext, turn_log: TurnLog) -> None:
     assert request.action is not None  # run_turn dispatches here only for actions
     handler = action_handler(request.agent)
     if handler is None:
         await turn_log.emit(ErrorEvent(code="custom", message="This action is not available.", allow_retry=False))
         await turn_log.end("failed", error=f"no action handler for {request.agent}")
         return
-    sender: WidgetItem | None = None
-    if request.action.item_id is not None:
-        try:
-            # The handler redraws the widget: the one stored is not validated (milliseconds for a task list).
-            sender = await deps.store.load_widget_sender(request.thread_id, request.action.item_id, context=context)
-        except NotFoundError:
-            sender = None
-        if sender is None:
-            await turn_log.emit(ErrorEvent(code="custom", message="That widget is gone.", allow_retry=False))
-            await turn_log.end("failed", error="action sender not found")
-            return
+    if request.action.item_id is not None and sender is None:
+        await turn_log.emit(ErrorEvent(code="custom", message="That widget is gone.", allow_retry=False))
+        await turn_log.end("failed", error="action sender not found")
+        return
     async for event in handler(request.action, context, sender):
         await turn_log.emit(event)
     await turn_log.end("completed")

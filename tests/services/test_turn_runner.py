@@ -23,7 +23,7 @@ from kitrelay.services.turn_runner import run_turn
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import HandoffEntry, Identity, TurnEnd, TurnEntry, TurnRequest, WidgetAction
 from kitrelay.shared.names import turns_subject
-from tests.items import user_message
+from tests.items import task_widget_item, user_message
 from tests.services.worker_env import ALICE, StoreContext, WorkerEnv, worker_env
 from tests.turn_streams import entry_events, turn_entries
 
@@ -279,6 +279,59 @@ async def test_research_says_so_when_nothing_matches_and_cites_nothing(env: Work
     assert not [e for e in events if e.type == "thread.item.done" and e.item.type == "widget"]
     [answer] = [e.item for e in events if e.type == "thread.item.done" and e.item.type == "assistant_message"]
     assert "couldn't find" in answer.content[0].text and answer.content[0].annotations == []
+
+
+def click_on(thread_id: str, item_id: str | None, *, identity: Identity = ALICE) -> TurnRequest:
+    return TurnRequest(
+        turn_id=new_id("turn"),
+        thread_id=thread_id,
+        identity=identity,
+        agent="task",
+        action=WidgetAction(type="task.toggle", payload={"task_id": 1}, item_id=item_id),
+    )
+
+
+async def ended_with_error(env: WorkerEnv, request: TurnRequest) -> str:
+    """The message of the turn's only event, an error, after checking that the turn ended failed."""
+    entries = await entries_of(env, request.turn_id)
+    assert isinstance(entries[-1].body, TurnEnd) and entries[-1].body.status == "failed"
+    [error] = chatkit_events(entries)
+    assert error.type == "error"
+    return str(error.message)
+
+
+async def test_a_click_on_a_widget_that_is_gone_or_not_a_widget_is_refused(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("hello")
+    widget = task_widget_item(thread_id, "water plants")
+    await env.db.add_thread_item(thread_id, widget, context=StoreContext(ALICE))
+    await env.db.delete_thread_item(thread_id, widget.id, context=StoreContext(ALICE))
+    deps = env.deps(ScriptedProvider(ScriptedModel([])))
+
+    for sender in (widget.id, user_item):  # deleted; a user message
+        click = click_on(thread_id, sender)
+        await run_turn(click, attempt=1, agent=build_agent("task"), deps=deps)
+        assert await ended_with_error(env, click) == "That widget is gone."
+    assert await env.tasks.list(ALICE) == []
+
+
+async def test_a_click_in_a_thread_that_is_gone_or_someone_elses_is_never_run(env: WorkerEnv) -> None:
+    await env.tasks.add(ALICE, title="water plants")
+    thread_id, _ = await env.new_thread("list my tasks")
+    widget = task_widget_item(thread_id, "water plants")
+    await env.db.add_thread_item(thread_id, widget, context=StoreContext(ALICE))
+    deps = env.deps(ScriptedProvider(ScriptedModel([])))
+
+    mallory = click_on(thread_id, widget.id, identity=Identity(user_id="mallory", team_id="evil"))
+    await run_turn(mallory, attempt=1, agent=build_agent("task"), deps=deps)
+    assert await ended_with_error(env, mallory) == "This conversation no longer exists."
+
+    await env.db.delete_thread(thread_id, context=StoreContext(ALICE))
+    for sender in (widget.id, None):
+        click = click_on(thread_id, sender)
+        await run_turn(click, attempt=1, agent=build_agent("task"), deps=deps)
+        assert await ended_with_error(env, click) == "This conversation no longer exists."
+    [task] = await env.tasks.list(ALICE)
+    assert not task.done
 
 
 async def test_a_widget_click_toggles_the_task_and_replaces_the_widget_without_a_model(env: WorkerEnv) -> None:
