@@ -100,14 +100,13 @@ class Worker:
         log.info("worker %s pulling %s", self.kind, turns_subject(namespace, self.kind))
         try:
             while not self._stopping.is_set():
-                if len(self._in_flight) >= self._settings.WORKER_CONCURRENCY:
+                free = self._settings.WORKER_CONCURRENCY - len(self._in_flight)
+                if free <= 0:
                     await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
                     continue
-                # One turn per pull while a slot is free: the rest stay available to other workers. A pull of
-                # several returns only once the server has said it has no more, a message after the first turn
-                # came: 0.1-0.3 ms more on the way to that turn's first event (benchmarks/README.md, fix 53).
+                # Ask only for as many turns as there are free slots: the rest stay available to other workers.
                 try:
-                    msgs = await sub.fetch(batch=1, timeout=FETCH_TIMEOUT_S)
+                    msgs = await sub.fetch(batch=free, timeout=FETCH_TIMEOUT_S)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
                 except nats.errors.ConnectionClosedError:
