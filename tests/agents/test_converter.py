@@ -25,8 +25,8 @@ from chatkit.types import (
 from kitrelay.agents.converter import KitrelayConverter, estimate_tokens
 from kitrelay.agents.tool_memory import KIND, ToolResult
 from kitrelay.agents.widgets import task_card_widget, task_copy_text
-from kitrelay.services.tasks import TaskRecord
 from tests.fakes.openai_server import check_chat, check_responses
+from tests.items import task_record
 
 T0 = datetime(2025, 1, 1, 12, 0)
 
@@ -53,17 +53,7 @@ class Items:
         return AssistantMessageItem(**self._base(), content=[AssistantMessageContent(text=text)])
 
     def widget(self, *, copy_text: bool = True) -> WidgetItem:
-        task = TaskRecord(
-            id=1,
-            team_id="acme",
-            owner_id="alice",
-            assignee_id=None,
-            title="buy milk",
-            done=False,
-            due_date=None,
-            created_at=T0,
-            completed_at=None,
-        )
+        task = task_record(1, "buy milk", created_at=T0)
         return WidgetItem(
             **self._base(), widget=task_card_widget(task), copy_text=task_copy_text(task) if copy_text else None
         )

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -19,22 +18,7 @@ from kitrelay.agents.widgets import (
 from kitrelay.gateway.client import StreamEvent
 from kitrelay.services.chat_view import ChatView, render_widget
 from kitrelay.services.knowledge import SearchHit
-from kitrelay.services.tasks import TaskRecord
-
-
-def task(task_id: int, title: str, *, done: bool = False, assignee: str | None = None) -> TaskRecord:
-    now = datetime.now(UTC)
-    return TaskRecord(
-        id=task_id,
-        team_id="team",
-        owner_id="me",
-        assignee_id=assignee,
-        title=title,
-        done=done,
-        due_date=None,
-        created_at=now,
-        completed_at=now if done else None,
-    )
+from tests.items import task_record
 
 
 def as_sent(widget: Any) -> dict[str, Any]:
@@ -61,7 +45,7 @@ def consoles() -> tuple[Console, io.StringIO, Console, io.StringIO]:
 def test_a_task_list_numbers_its_rows_and_remembers_their_actions() -> None:
     out_console, out, _, _ = consoles()
     view = ChatView(out_console)
-    widget = task_list_widget([task(1, "buy milk"), task(2, "call bob", done=True)], total=2)
+    widget = task_list_widget([task_record(1, "buy milk"), task_record(2, "call bob", done=True)], total=2)
     view.begin_reply()
     view.show(widget_event("msg_list", widget))
     printed = out.getvalue()
@@ -84,7 +68,7 @@ def test_a_task_list_numbers_its_rows_and_remembers_their_actions() -> None:
 def test_rows_without_an_action_get_no_number() -> None:
     out_console, out, _, _ = consoles()
     view = ChatView(out_console)
-    tasks = [task(n, f"task {n}") for n in range(1, MAX_TASK_ROWS + 3)]
+    tasks = [task_record(n, f"task {n}") for n in range(1, MAX_TASK_ROWS + 3)]
     view.show(widget_event("msg_list", task_list_widget(tasks[:MAX_TASK_ROWS], total=len(tasks))))
     assert "2 more not shown" in out.getvalue()
     assert len(view.actions) == MAX_TASK_ROWS
@@ -98,7 +82,7 @@ def test_rows_without_an_action_get_no_number() -> None:
 def test_a_task_card_numbers_its_button() -> None:
     out_console, out, _, _ = consoles()
     view = ChatView(out_console)
-    view.show(widget_event("msg_card", task_card_widget(task(7, "file taxes", assignee="bob"))))
+    view.show(widget_event("msg_card", task_card_widget(task_record(7, "file taxes", assignee="bob"))))
     printed = out.getvalue()
     assert "file taxes" in printed and "@bob" in printed
     assert "[1] Mark done" in printed
@@ -111,9 +95,11 @@ def test_a_replaced_widget_is_printed_again_and_renumbered() -> None:
     out_console, out, _, _ = consoles()
     view = ChatView(out_console)
     view.begin_reply()
-    view.show(widget_event("msg_list", task_list_widget([task(1, "buy milk"), task(2, "call bob")], total=2)))
+    view.show(
+        widget_event("msg_list", task_list_widget([task_record(1, "buy milk"), task_record(2, "call bob")], total=2))
+    )
     view.begin_reply()
-    toggled = task_list_widget([task(1, "buy milk", done=True), task(2, "call bob")], total=2)
+    toggled = task_list_widget([task_record(1, "buy milk", done=True), task_record(2, "call bob")], total=2)
     view.show(widget_event("msg_list", toggled, kind="thread.item.replaced"))
     lines = [line for line in out.getvalue().splitlines() if "buy milk" in line]
     assert len(lines) == 2 and "✓" not in lines[0] and "✓" in lines[1]
