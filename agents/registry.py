@@ -9,6 +9,7 @@ from chatkit.agents import AgentContext
 from chatkit.types import ThreadStreamEvent, WidgetItem
 
 from kitrelay.agents.context import TurnContext
+from kitrelay.agents.identity_cache import remember_signatures
 from kitrelay.agents.research_agent import build_research_agent
 from kitrelay.agents.task_actions import handle_task_action
 from kitrelay.agents.task_agent import build_task_agent
@@ -30,7 +31,10 @@ def build_agent(kind: AgentKind) -> Agent[AgentContext[TurnContext]]:
     except KeyError:
         raise UnknownAgentKindError(f"no agent of kind {kind!r}; choose from {', '.join(AGENT_KINDS)}") from None
     # Every agent a worker runs keeps its tools' results in the thread, for the model's later turns.
-    return builder().clone(hooks=RecordToolResults())
+    agent = builder().clone(hooks=RecordToolResults())
+    # Never changed from here on: the SDK's per-run identity signatures of its agent graph are worked out once.
+    remember_signatures(agent)
+    return agent
 
 
 def kind_of(agent_name: str) -> AgentKind | None:
