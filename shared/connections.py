@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats
 import redis.asyncio as aioredis
@@ -18,6 +18,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from kitrelay.shared.names import dead_letter_stream, dead_letter_subject, turns_stream, turns_subject
+from kitrelay.shared.redis_connection import PromptWriteConnection
 from kitrelay.shared.settings import AGENT_KINDS, Settings
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,13 @@ REDIS_RETRY_CAP_S = 0.5
 
 
 async def connect_redis(settings: Settings, *, max_connections: int | None = None) -> aioredis.Redis:
+    # TLS (rediss://) and Unix sockets keep redis-py's own connection classes.
+    connection: dict[str, Any] = (
+        {"connection_class": PromptWriteConnection} if settings.REDIS_URL.startswith("redis://") else {}
+    )
     client = aioredis.Redis.from_url(
         settings.REDIS_URL,
+        **connection,
         max_connections=max_connections,
         health_check_interval=30,
         socket_keepalive=True,
