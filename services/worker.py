@@ -75,6 +75,10 @@ class Worker:
         self._controls: dict[str, TurnControl] = {}
         self._stopping = asyncio.Event()
         self.turns_done = 0
+        # This kind's series, looked up once: `labels()` takes a lock and builds a key at each call.
+        self._started = TURNS_STARTED.labels(kind)
+        self._in_flight_gauge = TURNS_IN_FLIGHT.labels(kind)
+        self._duration = TURN_DURATION.labels(kind)
 
     async def run(self) -> None:
         """Pull and run turns until `stop()` is called, then drain."""
@@ -184,8 +188,8 @@ class Worker:
             return
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         control = self._controls[request.turn_id] = TurnControl()
-        TURNS_STARTED.labels(self.kind).inc()
-        TURNS_IN_FLIGHT.labels(self.kind).inc()
+        self._started.inc()
+        self._in_flight_gauge.inc()
         started = time.monotonic()
         try:
             await run_turn(request, attempt=attempt, agent=self._agent, deps=self._deps, control=control)
@@ -203,8 +207,8 @@ class Worker:
         finally:
             heartbeat.cancel()
             self._controls.pop(request.turn_id, None)
-            TURNS_IN_FLIGHT.labels(self.kind).dec()
-            TURN_DURATION.labels(self.kind).observe(time.monotonic() - started)
+            self._in_flight_gauge.dec()
+            self._duration.observe(time.monotonic() - started)
         # Wait for JetStream to confirm the ack: only then is the turn surely not redelivered, and only then is
         # the slot given back.
         await msg.ack_sync()

@@ -10,6 +10,7 @@ A turn's trace crosses processes as W3C trace context: in `TurnRequest.trace` an
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -124,7 +125,11 @@ def instrument_app(app: FastAPI, telemetry: Telemetry) -> None:
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"])
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
+    # One tracer per process: the SDK's provider makes a new one at each call (a tenth of a worker's work between
+    # taking a turn and starting it). Got before `setup_telemetry`, it is the API's proxy, which follows the
+    # provider installed later.
     return trace.get_tracer(TRACER_NAME)
 
 
