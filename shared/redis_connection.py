@@ -24,5 +24,11 @@ class PromptWriteConnection(aioredis.Connection):
         writer = self._writer
         if writer is None or writer.transport.is_closing():
             raise RedisConnectionError("Connection closed by the server before write")
-        writer.writelines(command)
+        try:
+            writer.writelines(command)
+        except (TypeError, AttributeError) as exc:
+            # As redis-py's own: Python 3.12 to 3.13.9 can raise these from a transport that closed meanwhile.
+            if writer.transport.is_closing():
+                raise RedisConnectionError("Connection closed by the server while writing") from exc
+            raise
         return writer.drain()
