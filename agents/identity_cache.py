@@ -31,10 +31,14 @@ _remembered: dict[int, tuple[weakref.ref[Agent[Any]], str]] = {}
 _sdk_signature: Signature | None = getattr(sdk_identity, "_agent_identity_signature", None)
 
 
-def _signature(agent: Agent[Any]) -> str:
+def _remembered_signature(agent: Agent[Any]) -> str | None:
     entry = _remembered.get(id(agent))
-    if entry is not None and entry[0]() is agent:
-        return entry[1]
+    return entry[1] if entry is not None and entry[0]() is agent else None
+
+
+def _signature(agent: Agent[Any]) -> str:
+    if (remembered := _remembered_signature(agent)) is not None:
+        return remembered
     assert _sdk_signature is not None  # installed only where the SDK has its own
     return _sdk_signature(agent)
 
@@ -67,5 +71,4 @@ def remember_signatures(agent: Agent[Any]) -> None:
 
 
 def is_remembered(agent: Agent[Any]) -> bool:
-    entry = _remembered.get(id(agent))
-    return entry is not None and entry[0]() is agent
+    return _remembered_signature(agent) is not None
