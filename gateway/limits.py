@@ -8,7 +8,9 @@
   before the SDK runs and gives it back when its SSE stream ends; the stream keeps its slot fresh while events
   flow, and a slot whose gateway died expires by itself (`slot_ttl_s`).
 
-Both refuse with 429 and a `Retry-After` header before any stream starts. Keys are
+Both refuse with 429 and a `Retry-After` header before any stream starts. /chatkit sends its rate check as the
+request arrives and takes the answer beside the thread's access check (`RateCheck`): the round trip overlaps
+that read, and a refusal still comes before anything changes. Keys are
 `<ns>:limits:{<team>}:...`: the team in braces puts a team's keys in one Redis Cluster hash slot (the rate script
 touches two of them), and ids are percent-encoded so no user or team id can spell another's key.
 """
@@ -19,8 +21,9 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
@@ -132,6 +135,36 @@ class LimitConfig:
             # A live stream sees an event (or ends) within the relay's timeouts, and refreshes its slot on events.
             slot_ttl_s=relay_s + SLOT_TTL_MARGIN_S,
         )
+
+
+T = TypeVar("T")
+
+
+class RateCheck:
+    """A request's rate check, sent when the request arrives and answered where the route needs it, so that its
+    round trip to Redis overlaps the request's other checks instead of coming before them (a Redis round trip
+    after an idle moment costs 0.3-0.45 ms on a small VM). The request is charged whatever it does meanwhile; a
+    request that fails another check first gets that answer, and the check's answer is dropped."""
+
+    def __init__(self, check: Awaitable[None]) -> None:
+        self._answer = asyncio.ensure_future(check)
+        self._answer.add_done_callback(_drop_unread)
+
+    async def beside(self, work: Awaitable[T]) -> T:
+        """Run `work` while the check is answered (the check goes out first); the check's refusal (429) wins
+        over whatever `work` raised."""
+        answer, result = await asyncio.gather(self._answer, work, return_exceptions=True)
+        if isinstance(answer, BaseException):
+            raise answer
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+def _drop_unread(answer: asyncio.Future[None]) -> None:
+    # A check nobody awaited (the request failed another check first): its refusal is not an error to log.
+    if not answer.cancelled():
+        answer.exception()
 
 
 class TurnSlot:

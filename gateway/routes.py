@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from chatkit.server import NonStreamingResult, StreamingResult
 from chatkit.types import AttachmentsCreateReq, ChatKitReq, ThreadsAddUserMessageReq, ThreadsCreateReq, is_streaming_req
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from kitrelay.gateway.context import RequestContext
 from kitrelay.gateway.deps import (
     AuthenticatorDep,
     ContextDep,
     LimiterDep,
+    RateCheckDep,
     ServerDep,
     SettingsDep,
     StoreDep,
-    enforce_rate_limit,
 )
 from kitrelay.gateway.errors import ERROR_RESPONSES
-from kitrelay.gateway.limits import Limiter, TurnSlot
+from kitrelay.gateway.limits import Limiter, RateCheck, TurnSlot
 from kitrelay.gateway.openapi import CHATKIT_OPENAPI
 from kitrelay.gateway.process import process_parsed
 from kitrelay.gateway.requests import (
@@ -40,7 +40,6 @@ router = APIRouter()
 @router.post(
     "/chatkit",
     summary="The ChatKit protocol endpoint",
-    dependencies=[Depends(enforce_rate_limit)],
     responses=ERROR_RESPONSES,
     openapi_extra=CHATKIT_OPENAPI,
 )
@@ -53,14 +52,16 @@ async def chatkit(
     settings: SettingsDep,
     limiter: LimiterDep,
     authenticator: AuthenticatorDep,
+    rate: RateCheckDep,
 ) -> Response:
     """Streaming ChatKit requests are answered as SSE, the others as JSON. Every refusal (401, 413, 429, 4xx) is
-    JSON and comes before any stream starts."""
+    JSON and comes before any stream starts. The rate check goes out as the request arrives (every request is
+    charged) and is answered beside the thread's access check."""
     require_json(request)
     body = await read_body(request, settings.MAX_BODY_BYTES)
     parsed = parse_request(body)
     result, slot = await run_chatkit_request(
-        parsed, server=server, store=store, context=context, settings=settings, limiter=limiter
+        parsed, server=server, store=store, context=context, settings=settings, limiter=limiter, rate=rate
     )
     if isinstance(result, StreamingResult):
         # The stream keeps the user's in-flight slot fresh while it is open, and gives it back however it ends.
@@ -79,13 +80,17 @@ async def run_chatkit_request(
     context: RequestContext,
     settings: Settings,
     limiter: Limiter | None,
+    rate: RateCheck | None = None,
 ) -> tuple[StreamingResult | NonStreamingResult, TurnSlot | None]:
     """Every check a ChatKit request goes through, then the ChatKit server: what /chatkit and the plain API
-    (gateway/plain_api.py) share. A streaming result comes with the caller's in-flight slot (None without a
+    (gateway/plain_api.py) share. `rate` is a rate check the caller sent ahead (/chatkit's; the plain API's routes
+    check the rate before they start). A streaming result comes with the caller's in-flight slot (None without a
     limiter), which the caller must release when the stream ends (`sse_response(..., lease=slot)` does)."""
     check_limits(parsed, max_message_chars=settings.MAX_MESSAGE_CHARS)
     check_supported(parsed, server)
-    await check_access(parsed, store, context)
+    access = check_access(parsed, store, context)
+    # A rate check sent ahead (/chatkit's) is answered while the thread is read: nothing has changed yet.
+    await (rate.beside(access) if rate is not None else access)
     # The in-flight cap answers before anything else happens to the thread (such as stopping its running reply).
     slot = await limiter.acquire_turn(context.identity) if limiter is not None and is_streaming_req(parsed) else None
     try:

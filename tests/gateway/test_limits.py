@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from chatkit.types import ThreadMetadata
 
 from kitrelay.gateway.client import user_input
+from kitrelay.gateway.context import RequestContext
 from kitrelay.gateway.errors import ApiError
 from kitrelay.gateway.limits import LimitConfig, Limiter
+from kitrelay.gateway.store import GatewayStore
+from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import Identity
 from kitrelay.shared.store.engine import migrate
 from tests.databases import sqlite_url
@@ -178,6 +183,61 @@ async def test_429_with_retry_after_comes_before_anything_runs(make_settings: Ma
         # Nothing was created: the refusal came first. (Someone else lists alice's threads: the store as alice.)
         page = await gateway.state["store"].load_threads(10, None, "desc", _Ctx(alice))
         assert page.data == []
+
+
+async def test_the_rate_check_goes_out_before_the_threads_access_check_and_is_answered_beside_it(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = new_user(name="alice")
+    order: list[str] = []
+    check_rate, load_thread = Limiter.check_rate, GatewayStore.load_thread
+
+    async def recorded_check(self: Limiter, identity: Identity) -> None:
+        order.append("rate check sent")
+        await check_rate(self, identity)
+        order.append("rate check answered")
+
+    async def recorded_read(self: GatewayStore, thread_id: str, context: RequestContext) -> ThreadMetadata:
+        order.append("thread read")
+        return await load_thread(self, thread_id, context)
+
+    async with in_process_gateway(make_settings(RATE_LIMIT_USER_PER_MIN=100, RATE_LIMIT_TEAM_PER_MIN=0)) as gateway:
+        store: GatewayStore = gateway.state["store"]
+        thread = ThreadMetadata(id=new_id("thr"), created_at=datetime.now(UTC), title="errands")
+        await store.save_thread(thread, RequestContext(identity=alice))
+        monkeypatch.setattr(Limiter, "check_rate", recorded_check)
+        monkeypatch.setattr(GatewayStore, "load_thread", recorded_read)
+
+        response = await gateway.chatkit(alice, {"type": "threads.get_by_id", "params": {"thread_id": thread.id}})
+
+    assert response.status_code == 200
+    assert response.json()["title"] == "errands"
+    # Before: the check's round trip, then the access check's read. Now that read runs while Redis answers (the
+    # last is the SDK's own read, answered from the first).
+    assert order == ["rate check sent", "thread read", "rate check answered", "thread read"]
+
+
+async def test_over_the_rate_is_429_even_for_a_thread_the_caller_cannot_see(make_settings: MakeSettings) -> None:
+    alice = new_user(name="alice")
+    async with in_process_gateway(make_settings(RATE_LIMIT_USER_PER_MIN=1, RATE_LIMIT_TEAM_PER_MIN=0)) as gateway:
+        unknown = {"type": "threads.get_by_id", "params": {"thread_id": new_id("thr")}}
+        first = await gateway.chatkit(alice, unknown)
+        assert first.status_code == 404
+        # Both checks fail now: the rate's answer wins, as when it came first.
+        second = await gateway.chatkit(alice, unknown)
+        assert second.status_code == 429
+        assert second.json()["error"] == "rate_limited"
+
+
+async def test_a_request_refused_for_its_body_is_still_charged_to_the_rate(make_settings: MakeSettings) -> None:
+    alice = new_user(name="alice")
+    settings = make_settings(RATE_LIMIT_USER_PER_MIN=2, RATE_LIMIT_TEAM_PER_MIN=0, MAX_BODY_BYTES=2048)
+    async with in_process_gateway(settings) as gateway:
+        big = {"type": "threads.create", "params": {"input": user_input("x" * 3000)}}
+        assert [(await gateway.chatkit(alice, big)).status_code for _ in range(2)] == [413, 413]
+        # The check went out as each arrived: a flood of bad bodies is limited like any other.
+        refused = await gateway.chatkit(alice, {"type": "threads.list", "params": {}})
+        assert refused.status_code == 429
 
 
 async def test_the_in_flight_cap_answers_429_before_a_stream_and_frees_the_slot_after(
