@@ -20,14 +20,14 @@ from pydantic import TypeAdapter
 from sqlalchemy import ColumnElement, Executable, Row, Select, and_, asc, bindparam, delete, desc, or_, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.dml import ReturningInsert
 from sqlalchemy.sql.expression import ColumnCollection
 
 from kitrelay.shared.context import HasIdentity
 from kitrelay.shared.ids import new_id
-from kitrelay.shared.store.engine import read_session
+from kitrelay.shared.store.engine import read_connection, read_session
 from kitrelay.shared.store.models import AttachmentRow, ThreadItemRow, ThreadRow, as_utc
 
 # chatkit's own prefixes (its `_ID_PREFIXES` is private); tests check they still match.
@@ -101,8 +101,8 @@ class SqlStore(Store[C]):
     # -- threads --------------------------------------------------------------------------------------------------
 
     async def load_thread(self, thread_id: str, context: C) -> ThreadMetadata:
-        async with read_session(self._sessions) as session:
-            thread = await _own_thread(session, thread_id, context)
+        async with read_connection(self._sessions) as connection:
+            thread = await _own_thread(connection, thread_id, context)
         self._remember_owner(thread_id, context)
         return thread
 
@@ -165,11 +165,12 @@ class SqlStore(Store[C]):
         self, thread_id: str, after: str | None, limit: int, order: str, context: C
     ) -> Page[ThreadItem]:
         descending = _is_descending(order)
+        if after is None:
+            # Every turn's read: the ownership check and the page in one statement.
+            async with read_connection(self._sessions) as connection:
+                _, page = await _own_thread_with_items(connection, thread_id, limit, context, descending=descending)
+            return page
         async with read_session(self._sessions) as session:
-            if after is None:
-                # Every turn's read: the ownership check and the page in one statement.
-                _, page = await _own_thread_with_items(session, thread_id, limit, context, descending=descending)
-                return page
             await _require_thread(session, thread_id, context)
             return await _items_page_after(session, thread_id, after, limit, descending=descending)
 
@@ -178,8 +179,8 @@ class SqlStore(Store[C]):
     ) -> tuple[ThreadMetadata, Page[ThreadItem]]:
         """The thread and its newest `limit` items (newest first) in one read: what a turn starts from. One
         transaction instead of `load_thread` and `load_thread_items`, whose ownership check reads the thread too."""
-        async with read_session(self._sessions) as session:
-            thread, page = await _own_thread_with_items(session, thread_id, limit, context, descending=True)
+        async with read_connection(self._sessions) as connection:
+            thread, page = await _own_thread_with_items(connection, thread_id, limit, context, descending=True)
         self._remember_owner(thread_id, context)
         return thread, page
 
@@ -357,20 +358,20 @@ def _own(thread_id: str, context: HasIdentity) -> dict[str, str]:
     return {"thread_id": thread_id, "team_id": context.identity.team_id, "user_id": context.identity.user_id}
 
 
-async def _own_thread(session: AsyncSession, thread_id: str, context: HasIdentity) -> ThreadMetadata:
-    row = (await session.execute(_OWN_THREAD, _own(thread_id, context))).first()
+async def _own_thread(connection: AsyncConnection, thread_id: str, context: HasIdentity) -> ThreadMetadata:
+    row = (await connection.execute(_OWN_THREAD, _own(thread_id, context))).first()
     if row is None:
         raise NotFoundError(f"Thread {thread_id} not found")
     return _thread_from_row(row)
 
 
 async def _own_thread_with_items(
-    session: AsyncSession, thread_id: str, limit: int, context: HasIdentity, *, descending: bool
+    connection: AsyncConnection, thread_id: str, limit: int, context: HasIdentity, *, descending: bool
 ) -> tuple[ThreadMetadata, Page[ThreadItem]]:
     """The caller's thread and a page of its items from the newest (or the oldest), in one statement."""
     size = _page_size(limit)
     query = _OWN_THREAD_NEWEST_ITEMS if descending else _OWN_THREAD_OLDEST_ITEMS
-    rows = (await session.execute(query, {**_own(thread_id, context), "size": size + 1})).all()
+    rows = (await connection.execute(query, {**_own(thread_id, context), "size": size + 1})).all()
     if not rows:
         raise NotFoundError(f"Thread {thread_id} not found")
     datas = [row.item for row in rows if row.item is not None]

@@ -14,7 +14,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext import asyncio as sa_asyncio
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from kitrelay.shared.store import sqlite_driver
@@ -22,7 +22,7 @@ from kitrelay.shared.store import sqlite_driver
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_POOL_TIMEOUT_S = 30.0
-# The execution option `read_session` sets on its connection.
+# The execution option `read_session` and `read_connection` set on their connection.
 _READ_ONLY = "kitrelay_read_only"
 
 
@@ -95,6 +95,17 @@ async def read_session(sessions: async_sessionmaker[AsyncSession]) -> AsyncItera
     async with sessions() as session:
         await session.connection(execution_options={_READ_ONLY: True})
         yield session
+
+
+@contextlib.asynccontextmanager
+async def read_connection(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncConnection]:
+    """`read_session`'s connection without the ORM session around it, for the reads on the way to a turn's
+    first event (a thread's access check, a turn's history): the session's setup and teardown were a third of a
+    one-row read (0.39 against 0.26 ms in a loop), and a process woken for a turn runs such code four times slower
+    than in a loop. Core statements only; the same read-only transaction."""
+    engine = sessions.kw["bind"]
+    async with engine.connect() as connection:
+        yield await connection.execution_options(**{_READ_ONLY: True})
 
 
 def alembic_config(database_url: str) -> Config:

@@ -1,5 +1,5 @@
 """The store's engines: SQLite's locking as several processes share one file (each engine here is one process's
-connection), and read sessions on both dialects."""
+connection), and read sessions and read connections on both dialects."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from kitrelay.shared.store.engine import make_engine, make_sessionmaker, migrate_async, read_session
+from kitrelay.shared.store.engine import (
+    make_engine,
+    make_sessionmaker,
+    migrate_async,
+    read_connection,
+    read_session,
+)
 from tests.databases import sqlite_url
 
 pytestmark = pytest.mark.asyncio
@@ -74,3 +80,30 @@ async def test_a_writing_session_waits_for_the_write_lock_instead_of_failing(
 async def test_read_sessions_read_on_either_dialect(db_sessions: async_sessionmaker[AsyncSession]) -> None:
     async with read_session(db_sessions) as session:
         assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+
+
+async def _count_on_a_connection(sessions: async_sessionmaker[AsyncSession]) -> int:
+    async with read_connection(sessions) as connection:
+        return int((await connection.execute(text("SELECT n FROM counter"))).scalar_one())
+
+
+async def test_a_read_connection_does_not_wait_for_another_process_writing(
+    two_engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    writer, reader = (make_sessionmaker(engine) for engine in two_engines)
+    async with writer() as session, session.begin():
+        await session.execute(text("UPDATE counter SET n = n + 1"))
+        # As a read session: the last committed value at once, no wait for the writer's lock.
+        assert await asyncio.wait_for(_count_on_a_connection(reader), timeout=1.0) == 0
+    assert await _count_on_a_connection(reader) == 1
+    # And it left the connection to the pool with no transaction open: a write can take the lock.
+    async with reader() as session, session.begin():
+        await session.execute(text("UPDATE counter SET n = n + 1"))
+    assert await _count_on_a_connection(writer) == 2
+
+
+async def test_read_connections_read_on_either_dialect(db_sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with read_connection(db_sessions) as connection:
+        assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
+        assert connection.sync_connection is not None
+        assert connection.sync_connection.get_execution_options()["kitrelay_read_only"] is True
