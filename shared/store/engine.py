@@ -101,7 +101,7 @@ async def read_session(sessions: async_sessionmaker[AsyncSession]) -> AsyncItera
 async def read_connection(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncConnection]:
     """`read_session`'s connection without the ORM session around it, for the reads on the way to a turn's
     first event (a thread's access check, a turn's history): the session's setup and teardown were a third of a
-    one-row read (0.39 against 0.26 ms in a loop), and a process woken for a turn runs such code four times slower
+    one-row read (0.39 against 0.26 ms in a loop), and a process woken for a turn runs such code up to four times slower
     than in a loop. Core statements only; the same read-only transaction."""
     engine = sessions.kw["bind"]
     async with engine.connect() as connection:
