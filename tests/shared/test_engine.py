@@ -37,20 +37,30 @@ async def two_engines(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, AsyncE
     await second.dispose()
 
 
-async def _count(sessions: async_sessionmaker[AsyncSession]) -> int:
+async def _count(sessions: async_sessionmaker[AsyncSession], *, on_a_connection: bool = False) -> int:
+    """The counter, read in a read session (or on a read connection)."""
+    query = text("SELECT n FROM counter")
+    if on_a_connection:
+        async with read_connection(sessions) as connection:
+            return int((await connection.execute(query)).scalar_one())
     async with read_session(sessions) as session:
-        return int((await session.execute(text("SELECT n FROM counter"))).scalar_one())
+        return int((await session.execute(query)).scalar_one())
 
 
-async def test_a_read_session_does_not_wait_for_another_process_writing(
-    two_engines: tuple[AsyncEngine, AsyncEngine],
+@pytest.mark.parametrize("on_a_connection", [False, True], ids=["read session", "read connection"])
+async def test_a_read_does_not_wait_for_another_process_writing(
+    two_engines: tuple[AsyncEngine, AsyncEngine], on_a_connection: bool
 ) -> None:
     writer, reader = (make_sessionmaker(engine) for engine in two_engines)
     async with writer() as session, session.begin():
         await session.execute(text("UPDATE counter SET n = n + 1"))
         # The write lock is held (and uncommitted): a read sees the last committed value at once.
-        assert await asyncio.wait_for(_count(reader), timeout=1.0) == 0
-    assert await _count(reader) == 1
+        assert await asyncio.wait_for(_count(reader, on_a_connection=on_a_connection), timeout=1.0) == 0
+    assert await _count(reader, on_a_connection=on_a_connection) == 1
+    # And the read left its connection to the pool with no transaction open: a write can take the lock.
+    async with reader() as session, session.begin():
+        await session.execute(text("UPDATE counter SET n = n + 1"))
+    assert await _count(writer, on_a_connection=on_a_connection) == 2
 
 
 async def test_a_writing_session_waits_for_the_write_lock_instead_of_failing(
@@ -80,26 +90,6 @@ async def test_a_writing_session_waits_for_the_write_lock_instead_of_failing(
 async def test_read_sessions_read_on_either_dialect(db_sessions: async_sessionmaker[AsyncSession]) -> None:
     async with read_session(db_sessions) as session:
         assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
-
-
-async def _count_on_a_connection(sessions: async_sessionmaker[AsyncSession]) -> int:
-    async with read_connection(sessions) as connection:
-        return int((await connection.execute(text("SELECT n FROM counter"))).scalar_one())
-
-
-async def test_a_read_connection_does_not_wait_for_another_process_writing(
-    two_engines: tuple[AsyncEngine, AsyncEngine],
-) -> None:
-    writer, reader = (make_sessionmaker(engine) for engine in two_engines)
-    async with writer() as session, session.begin():
-        await session.execute(text("UPDATE counter SET n = n + 1"))
-        # As a read session: the last committed value at once, no wait for the writer's lock.
-        assert await asyncio.wait_for(_count_on_a_connection(reader), timeout=1.0) == 0
-    assert await _count_on_a_connection(reader) == 1
-    # And it left the connection to the pool with no transaction open: a write can take the lock.
-    async with reader() as session, session.begin():
-        await session.execute(text("UPDATE counter SET n = n + 1"))
-    assert await _count_on_a_connection(writer) == 2
 
 
 async def test_read_connections_read_on_either_dialect(db_sessions: async_sessionmaker[AsyncSession]) -> None:
