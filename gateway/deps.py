@@ -58,10 +58,10 @@ async def get_limiter(request: Request) -> Limiter | None:
 
 async def start_rate_check(
     identity: Annotated[Identity, Depends(get_identity)], limiter: Annotated[Limiter | None, Depends(get_limiter)]
-) -> RateCheck | None:
+) -> RateCheck:
     """The caller's request-rate check, sent now (after authentication) and answered where the route awaits it
     (gateway/limits.RateCheck): what /chatkit uses instead of `enforce_rate_limit`."""
-    return RateCheck(limiter.check_rate(identity)) if limiter is not None else None
+    return RateCheck(limiter.check_rate(identity) if limiter is not None else None)
 
 
 async def enforce_rate_limit(
@@ -83,6 +83,6 @@ ServerDep = Annotated[RelayChatKitServer, Depends(get_server)]
 StoreDep = Annotated[GatewayStore, Depends(get_store)]
 ContextDep = Annotated[RequestContext, Depends(get_request_context)]
 LimiterDep = Annotated[Limiter | None, Depends(get_limiter)]
-RateCheckDep = Annotated[RateCheck | None, Depends(start_rate_check)]
+RateCheckDep = Annotated[RateCheck, Depends(start_rate_check)]
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 AttachmentStoreDep = Annotated[KitrelayAttachmentStore, Depends(get_attachment_store)]

@@ -56,10 +56,8 @@ async def chatkit(
 ) -> Response:
     """Streaming ChatKit requests are answered as SSE, the others as JSON. Every refusal (401, 413, 429, 4xx) is
     JSON and comes before any stream starts. The rate check goes out as the request arrives (every request is
-    charged) and is answered beside the thread's access check."""
-    require_json(request)
-    body = await read_body(request, settings.MAX_BODY_BYTES)
-    parsed = parse_request(body)
+    charged) and is answered beside the thread's access check, or before any other refusal."""
+    parsed = await rate.ahead_of(read_request(request, settings.MAX_BODY_BYTES))
     result, slot = await run_chatkit_request(
         parsed, server=server, store=store, context=context, settings=settings, limiter=limiter, rate=rate
     )
@@ -70,6 +68,11 @@ async def chatkit(
     if isinstance(parsed, AttachmentsCreateReq):
         content = add_upload_token(content, authenticator, context.identity)
     return Response(content=content, media_type="application/json")
+
+
+async def read_request(request: Request, max_bytes: int) -> ChatKitReq:
+    require_json(request)
+    return parse_request(await read_body(request, max_bytes))
 
 
 async def run_chatkit_request(
@@ -86,11 +89,14 @@ async def run_chatkit_request(
     (gateway/plain_api.py) share. `rate` is a rate check the caller sent ahead (/chatkit's; the plain API's routes
     check the rate before they start). A streaming result comes with the caller's in-flight slot (None without a
     limiter), which the caller must release when the stream ends (`sse_response(..., lease=slot)` does)."""
-    check_limits(parsed, max_message_chars=settings.MAX_MESSAGE_CHARS)
-    check_supported(parsed, server)
-    access = check_access(parsed, store, context)
+
+    async def check() -> None:
+        check_limits(parsed, max_message_chars=settings.MAX_MESSAGE_CHARS)
+        check_supported(parsed, server)
+        await check_access(parsed, store, context)
+
     # A rate check sent ahead (/chatkit's) is answered while the thread is read: nothing has changed yet.
-    await (rate.beside(access) if rate is not None else access)
+    await (rate.beside(check()) if rate is not None else check())
     # The in-flight cap answers before anything else happens to the thread (such as stopping its running reply).
     slot = await limiter.acquire_turn(context.identity) if limiter is not None and is_streaming_req(parsed) else None
     try:

@@ -235,9 +235,44 @@ async def test_a_request_refused_for_its_body_is_still_charged_to_the_rate(make_
     async with in_process_gateway(settings) as gateway:
         big = {"type": "threads.create", "params": {"input": user_input("x" * 3000)}}
         assert [(await gateway.chatkit(alice, big)).status_code for _ in range(2)] == [413, 413]
-        # The check went out as each arrived: a flood of bad bodies is limited like any other.
+        # The check went out as each arrived: a flood of bad bodies is limited like any other, and once over the
+        # rate, the 429 wins over the body's 413.
+        assert (await gateway.chatkit(alice, big)).status_code == 429
         refused = await gateway.chatkit(alice, {"type": "threads.list", "params": {}})
         assert refused.status_code == 429
+
+
+_OVERSIZE_BODY = {"type": "threads.create", "params": {"input": user_input("x" * 3000)}}
+_OVERLONG_MESSAGE = {"type": "threads.create", "params": {"input": user_input("x" * 150)}}
+
+
+@pytest.mark.parametrize(
+    ("request_body", "refusal"),
+    [(_OVERSIZE_BODY, "413 payload_too_large"), (_OVERLONG_MESSAGE, "413 message_too_long")],
+    ids=["body too large", "message too long"],
+)
+async def test_a_refusal_is_heard_only_after_the_request_was_charged(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch, request_body: dict[str, object], refusal: str
+) -> None:
+    # Else a caller's next request could be checked before the refused one was charged, and slip under the rate.
+    alice = new_user(name="alice")
+    order: list[str] = []
+    check_rate = Limiter.check_rate
+
+    async def slow_check(self: Limiter, identity: Identity) -> None:
+        await asyncio.sleep(0.05)  # a slow Redis: the refusal is known long before the charge is made
+        await check_rate(self, identity)
+        order.append("charged")
+
+    settings = make_settings(
+        RATE_LIMIT_USER_PER_MIN=100, RATE_LIMIT_TEAM_PER_MIN=0, MAX_BODY_BYTES=2048, MAX_MESSAGE_CHARS=100
+    )
+    async with in_process_gateway(settings) as gateway:
+        monkeypatch.setattr(Limiter, "check_rate", slow_check)
+        response = await gateway.chatkit(alice, request_body)
+        order.append(f"{response.status_code} {response.json()['error']} heard")
+
+    assert order == ["charged", f"{refusal} heard"]
 
 
 async def test_the_in_flight_cap_answers_429_before_a_stream_and_frees_the_slot_after(
