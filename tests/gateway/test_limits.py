@@ -16,7 +16,7 @@ from chatkit.types import ThreadMetadata
 from kitrelay.gateway.client import user_input
 from kitrelay.gateway.context import RequestContext
 from kitrelay.gateway.errors import ApiError
-from kitrelay.gateway.limits import LimitConfig, Limiter
+from kitrelay.gateway.limits import LimitConfig, Limiter, RateCheck
 from kitrelay.gateway.store import GatewayStore
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import Identity
@@ -273,6 +273,39 @@ async def test_a_refusal_is_heard_only_after_the_request_was_charged(
         order.append(f"{response.status_code} {response.json()['error']} heard")
 
     assert order == ["charged", f"{refusal} heard"]
+
+
+async def test_a_rate_check_holds_back_only_a_refusal() -> None:
+    answered = asyncio.Event()
+
+    async def slow_refusal() -> None:
+        await answered.wait()
+        raise ApiError(429, "rate_limited", "Too many requests.")
+
+    async def parsed() -> str:
+        return "parsed"
+
+    async def too_large() -> str:
+        raise ApiError(413, "payload_too_large", "Too large.")
+
+    # Work that passes does not wait for the answer (it is still on its way).
+    check = RateCheck(slow_refusal())
+    assert await asyncio.wait_for(check.ahead_of(parsed()), timeout=1) == "parsed"
+    # Work that refuses waits for it, and the 429 wins over its own refusal.
+    check = RateCheck(slow_refusal())
+    refusal = asyncio.ensure_future(check.ahead_of(too_large()))
+    await asyncio.sleep(0.05)
+    assert not refusal.done()
+    answered.set()
+    with pytest.raises(ApiError) as raised:
+        await refusal
+    assert raised.value.status_code == 429
+    # Without limits there is no check: everything passes straight through.
+    unlimited = RateCheck(None)
+    assert await unlimited.beside(parsed()) == "parsed"
+    with pytest.raises(ApiError) as raised:
+        await unlimited.ahead_of(too_large())
+    assert raised.value.status_code == 413
 
 
 async def test_the_in_flight_cap_answers_429_before_a_stream_and_frees_the_slot_after(
