@@ -60,8 +60,9 @@ async def start_rate_check(
     identity: Annotated[Identity, Depends(get_identity)], limiter: Annotated[Limiter | None, Depends(get_limiter)]
 ) -> RateCheck:
     """The caller's request-rate check, sent now (after authentication) and answered where the route awaits it
-    (gateway/limits.RateCheck): what /chatkit uses instead of `enforce_rate_limit`."""
-    return RateCheck(limiter.check_rate(identity) if limiter is not None else None)
+    (gateway/limits.RateCheck): what /chatkit uses instead of `enforce_rate_limit`. Without a rate limit there is
+    nothing to send, and no task is started for it."""
+    return RateCheck(limiter.check_rate(identity) if limiter is not None and limiter.limits_rate else None)
 
 
 async def enforce_rate_limit(

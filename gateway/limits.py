@@ -245,6 +245,11 @@ class Limiter:
     def slots_key(self, identity: Identity) -> str:
         return self._key(identity, "turns", quote(identity.user_id, safe=""))
 
+    @property
+    def limits_rate(self) -> bool:
+        """Whether any request rate is limited (none is in dev mode, unless set)."""
+        return self.config.user_per_min > 0 or self.config.team_per_min > 0
+
     async def check_rate(self, identity: Identity) -> None:
         """Charge one request to the caller's user and team buckets, or refuse it with 429."""
         buckets: list[tuple[str, int, str]] = []

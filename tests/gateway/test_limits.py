@@ -229,21 +229,20 @@ async def test_over_the_rate_is_429_even_for_a_thread_the_caller_cannot_see(make
         assert second.json()["error"] == "rate_limited"
 
 
+_OVERSIZE_BODY = {"type": "threads.create", "params": {"input": user_input("x" * 3000)}}
+_OVERLONG_MESSAGE = {"type": "threads.create", "params": {"input": user_input("x" * 150)}}
+
+
 async def test_a_request_refused_for_its_body_is_still_charged_to_the_rate(make_settings: MakeSettings) -> None:
     alice = new_user(name="alice")
     settings = make_settings(RATE_LIMIT_USER_PER_MIN=2, RATE_LIMIT_TEAM_PER_MIN=0, MAX_BODY_BYTES=2048)
     async with in_process_gateway(settings) as gateway:
-        big = {"type": "threads.create", "params": {"input": user_input("x" * 3000)}}
-        assert [(await gateway.chatkit(alice, big)).status_code for _ in range(2)] == [413, 413]
+        assert [(await gateway.chatkit(alice, _OVERSIZE_BODY)).status_code for _ in range(2)] == [413, 413]
         # The check went out as each arrived: a flood of bad bodies is limited like any other, and once over the
         # rate, the 429 wins over the body's 413.
-        assert (await gateway.chatkit(alice, big)).status_code == 429
+        assert (await gateway.chatkit(alice, _OVERSIZE_BODY)).status_code == 429
         refused = await gateway.chatkit(alice, {"type": "threads.list", "params": {}})
         assert refused.status_code == 429
-
-
-_OVERSIZE_BODY = {"type": "threads.create", "params": {"input": user_input("x" * 3000)}}
-_OVERLONG_MESSAGE = {"type": "threads.create", "params": {"input": user_input("x" * 150)}}
 
 
 @pytest.mark.parametrize(
@@ -273,6 +272,25 @@ async def test_a_refusal_is_heard_only_after_the_request_was_charged(
         order.append(f"{response.status_code} {response.json()['error']} heard")
 
     assert order == ["charged", f"{refusal} heard"]
+
+
+async def test_without_a_rate_limit_no_check_is_sent(
+    make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[Identity] = []
+
+    async def recorded_check(self: Limiter, identity: Identity) -> None:
+        checked.append(identity)
+
+    alice = new_user(name="alice")
+    async with in_process_gateway(make_settings(RATE_LIMIT_USER_PER_MIN=0, RATE_LIMIT_TEAM_PER_MIN=0)) as gateway:
+        monkeypatch.setattr(Limiter, "check_rate", recorded_check)
+        assert (await gateway.chatkit(alice, {"type": "threads.list", "params": {}})).status_code == 200
+        assert checked == []
+        # With a limit it is sent (the same route, the same request).
+        gateway.state["limiter"].config = LimitConfig(user_per_min=10, team_per_min=0, turns_in_flight=0, slot_ttl_s=60)
+        assert (await gateway.chatkit(alice, {"type": "threads.list", "params": {}})).status_code == 200
+        assert [identity.user_id for identity in checked] == [alice.user_id]
 
 
 async def test_a_rate_check_holds_back_only_a_refusal() -> None:
