@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from chatkit.types import Page, ThreadItem, ThreadMetadata, UserMessageItem
 
 from kitrelay.agents.context import TurnContext
-from kitrelay.shared.store.chatkit_store import SqlStore, Statement
+from kitrelay.shared.store.chatkit_store import SqlStore, Statement, WorkerRun
 from kitrelay.shared.store.models import as_utc
 
 
@@ -52,11 +52,21 @@ class TurnStore(SqlStore[TurnContext]):
         return Page(data=data, has_more=has_more, after=data[-1].id if data else None)
 
     async def add_thread_items_with(
-        self, thread_id: str, items: Sequence[ThreadItem], context: TurnContext, also: Sequence[Statement] = ()
+        self,
+        thread_id: str,
+        items: Sequence[ThreadItem],
+        context: TurnContext,
+        also: Sequence[Statement] = (),
+        *,
+        run: WorkerRun | None = None,
     ) -> None:
         # Every item write of the store (add, save, add with) comes through here.
         context.newest_items.pop(thread_id, None)
-        await super().add_thread_items_with(thread_id, items, context, also)
+        await super().add_thread_items_with(thread_id, items, context, also, run=run)
+
+    async def supersede_run(self, thread_id: str, run: WorkerRun, context: TurnContext) -> list[str]:
+        context.newest_items.pop(thread_id, None)
+        return await super().supersede_run(thread_id, run, context)
 
     async def delete_thread_item(self, thread_id: str, item_id: str, context: TurnContext) -> None:
         context.newest_items.pop(thread_id, None)

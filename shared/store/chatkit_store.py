@@ -11,11 +11,12 @@ import json
 import operator
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from chatkit.store import NotFoundError, Store, StoreItemType
-from chatkit.types import Attachment, Page, ThreadItem, ThreadMetadata, WidgetItem
+from chatkit.types import Attachment, Page, ThreadItem, ThreadMetadata, UserMessageItem, WidgetItem
 from pydantic import TypeAdapter
 from sqlalchemy import ColumnElement, Executable, Row, Select, and_, asc, bindparam, delete, desc, or_, select, true
 from sqlalchemy.dialects import postgresql, sqlite
@@ -28,7 +29,7 @@ from sqlalchemy.sql.expression import ColumnCollection
 from kitrelay.shared.context import HasIdentity
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.store.engine import read_connection, read_session
-from kitrelay.shared.store.models import AttachmentRow, ThreadItemRow, ThreadRow, as_utc
+from kitrelay.shared.store.models import AttachmentRow, ThreadItemRow, ThreadRow, TurnRunRow, as_utc
 
 # chatkit's own prefixes (its `_ID_PREFIXES` is private); tests check they still match.
 ID_PREFIXES: dict[StoreItemType, str] = {
@@ -59,6 +60,25 @@ Statement = tuple[Executable, Mapping[str, Any]]
 
 class ItemIdConflictError(Exception):
     """An item id that is already taken by an item of another thread (item ids are unique store-wide)."""
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    """One worker's run of a turn: the turn's hop (handoffs before it) and the run's delivery attempt. The items
+    a run saves carry it, so that a later attempt of the same hop can remove them (`SqlStore.supersede_run`)."""
+
+    turn_id: str
+    hop: int
+    attempt: int
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.hop, self.attempt)
+
+
+class RunSupersededError(Exception):
+    """A newer run of the turn took over from this one (it was redelivered while this run was still alive):
+    this run may not save anything any more."""
 
 
 class SqlStore(Store[C]):
@@ -200,13 +220,24 @@ class SqlStore(Store[C]):
         await self.add_thread_items_with(thread_id, [item], context, also)
 
     async def add_thread_items_with(
-        self, thread_id: str, items: Sequence[ThreadItem], context: C, also: Sequence[Statement] = ()
+        self,
+        thread_id: str,
+        items: Sequence[ThreadItem],
+        context: C,
+        also: Sequence[Statement] = (),
+        *,
+        run: WorkerRun | None = None,
     ) -> None:
         """Several items, in this order, and more writes, in one transaction. Each is an upsert: an item already
-        saved keeps its place in the thread. Every item write of the store comes through here."""
-        rows = [_item_row(thread_id, item) for item in items]
+        saved keeps its place in the thread. Every item write of the store comes through here.
+
+        A worker's `run` tags the items it saves (never a user's message, which is the user's, whoever saves it)
+        and is fenced: RunSupersededError, nothing written, once a newer run of the turn has superseded it."""
+        rows = [_item_row(thread_id, item, None if isinstance(item, UserMessageItem) else run) for item in items]
         async with self._sessions() as session, session.begin():
             await self._require_owned(session, thread_id, context)
+            if run is not None:
+                await _check_run(session, thread_id, run)
             # seq and thread_id stay as first written; an id taken in another thread is never overwritten.
             stmt = _upsert(session, ThreadItemRow, update=("type", "created_at", "data"), only_if=_same_thread)
             for values in rows:
@@ -303,11 +334,66 @@ class SqlStore(Store[C]):
         if deleted is None:
             raise NotFoundError(f"Attachment {attachment_id} not found")
 
+    # -- worker runs ----------------------------------------------------------------------------------------------
 
-def _item_row(thread_id: str, item: ThreadItem) -> dict[str, Any]:
+    async def supersede_run(self, thread_id: str, run: WorkerRun, context: C) -> list[str]:
+        """Make `run`, a redelivered attempt, the turn's newest run: what earlier attempts of its hop saved is
+        removed (their ids are returned, oldest first), and from now on they cannot save anything (RunSupersededError).
+        Run before the new attempt reads the conversation, so that it answers from the thread as it was before the
+        turn. Raises RunSupersededError if a newer run already took over, NotFoundError if the thread is gone."""
+        async with self._sessions() as session, session.begin():
+            await self._require_owned(session, thread_id, context)
+            await _check_run(session, thread_id, run)
+            earlier = (
+                delete(ThreadItemRow)
+                .where(
+                    ThreadItemRow.turn_id == run.turn_id,
+                    ThreadItemRow.turn_hop == run.hop,
+                    ThreadItemRow.turn_attempt < run.attempt,
+                )
+                .returning(ThreadItemRow.seq, ThreadItemRow.id)
+            )
+            removed = sorted((await session.execute(earlier)).all())
+            values = {"turn_id": run.turn_id, "thread_id": thread_id, "hop": run.hop, "attempt": run.attempt}
+            insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+            stmt = insert(TurnRunRow).values(values)
+            await session.execute(
+                stmt.on_conflict_do_update(index_elements=["turn_id"], set_={"hop": run.hop, "attempt": run.attempt})
+            )
+        return [item_id for _, item_id in removed]
+
+
+def _item_row(thread_id: str, item: ThreadItem, run: WorkerRun | None = None) -> dict[str, Any]:
     created_at = as_utc(item.created_at)
     data = item.model_copy(update={"created_at": created_at}).model_dump_json()
-    return {"id": item.id, "thread_id": thread_id, "type": item.type, "created_at": created_at, "data": data}
+    return {
+        "id": item.id,
+        "thread_id": thread_id,
+        "type": item.type,
+        "created_at": created_at,
+        "data": data,
+        "turn_id": run.turn_id if run else None,
+        "turn_hop": run.hop if run else None,
+        "turn_attempt": run.attempt if run else None,
+    }
+
+
+_NEWEST_RUN = select(TurnRunRow.hop, TurnRunRow.attempt).where(TurnRunRow.turn_id == bindparam("turn_id"))
+
+
+async def _lock_runs_of(session: AsyncSession, thread_id: str) -> None:
+    """On PostgreSQL, make the run checks and supersedings of a thread's turns take turns (a row lock on the
+    thread that its items' inserts do not wait for); SQLite's transactions all take the one write lock anyway."""
+    if session.get_bind().dialect.name == "postgresql":
+        lock = select(ThreadRow.id).where(ThreadRow.id == thread_id).with_for_update(key_share=True)
+        await session.execute(lock)
+
+
+async def _check_run(session: AsyncSession, thread_id: str, run: WorkerRun) -> None:
+    await _lock_runs_of(session, thread_id)
+    newest = (await session.execute(_NEWEST_RUN, {"turn_id": run.turn_id})).first()
+    if newest is not None and tuple(newest) > run.order:
+        raise RunSupersededError(f"turn {run.turn_id}: run {run.order} was superseded by run {tuple(newest)}")
 
 
 def _owned_by(context: HasIdentity) -> ColumnElement[bool]:

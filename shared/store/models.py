@@ -126,6 +126,23 @@ class ThreadItemRow(Base):
     type: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     data: Mapped[str] = mapped_column(Text)
+    # The worker run that saved the item (a turn's hop and its delivery attempt); none for a user's message. A
+    # redelivered run removes what an earlier attempt of its hop saved (shared/store/chatkit_store.py).
+    turn_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
+    turn_hop: Mapped[int | None] = mapped_column(Integer)
+    turn_attempt: Mapped[int | None] = mapped_column(Integer)
+
+
+class TurnRunRow(Base):
+    """The newest run of a turn that superseded an earlier attempt: no older run of the turn saves items any more.
+    Written only when a turn is redelivered (rare); a turn without a row has only ever had its first attempts."""
+
+    __tablename__ = "turn_runs"
+
+    turn_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("threads.id", ondelete="CASCADE"), index=True)
+    hop: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
 
 
 class AttachmentRow(Base):

@@ -23,7 +23,8 @@ T = TypeVar("T")
 
 TABLES_0001 = {"threads", "thread_items", "attachments", "tasks"}
 TABLES_0002 = TABLES_0001 | {"documents", "document_chunks", "feedback"}
-TABLES = TABLES_0002 | {"turns"}
+TABLES_0003 = TABLES_0002 | {"turns"}
+TABLES = TABLES_0003 | {"turn_runs"}
 # SQLite's full-text index of document chunks: the FTS5 table and the shadow tables FTS5 keeps its index in (an
 # external-content table has no `_content` shadow).
 SQLITE_FTS_TABLES = {f"document_chunks_fts{suffix}" for suffix in ("", "_data", "_idx", "_docsize", "_config")}
