@@ -64,7 +64,7 @@ from kitrelay.shared.messages import (
 from kitrelay.shared.metrics import TURNS_ENDED
 from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.settings import AgentKind
-from kitrelay.shared.store.chatkit_store import Statement
+from kitrelay.shared.store.chatkit_store import RunSupersededError, Statement, WorkerRun
 from kitrelay.shared.telemetry import trace_id_of
 from kitrelay.shared.turn_bus import append_end, append_entry
 
@@ -114,6 +114,8 @@ class TurnLog:
         self._ttl_after_end_s = ttl_after_end_s
         self._trace = trace or TraceContext()
         self._agent = agent
+        # Tags what this run saves, and fences it: once a newer attempt supersedes it, it can save nothing more.
+        self._run = WorkerRun(turn_id=turn_id, hop=hop, attempt=attempt)
         self._seq = 0
         self._ttl_refreshed_at: float | None = None
         self.events = 0  # events written (a pack holds several)
@@ -138,7 +140,7 @@ class TurnLog:
         """Whatever Redis or the store raise while recording the turn surfaces as TurnLogWriteError."""
         try:
             yield
-        except TurnLogWriteError:
+        except (TurnLogWriteError, RunSupersededError):
             raise
         except Exception as exc:
             raise TurnLogWriteError(f"turn {self._turn_id}: {type(exc).__name__}: {exc}") from exc
@@ -251,7 +253,9 @@ class TurnLog:
         question = [self._question] if self._question is not None else []
         if not (question or items or also):
             return
-        await self._store.add_thread_items_with(self._thread_id, [*question, *items], self._context, also)
+        await self._store.add_thread_items_with(
+            self._thread_id, [*question, *items], self._context, also, run=self._run
+        )
         self._question = None
 
     async def _flushed(self) -> None:
@@ -270,14 +274,16 @@ class TurnLog:
     def _count(self, status: str) -> None:
         TURNS_ENDED.labels(self._agent, status).inc()
 
-    async def supersede_earlier_attempts(self) -> int:
-        """A redelivered run replaces what a dead attempt of the same hop wrote: its items are removed (from the
-        store, and from every client through `thread.item.removed`) before the new attempt writes its own."""
+    async def withdraw_earlier_attempts(self, removed: Sequence[str] = ()) -> int:
+        """Tell every client to drop what earlier attempts of this hop showed (`thread.item.removed`): the items
+        the store removed for this run (`removed`, see SqlStore.supersede_run), and those the turn's stream shows
+        they streamed without saving (a reply cut off mid-text), if the stream survived. The store is not written:
+        it holds none of them any more."""
         raw = cast(
             list[tuple[bytes, dict[bytes, bytes]]],
             await self._redis.xrange(turn_stream_key(self._namespace, self._turn_id)),
         )
-        stale: dict[str, None] = {}
+        stale: dict[str, None] = dict.fromkeys(removed)
         for _, fields in raw:
             entry = decode_entry(fields)
             if entry.hop != self._hop or entry.attempt >= self._attempt or not isinstance(entry.body, ChatKitEntry):
@@ -286,7 +292,9 @@ class TurnLog:
             if isinstance(event, ThreadItemAddedEvent | ThreadItemDoneEvent):
                 stale[event.item.id] = None
         for item_id in stale:
-            await self.emit(ThreadItemRemovedEvent(item_id=item_id))
+            self._pending.pop(item_id, None)
+            with self._writes():
+                await self._append(ChatKitEntry(event=ThreadItemRemovedEvent(item_id=item_id)))
         if stale:
             log.info(
                 "turn %s attempt %d superseded %d items of earlier attempts", self._turn_id, self._attempt, len(stale)

@@ -4,8 +4,10 @@ so), or a widget action straight through its handler. Every event goes through t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -42,8 +44,9 @@ from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.agents_tracing import agents_tracing_installed
 from kitrelay.shared.messages import TurnRequest, utcnow
 from kitrelay.shared.settings import AgentKind
+from kitrelay.shared.store.chatkit_store import RunSupersededError, WorkerRun
 from kitrelay.shared.telemetry import current_trace_context
-from kitrelay.shared.turn_bus import last_entry, publish_turn
+from kitrelay.shared.turn_bus import RunOpening, open_run, publish_turn
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +146,11 @@ def _turn_log(
     )
 
 
+class RunNotOpenedError(Exception):
+    """This delivery of a turn must not run: a newer attempt of its hop runs it (a duplicate delivery of a message
+    still in flight). Its worker neither acks nor naks it: the message belongs to that newer attempt."""
+
+
 async def run_turn(
     request: TurnRequest,
     *,
@@ -153,22 +161,39 @@ async def run_turn(
 ) -> None:
     """Run the turn to its terminal entry, or to its handoff. Failures of the agent become a ChatKit error event
     plus a failed end; failures of Redis, NATS or the store propagate, so the caller leaves the message un-acked
-    for redelivery."""
+    for redelivery. RunNotOpenedError (and RunSupersededError, once running) when another run has the turn."""
     context = _context(request, deps)
-    # Both at once, before the turn's first event. Redis's check is sent first: on SQLite the read of the
-    # conversation then runs on this thread without a pause (shared/store/sqlite_driver.py) while Redis answers.
-    opener = (
-        _open_action(request, context, deps) if request.action is not None else _open_or_none(request, context, deps)
+
+    def open_conversation() -> Awaitable[_ActionOpening | tuple[ThreadMetadata, list[ThreadItem]] | None]:
+        if request.action is not None:
+            return _open_action(request, context, deps)
+        return _open_or_none(request, context, deps)
+
+    claim = open_run(
+        deps.redis, deps.namespace, request.turn_id, hop=request.hops, attempt=attempt, ttl_s=deps.stream_ttl_s
     )
-    previous, opening = await asyncio.gather(last_entry(deps.redis, deps.namespace, request.turn_id), opener)
-    if previous is not None and previous.is_terminal:
-        # Already over: finished before a lost ack, or given up by the gateway while no worker was free.
-        log.info("turn %s is already over; not running it again", request.turn_id)
-        return
+    removed: list[str] = []
+    if attempt == 1:
+        # Both at once, before the turn's first event. Redis's claim is sent first: on SQLite the read of the
+        # conversation then runs on this thread without a pause (shared/store/sqlite_driver.py) while Redis answers.
+        opened, opening = await asyncio.gather(claim, open_conversation())
+        if not _may_run(request, attempt, opened):
+            return
+    else:
+        # A redelivered run answers from the conversation as it was before the turn: what the dead attempt saved
+        # (a widget, a tool's output, the start of a reply) is removed before anything is read, whether or not
+        # the turn's Redis stream survived. From then on the dead attempt, if it lives on, can save nothing.
+        if not _may_run(request, attempt, await claim):
+            return
+        with contextlib.suppress(NotFoundError):  # the thread is gone: the opening says so
+            removed = await deps.store.supersede_run(
+                request.thread_id, WorkerRun(request.turn_id, request.hops, attempt), context
+            )
+        opening = await open_conversation()
     # A thread that is gone (or not the caller's) has no place for the user's message: only its end is recorded.
     turn_log = _turn_log(request, attempt, context, deps, with_question=opening is not None)
     if attempt > 1:
-        await turn_log.supersede_earlier_attempts()
+        await turn_log.withdraw_earlier_attempts(removed)
     if opening is None:
         # The thread was deleted (or never belonged to this identity): nothing to answer, nothing to retry.
         await turn_log.emit(ErrorEvent(code="custom", message="This conversation no longer exists.", allow_retry=False))
@@ -189,6 +214,20 @@ async def run_turn(
         deps=deps,
         control=control or TurnControl(),
     )
+
+
+def _may_run(request: TurnRequest, attempt: int, opened: RunOpening) -> bool:
+    """Whether this run may go on (its claim on the turn is "open"). False, to be acked, when the turn is over or a
+    later hop runs it; RunNotOpenedError when a newer attempt of this hop has it."""
+    if opened == "open":
+        return True
+    if opened == "stale":
+        raise RunNotOpenedError(f"turn {request.turn_id}: a newer attempt than {attempt} of hop {request.hops} runs it")
+    # Over: finished before a lost ack, or given up by the gateway while no worker took it. Later: this hop handed
+    # the turn on and died before its ack.
+    why = "already over" if opened == "over" else "already with a later hop"
+    log.info("turn %s is %s; attempt %d of hop %d does not run", request.turn_id, why, attempt, request.hops)
+    return False
 
 
 @dataclass(frozen=True)
@@ -292,8 +331,8 @@ async def _run_agent(
         return
     try:
         running.result()
-    except TurnLogWriteError:
-        raise  # not the agent's failure: the worker leaves the turn un-acked and it is redelivered
+    except (TurnLogWriteError, RunSupersededError):
+        raise  # not the agent's failure: the worker leaves the turn to be redelivered, or to its newer run
     except Exception as exc:
         if (signal := find_handoff(exc)) is not None:
             await _hand_off(request, signal.target, turn_log, deps)
@@ -307,9 +346,22 @@ async def _run_agent(
 
 
 async def dead_letter(request: TurnRequest, *, attempt: int, deps: TurnDeps, reason: str) -> None:
-    """A turn that failed every delivery: tell the user (retryable: the cause may have passed) and end it."""
+    """A turn that failed every delivery: tell the user (retryable: the cause may have passed) and end it. What
+    the failed attempts saved is removed first, as a new attempt would."""
     context = _context(request, deps)
+    opened = await open_run(
+        deps.redis, deps.namespace, request.turn_id, hop=request.hops, attempt=attempt, ttl_s=deps.stream_ttl_s
+    )
+    if not _may_run(request, attempt, opened):
+        return
+    try:
+        removed = await deps.store.supersede_run(
+            request.thread_id, WorkerRun(request.turn_id, request.hops, attempt), context
+        )
+    except NotFoundError:
+        removed = []
     turn_log = _turn_log(request, attempt, context, deps)
+    await turn_log.withdraw_earlier_attempts(removed)
     message = "Sorry, this message could not be answered after several attempts. Please try again."
     await turn_log.emit(ErrorEvent(code="custom", message=message, allow_retry=True))
     await turn_log.end("failed", error=reason)

@@ -28,7 +28,7 @@ from kitrelay.agents.providers import model_for, model_provider
 from kitrelay.agents.registry import build_agent
 from kitrelay.services.knowledge import KnowledgeService
 from kitrelay.services.tasks import TaskService
-from kitrelay.services.turn_runner import TurnControl, TurnDeps, dead_letter, run_turn
+from kitrelay.services.turn_runner import RunNotOpenedError, TurnControl, TurnDeps, dead_letter, run_turn
 from kitrelay.services.turn_store import TurnStore
 from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.agents_tracing import install_agents_tracing
@@ -46,12 +46,19 @@ from kitrelay.shared.names import (
     turns_subject,
 )
 from kitrelay.shared.settings import AgentKind, Settings
+from kitrelay.shared.store.chatkit_store import RunSupersededError
 from kitrelay.shared.store.engine import make_engine, make_sessionmaker
 from kitrelay.shared.telemetry import parent_context, setup_telemetry, tracer
 
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_S = 1.0
+# How long a turn whose attempt could not be written waits before the next: 1, 2, 4, 8 s, then 8 s each.
+REDELIVERY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
+
+
+def redelivery_delay_s(attempt: int) -> float:
+    return REDELIVERY_DELAYS_S[min(attempt, len(REDELIVERY_DELAYS_S)) - 1]
 
 
 class Worker:
@@ -84,18 +91,23 @@ class Worker:
         """Pull and run turns until `stop()` is called, then drain."""
         namespace = self._settings.NAMESPACE
         await ensure_turns_stream(self._js, namespace)
+        durable = turns_consumer(namespace, self.kind)
+        config = ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            filter_subject=turns_subject(namespace, self.kind),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._settings.TURN_ACK_WAIT_S,
+            # One delivery more than the attempts allowed: the extra one dead-letters the turn, so even a turn
+            # whose last attempt died with its worker ends with a message to the user.
+            max_deliver=self._settings.TURN_MAX_DELIVER + 1,
+            max_ack_pending=self._settings.TURN_MAX_ACK_PENDING,
+        )
+        # Created, or brought up to this version's settings: pull_subscribe leaves an existing consumer as it is,
+        # and a consumer made by an earlier release would keep its minute-long ack wait.
+        await self._js.add_consumer(turns_stream(namespace), config=config)
         sub = await self._js.pull_subscribe(
-            turns_subject(namespace, self.kind),
-            durable=turns_consumer(namespace, self.kind),
-            stream=turns_stream(namespace),
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self._settings.TURN_ACK_WAIT_S,
-                # One delivery more than the attempts allowed: the extra one dead-letters the turn, so even a turn
-                # whose last attempt died with its worker ends with a message to the user.
-                max_deliver=self._settings.TURN_MAX_DELIVER + 1,
-                max_ack_pending=self._settings.TURN_MAX_ACK_PENDING,
-            ),
+            turns_subject(namespace, self.kind), durable=durable, stream=turns_stream(namespace), config=config
         )
         stops = await self._nc.subscribe(cancel_subject(namespace, "*"), cb=self._on_stop_request)
         watchdog = (
@@ -198,11 +210,22 @@ class Worker:
             span.set_status(Status(StatusCode.ERROR, "given back on shutdown"))
             await asyncio.shield(msg.nak())
             raise
+        except (RunNotOpenedError, RunSupersededError) as exc:
+            # A newer attempt of this turn holds the message: an ack or a nak from here would be taken as its own.
+            span.set_status(Status(StatusCode.ERROR, "superseded"))
+            log.warning("turn %s attempt %d stops: %s", request.turn_id, attempt, exc)
+            return
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, "not written; redelivered"))
-            log.exception("turn %s attempt %d could not be written; it will be redelivered", request.turn_id, attempt)
-            await msg.nak(delay=1.0)
+            delay = redelivery_delay_s(attempt)
+            log.exception(
+                "turn %s attempt %d could not be written; redelivered in %.0fs", request.turn_id, attempt, delay
+            )
+            # An outage (Redis or the database restarting) outlives a fixed short delay: the attempts spread over
+            # about REDELIVERY_DELAYS_S's sum, then the turn is dead-lettered with a message to the user.
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=delay)
             return
         finally:
             heartbeat.cancel()
@@ -250,8 +273,9 @@ class Worker:
                     control.stop(f"no client followed the turn for {grace:.0f}s")
 
     async def _heartbeat(self, msg: Msg) -> None:
-        """Tell JetStream the turn is still being worked on, so a long turn is not redelivered while alive."""
-        interval = max(1.0, self._settings.TURN_ACK_WAIT_S / 3)
+        """Tell JetStream the turn is still being worked on, so a long turn is not redelivered while alive: three
+        times per ack wait, so that one lost beat (a busy moment) is not yet a redelivery."""
+        interval = max(0.5, self._settings.TURN_ACK_WAIT_S / 3)
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(Exception):

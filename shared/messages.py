@@ -188,6 +188,9 @@ def _event_head(event: ThreadStreamEvent) -> dict[str, str]:
     if item is not None and event.type in ("thread.item.added", "thread.item.done"):
         head["item_id"] = item.id
         head["item_type"] = item.type
+    elif event.type == "thread.item.removed":
+        # So that a relay that withdrew the item itself (a superseded run's) does not pass the removal on twice.
+        head["item_id"] = getattr(event, "item_id", "")
     return head
 
 

@@ -25,6 +25,11 @@ def turn_stream_key(namespace: str, turn_id: str) -> str:
     return f"{namespace}:turn:{{{turn_id}}}:events"
 
 
+def turn_run_key(namespace: str, turn_id: str) -> str:
+    """Which worker run ("<hop>|<attempt>") writes a turn now, or "closed" once the gateway gave the turn up."""
+    return f"{namespace}:turn:{{{turn_id}}}:run"
+
+
 # Widget actions are named "<owner>.<verb>" (e.g. "task.toggle"); the owner is the agent kind that carries them out.
 _ACTION_OWNERS: dict[str, AgentKind] = {"task": "task"}
 

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # How long the relay waits between two events of a running turn before giving up on it.
     TURN_IDLE_TIMEOUT_S: float = Field(default=120.0, gt=0)
     RELAY_BLOCK_MS: int = Field(default=5000, gt=0)
+    # A turn quiet this long (a worker died and its turn waits for redelivery, or a tool is slow) shows its client
+    # a "still working" line, once per silence; 0: never.
+    TURN_QUIET_NOTICE_S: float = Field(default=3.0, ge=0)
     SSE_PING_S: float = Field(default=15.0, gt=0)
 
     # The URL clients reach the gateway at (upload URLs handed to ChatKit clients are built on it).
@@ -105,7 +108,9 @@ class Settings(BaseSettings):
 
     # Workers.
     WORKER_CONCURRENCY: int = Field(default=32, ge=1)
-    TURN_ACK_WAIT_S: float = Field(default=60.0, gt=0)
+    # A worker that dies mid-turn is noticed when its heartbeats (three per ack wait) stop: its turn is delivered
+    # again, to another worker, this long after its last heartbeat.
+    TURN_ACK_WAIT_S: float = Field(default=6.0, ge=1.5)
     TURN_MAX_DELIVER: int = Field(default=5, ge=1)
     WORKER_DRAIN_TIMEOUT_S: float = Field(default=25.0, ge=0)
     HISTORY_ITEMS: int = Field(default=50, ge=1)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import cast
+from typing import Literal, cast
 
 import redis.asyncio as aioredis
 from nats.js import JetStreamContext
@@ -11,16 +12,19 @@ from nats.js.api import PubAck
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import SpanKind
 
-from kitrelay.shared.messages import TurnEntry, TurnRequest, decode_entry, encode_entry
-from kitrelay.shared.names import thread_active_key, turn_stream_key, turns_subject
+from kitrelay.shared.messages import TurnEnd, TurnEntry, TurnRequest, decode_entry, encode_entry
+from kitrelay.shared.names import thread_active_key, turn_run_key, turn_stream_key, turns_subject
 from kitrelay.shared.telemetry import current_trace_context, trace_headers, tracer
 
 # Bounds a runaway turn's stream; a normal turn writes a few hundred entries.
 TURN_STREAM_MAXLEN = 50_000
 
 
-async def publish_turn(js: JetStreamContext, namespace: str, request: TurnRequest) -> PubAck:
-    """Hand a turn to the workers of `request.agent`. Returns once JetStream has stored it.
+async def publish_turn(
+    js: JetStreamContext, namespace: str, request: TurnRequest, *, ack_timeout_s: float | None = None
+) -> PubAck:
+    """Hand a turn to the workers of `request.agent`. Returns once JetStream has stored it (waiting at most
+    `ack_timeout_s` for its answer; the JetStream context's own timeout by default).
 
     The publish is a PRODUCER span under the current one; its context travels as W3C trace context in the
     message headers and in `request.trace`, so the worker's span of the turn is its child."""
@@ -44,6 +48,7 @@ async def publish_turn(js: JetStreamContext, namespace: str, request: TurnReques
             traced.model_dump_json().encode(),
             # The same turn published twice within the stream's duplicate window is stored once.
             headers={"Nats-Msg-Id": message_id, **trace_headers(traced.trace)},
+            timeout=ack_timeout_s,
         )
 
 
@@ -100,6 +105,92 @@ async def last_entry(redis: aioredis.Redis, namespace: str, turn_id: str) -> Tur
         return None
     _, fields = newest[0]
     return decode_entry(fields)
+
+
+RunOpening = Literal["open", "over", "stale", "later"]
+
+# A worker run's claim on its turn, checked and made in one step (a script): "over" when the turn has ended (its
+# newest entry is an end, or the gateway gave it up), "later" when a later hop already runs it (this run's handoff
+# happened; its message only lost its ack), "stale" when a newer attempt of this hop runs it (this delivery is a
+# duplicate of one still in flight). Else the run key names this run and the run may write ("open").
+_OPEN_RUN = """
+local hop, attempt = tonumber(ARGV[1]), tonumber(ARGV[2])
+local run = redis.call('GET', KEYS[2])
+if run == 'closed' then return 'over' end
+if run then
+  local rh, ra = string.match(run, '^(%d+)|(%d+)$')
+  rh, ra = tonumber(rh), tonumber(ra)
+  if rh > hop then return 'later' end
+  if rh == hop and ra > attempt then return 'stale' end
+end
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1] then
+  local fields = newest[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'h' then
+      local eh, ea, kind = string.match(fields[i + 1], '^%d+|(%d+)|(%d+)|(%a+)')
+      if kind == 'end' then return 'over' end
+      if eh and tonumber(eh) > hop then return 'later' end
+      if eh and tonumber(eh) == hop and tonumber(ea) > attempt then return 'stale' end
+    end
+  end
+end
+redis.call('SET', KEYS[2], hop .. '|' .. attempt, 'EX', ARGV[3])
+return 'open'
+"""
+
+# The gateway ends a turn no worker has opened a run of hop ARGV[1] (or later) for: the end entry goes on the
+# stream, the run key says "closed" (so that a run opened later, from a publish JetStream still stores, finds the
+# turn over whatever became of the stream), and the thread is released. 0, and nothing written, when such a run is
+# open: the turn is running, and must not be declared failed.
+_GIVE_UP = """
+local run = redis.call('GET', KEYS[2])
+if run == 'closed' then return 1 end
+if run and ARGV[1] ~= 'any' then
+  local rh = tonumber(string.match(run, '^(%d+)|'))
+  if rh >= tonumber(ARGV[1]) then return 0 end
+end
+local fields = cjson.decode(ARGV[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], 'closed', 'EX', ARGV[4])
+if redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('DEL', KEYS[3]) end
+return 1
+"""
+
+
+async def open_run(
+    redis: aioredis.Redis, namespace: str, turn_id: str, *, hop: int, attempt: int, ttl_s: int
+) -> RunOpening:
+    """Claim the turn for the worker run (hop, attempt), unless it is over or another run has it (see _OPEN_RUN)."""
+    keys = (turn_stream_key(namespace, turn_id), turn_run_key(namespace, turn_id))
+    with suppress_instrumentation():
+        answer = await redis.eval(_OPEN_RUN, 2, *keys, hop, attempt, ttl_s)
+    return cast(RunOpening, answer.decode() if isinstance(answer, bytes) else answer)
+
+
+async def give_up_turn(
+    redis: aioredis.Redis,
+    namespace: str,
+    entry: TurnEntry,
+    *,
+    thread_id: str | None,
+    unless_running_hop: int | None,
+    ttl_s: int,
+    closed_ttl_s: int,
+) -> bool:
+    """End a turn from outside its workers with `entry` (a TurnEnd), unless a worker has opened a run of hop
+    `unless_running_hop` or later (None: whatever runs). True when the turn is over (now or already)."""
+    assert isinstance(entry.body, TurnEnd)
+    fields = [part for pair in encode_entry(entry).items() for part in (pair[0].decode(), pair[1])]
+    keys = (
+        turn_stream_key(namespace, entry.turn_id),
+        turn_run_key(namespace, entry.turn_id),
+        thread_active_key(namespace, thread_id or "-"),
+    )
+    hop = "any" if unless_running_hop is None else str(unless_running_hop)
+    args = (hop, json.dumps(fields), ttl_s, closed_ttl_s, TURN_STREAM_MAXLEN, entry.turn_id)
+    return bool(await redis.eval(_GIVE_UP, 3, *keys, *args))
 
 
 async def newest_entry_id(redis: aioredis.Redis, namespace: str, turn_id: str) -> str | None:
