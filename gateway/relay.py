@@ -65,6 +65,9 @@ class Timeouts:
     handoff_s: float  # after a handoff, until the next kind's first entry
     idle_s: float  # between two entries of a running worker
     block_ms: int  # the longest a follower waits before it checks its deadline (and a watch key's refresh period)
+    # A turn quiet this long is told to its client ("still working"), once per silence: a worker died and its turn
+    # waits for redelivery, or a tool or the model is slow. None: never.
+    quiet_notice_s: float | None = None
 
 
 def _id_key(entry_id: bytes | str) -> tuple[int, int]:
@@ -394,11 +397,14 @@ def _xread_entries(response: Any) -> XReadResponse:
 
 @dataclass
 class _Progress:
-    """Where a follower is in its turn: the newest run seen, what it waits for, and until when."""
+    """Where a follower is in its turn: the newest run seen, what it waits for, and until when; since when the
+    turn has been quiet, and whether its client was told."""
 
     newest_run: tuple[int, int]
     waiting_for: AgentKind | None
     deadline: float
+    quiet_since: float = 0.0
+    noticed: bool = False
 
     def take(self, raw: RawEntries, timeouts: Timeouts) -> list[tuple[str, EntryView]]:
         """The entries of `raw` to pass on, up to the terminal one; entries of runs older than the newest seen
@@ -415,6 +421,8 @@ class _Progress:
                 return batch
             last = entry
         if last is not None:
+            self.quiet_since = time.monotonic()
+            self.noticed = False
             # Each entry would set the deadline from what it is: only the last one's stands.
             if last.kind == "handoff":
                 self.waiting_for = last.handoff_to
@@ -441,7 +449,8 @@ class TurnReader:
         self._turn_id = turn_id
         self._timeouts = timeouts
         self._wait_s = timeouts.block_ms / 1000
-        self._progress = _Progress((0, 0), first_agent, time.monotonic() + timeouts.start_s)
+        now = time.monotonic()
+        self._progress = _Progress((0, 0), first_agent, now + timeouts.start_s, quiet_since=now)
         self._follower: _Follower | None = None
 
     async def open(self, redis: aioredis.Redis, after: str = "0-0") -> None:
@@ -482,9 +491,28 @@ class TurnReader:
         return self._progress.take(raw, self._timeouts)
 
     def ready(self) -> asyncio.Future[None]:
-        """Done once there may be something to `poll()`: a batch came, the hub ticked, or the deadline is near."""
+        """Done once there may be something to `poll()`: a batch came, the hub ticked, or the deadline (or the
+        quiet notice) is near."""
         follower = self._follower
         assert follower is not None, "ready() before open() or after close()"
         # The hub's tick wakes it at least that often; a timer only for a nearer limit.
-        limit_s = min(self._wait_s, self._progress.deadline - time.monotonic())
+        now = time.monotonic()
+        limit_s = min(self._wait_s, self._progress.deadline - now)
+        notice_s = self._timeouts.quiet_notice_s
+        if notice_s is not None and not self._progress.noticed:
+            limit_s = min(limit_s, self._progress.quiet_since + notice_s - now)
         return follower.arm(limit_s if limit_s < self._hub.tick_s else None)
+
+    def quiet_notice(self) -> bool:
+        """True, once per silence, when the turn has been quiet for `quiet_notice_s`: its client should be told."""
+        progress, notice_s = self._progress, self._timeouts.quiet_notice_s
+        if notice_s is None or progress.noticed or time.monotonic() - progress.quiet_since < notice_s:
+            return False
+        progress.noticed = True
+        return True
+
+    def keep_waiting(self) -> None:
+        """After a timeout that did not end the turn (a worker runs it, and only went quiet): wait on, as for a
+        running worker."""
+        self._progress.waiting_for = None
+        self._progress.deadline = time.monotonic() + self._timeouts.idle_s

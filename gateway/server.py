@@ -26,7 +26,14 @@ from opentelemetry.trace import Status, StatusCode
 
 from kitrelay.gateway.context import RequestContext
 from kitrelay.gateway.store import GatewayStore
-from kitrelay.gateway.turn_relay import BUSY_MESSAGE, FollowedTurn, TurnRejectedError, TurnRelay
+from kitrelay.gateway.turn_relay import (
+    BUSY_MESSAGE,
+    FollowedTurn,
+    HandOverDelayedError,
+    TurnNotStartedError,
+    TurnRejectedError,
+    TurnRelay,
+)
 from kitrelay.services.feedback import FeedbackService
 from kitrelay.shared.messages import TurnRequest, WidgetAction
 from kitrelay.shared.metrics import TIME_TO_FIRST_EVENT, TURNS_IN_FLIGHT
@@ -39,6 +46,7 @@ log = logging.getLogger(__name__)
 # The first event of every relayed turn names it, so a client can re-attach (GET /turns/{id}/events) or stop it.
 TURN_EFFECT = "kitrelay.turn"
 TITLE_MAX_CHARS = 60
+NOT_STARTED_MESSAGE = "Sorry, something went wrong on our side and this message was not answered. Please try again."
 
 
 class RelayChatKitServer(ChatKitServer[RequestContext]):
@@ -114,14 +122,36 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
                 span.set_status(Status(StatusCode.ERROR, "rejected: the thread is busy"))
                 yield ErrorEvent(code="custom", message=BUSY_MESSAGE, allow_retry=True)
                 return
-            with trace.use_span(span, end_on_exit=False):
-                await self.relay.start(turn, user_message=context.take_held())
+            except TurnNotStartedError as exc:
+                span.set_status(Status(StatusCode.ERROR, "not started: Redis is away"))
+                await self.relay.not_started(turn, context.take_held(), "Redis stayed away")
+                yield ErrorEvent(code="custom", message=str(exc), allow_retry=True)
+                return
+            held = context.take_held()
+            try:
+                with trace.use_span(span, end_on_exit=False):
+                    await self.relay.start(turn, user_message=held)
+            except HandOverDelayedError:
+                # NATS is away: tried again until it answers (the client is told), or the turn is given up.
+                try:
+                    async for waiting in self.relay.keep_handing_over(turn, user_message=held):
+                        yield waiting
+                except TurnNotStartedError as exc:
+                    span.set_status(Status(StatusCode.ERROR, "not started: NATS is away"))
+                    yield ErrorEvent(code="custom", message=str(exc), allow_retry=True)
+                    return
             TURNS_IN_FLIGHT.labels(turn.agent).inc()
             context.turn_id = turn.turn_id
             # The rest of the turn streams past the SDK (gateway/sse.py), which owns the span from here on.
             context.relayed = _RelayedTurn(self.relay, turn, span)
             handed_over = True
             yield ClientEffectEvent(name=TURN_EFFECT, data={"turn_id": turn.turn_id, "thread_id": turn.thread_id})
+        except Exception as exc:
+            # Before the turn was handed over (nothing of it runs): the client gets words, not a bare stream.error.
+            log.exception("turn %s could not be started", turn.turn_id)
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, "not started"))
+            yield ErrorEvent(code="custom", message=NOT_STARTED_MESSAGE, allow_retry=True)
         finally:
             context.relay_active = False
             if not handed_over:

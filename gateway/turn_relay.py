@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import nats.errors
+import nats.js.errors
 import redis.asyncio as aioredis
 import structlog
 from chatkit.types import (
@@ -22,22 +23,25 @@ from chatkit.types import (
     ThreadStreamEvent,
 )
 from nats.aio.client import Client as NATS
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kitrelay.gateway.context import HeldMessage, SentClaim
 from kitrelay.gateway.errors import ApiError
 from kitrelay.gateway.relay import StreamHubs, Timeouts, TurnReader, TurnTimeoutError, entry_before, split_event_id
 from kitrelay.gateway.watch_keys import WatchKeys
-from kitrelay.services.turns import TurnRecords, start_statement
+from kitrelay.services.turns import TurnRecords, end_statement, start_statement
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import EntryView, TurnEnd, TurnEntry, TurnRequest, TurnStatus, event_json
 from kitrelay.shared.metrics import EVENTS_RELAYED, SSE_STREAMS_OPEN, TURNS_STARTED
 from kitrelay.shared.names import cancel_subject, turn_stream_key, turn_watch_key
 from kitrelay.shared.settings import AgentKind, Settings
+from kitrelay.shared.store.chatkit_store import Statement
 from kitrelay.shared.telemetry import current_trace_context, trace_id_of
 from kitrelay.shared.turn_bus import (
     active_turn,
-    append_entry,
     claim_thread,
+    give_up_turn,
     last_entry,
     newest_entry_id,
     publish_turn,
@@ -67,10 +71,38 @@ _RELEASING: set[asyncio.Task[None]] = set()
 
 
 BUSY_MESSAGE = "The previous reply in this conversation is still being written. Wait for it, or stop it first."
+QUIET_NOTICE = "Still working on it…"
+_QUIET_NOTICE_JSON = event_json(ProgressUpdateEvent(text=QUIET_NOTICE, icon="clock"))
+RECONNECTING_NOTICE = "Reconnecting to the assistant…"
+# One try at handing a turn to JetStream; while NATS is away each try waits this long, then the next is sent (the
+# same message id: JetStream stores the turn once, however many tries reach it).
+PUBLISH_TRY_S = 2.0
+# Between two tries at reaching NATS or Redis while they are away.
+RETRY_PAUSE_S = 0.25
+# What is not a refusal but an outage: the server is away, or restarting.
+NATS_AWAY = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+)
+REDIS_AWAY = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class TurnRejectedError(Exception):
     """DOUBLE_TEXT_POLICY=reject and the thread is still answering."""
+
+
+class HandOverDelayedError(Exception):
+    """The turn's first publish got no answer: NATS is away. `TurnRelay.keep_handing_over` goes on trying."""
+
+
+class TurnNotStartedError(Exception):
+    """The turn could not be started (NATS or Redis stayed away past the start timeout), and never will be: its
+    message says so, in words for the user."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +114,7 @@ class RelayConfig:
     double_text: Literal["enqueue", "reject", "interrupt"]
     watch_ttl_s: float
     cancel_confirm_s: float
+    closed_ttl_s: int = 3600
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RelayConfig:
@@ -93,11 +126,13 @@ class RelayConfig:
                 handoff_s=settings.HANDOFF_TIMEOUT_S,
                 idle_s=settings.TURN_IDLE_TIMEOUT_S,
                 block_ms=min(settings.RELAY_BLOCK_MS, int(settings.DETACHED_GRACE_S * 500)),
+                quiet_notice_s=settings.TURN_QUIET_NOTICE_S or None,
             ),
             stream_ttl_s=settings.TURN_STREAM_TTL_S,
             double_text=settings.DOUBLE_TEXT_POLICY,
             watch_ttl_s=settings.DETACHED_GRACE_S,
             cancel_confirm_s=settings.CANCEL_CONFIRM_TIMEOUT_S,
+            closed_ttl_s=settings.TURN_STREAM_TTL_S,
         )
 
 
@@ -138,17 +173,37 @@ class TurnRelay:
 
     async def admit(self, turn: TurnRequest, *, ahead: SentClaim | None = None) -> AsyncIterator[ThreadStreamEvent]:
         """Claim the thread for `turn`, applying the double-texting policy while another turn holds it. Yields
-        what the client should see meanwhile; raises TurnRejectedError under the reject policy."""
+        what the client should see meanwhile; raises TurnRejectedError under the reject policy. A Redis that is
+        away (restarting) is waited for, up to the start timeout, then TurnNotStartedError."""
         ns = self.config.namespace
-        announced = False
+        announced = reconnecting = False
+        deadline = time.monotonic() + self.config.timeouts.start_s
         first = ahead.take(turn.thread_id, turn.turn_id) if ahead is not None else None
-        while not (
-            await first
-            if first is not None
-            else await claim_thread(self._redis, ns, turn.thread_id, turn.turn_id, ttl_s=THREAD_CLAIM_TTL_S)
-        ):
-            first = None
-            running = await active_turn(self._redis, ns, turn.thread_id)
+        while True:
+            try:
+                claimed = (
+                    await first
+                    if first is not None
+                    else await claim_thread(self._redis, ns, turn.thread_id, turn.turn_id, ttl_s=THREAD_CLAIM_TTL_S)
+                )
+                if claimed:
+                    return
+                first = None
+                running = await active_turn(self._redis, ns, turn.thread_id)
+            except REDIS_AWAY as exc:
+                first = None
+                if time.monotonic() > deadline:
+                    log.warning("turn %s not started: Redis stayed away (%s)", turn.turn_id, exc)
+                    raise TurnNotStartedError(
+                        "The assistant could not be reached, so this message was saved but not answered. "
+                        "Please try again in a moment."
+                    ) from exc
+                if not reconnecting:
+                    log.warning("turn %s waits for Redis: %s", turn.turn_id, exc)
+                    yield ProgressUpdateEvent(text=RECONNECTING_NOTICE, icon="clock")
+                    reconnecting = True
+                await asyncio.sleep(RETRY_PAUSE_S)
+                continue
             if running is None:
                 continue  # it just ended: try again
             if self.config.double_text == "reject":
@@ -186,28 +241,91 @@ class TurnRelay:
         recorded with the turn, and every hop of the turn joins that trace."""
         turn.trace = current_trace_context(turn.trace)
         with structlog.contextvars.bound_contextvars(turn_id=turn.turn_id, thread_id=turn.thread_id):
-            record = start_statement(
-                turn.identity,
-                turn_id=turn.turn_id,
-                thread_id=turn.thread_id,
-                agent=turn.agent,
-                trace_id=trace_id_of(turn.trace.traceparent),
-            )
+            record = self._start_record(turn)
             try:
-                await publish_turn(self._js, self.config.namespace, turn)
+                await publish_turn(self._js, self.config.namespace, turn, ack_timeout_s=PUBLISH_TRY_S)
+            except NATS_AWAY as exc:
+                # Not refused: NATS is away, or slow. The publish may still be stored (nats-py keeps it for the
+                # reconnection), so the turn is neither failed nor recorded yet (`keep_handing_over`).
+                log.warning("turn %s: no answer from JetStream (%r); trying again", turn.turn_id, exc)
+                raise HandOverDelayedError(turn.turn_id) from exc
             except BaseException:
                 # Never handed over, so not recorded: the user's message is still saved.
                 if user_message is not None:
                     await asyncio.shield(user_message.save(()))
                 raise
-            save = (
-                functools.partial(user_message.save, [record])
-                if user_message is not None
-                else functools.partial(self.turns.record, record)
-            )
-            self._recording[turn.turn_id] = _TurnRecording(turn.turn_id, turn.thread_id, save, self._recording)
-            TURNS_STARTED.labels(turn.agent).inc()
-            log.info("turn %s published for thread %s to %s", turn.turn_id, turn.thread_id, turn.agent)
+            self._handed_over(turn, user_message, record)
+
+    def _handed_over(self, turn: TurnRequest, user_message: HeldMessage | None, record: Statement) -> None:
+        save = (
+            functools.partial(user_message.save, [record])
+            if user_message is not None
+            else functools.partial(self.turns.record, record)
+        )
+        self._recording[turn.turn_id] = _TurnRecording(turn.turn_id, turn.thread_id, save, self._recording)
+        TURNS_STARTED.labels(turn.agent).inc()
+        log.info("turn %s published for thread %s to %s", turn.turn_id, turn.thread_id, turn.agent)
+
+    async def keep_handing_over(
+        self, turn: TurnRequest, *, user_message: HeldMessage | None = None
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        """After HandOverDelayedError: publish the turn again (JetStream stores it once, by its message id) until
+        NATS answers, telling the client meanwhile. Past the start timeout the turn is given up for good: ended on
+        its stream before any worker runs it, so a publish still stored later is never answered, and the client
+        gets TurnNotStartedError. If a worker runs it by then (a publish got through unanswered), it goes on."""
+        yield ProgressUpdateEvent(text=RECONNECTING_NOTICE, icon="clock")
+        deadline = time.monotonic() + self.config.timeouts.start_s
+        record = self._start_record(turn)
+        with structlog.contextvars.bound_contextvars(turn_id=turn.turn_id, thread_id=turn.thread_id):
+            while True:
+                await asyncio.sleep(RETRY_PAUSE_S)
+                try:
+                    await publish_turn(self._js, self.config.namespace, turn, ack_timeout_s=PUBLISH_TRY_S)
+                    break
+                except NATS_AWAY as exc:
+                    if time.monotonic() < deadline:
+                        continue
+                    reason = f"could not be handed to a {turn.agent} worker: {exc!r}"
+                    if not await self._give_up(turn.turn_id, turn.thread_id, (0, 0), "failed", reason, hop=0):
+                        log.info("turn %s: a worker took it after all", turn.turn_id)
+                        break
+                    log.warning("turn %s %s", turn.turn_id, reason)
+                    await self._record_failed(turn, user_message, reason)
+                    raise TurnNotStartedError(
+                        "The assistant could not be reached, so this message was saved but not answered. "
+                        "Please try again in a moment."
+                    ) from exc
+            self._handed_over(turn, user_message, record)
+
+    async def not_started(self, turn: TurnRequest, user_message: HeldMessage | None, reason: str) -> None:
+        """Record a turn that never reached the workers as failed (with the user's message, still held)."""
+        await self._record_failed(turn, user_message, reason)
+
+    async def _record_failed(self, turn: TurnRequest, user_message: HeldMessage | None, reason: str) -> None:
+        ended = end_statement(
+            turn.identity,
+            turn_id=turn.turn_id,
+            thread_id=turn.thread_id,
+            agent=turn.agent,
+            trace_id=trace_id_of(turn.trace.traceparent),
+            status="failed",
+        )
+        try:
+            if user_message is not None:
+                await asyncio.shield(user_message.save([ended]))
+            else:
+                await self.turns.record(ended)
+        except Exception:
+            log.exception("could not record turn %s as failed (%s)", turn.turn_id, reason)
+
+    def _start_record(self, turn: TurnRequest) -> Statement:
+        return start_statement(
+            turn.identity,
+            turn_id=turn.turn_id,
+            thread_id=turn.thread_id,
+            agent=turn.agent,
+            trace_id=trace_id_of(turn.trace.traceparent),
+        )
 
     def record_now(self, turn_id: str) -> None:
         """Write the turn's record now, if it waits: its first event reached the client, or the client left."""
@@ -232,10 +350,14 @@ class TurnRelay:
         (`aclose`) however its reading ends."""
         return FollowedTurn(self, turn_id, thread_id, first_agent=first_agent, after=after)
 
-    async def timed_out(self, turn_id: str, thread_id: str, exc: TurnTimeoutError) -> list[RelayedFrame]:
-        """End a turn nobody picked up (or that went quiet) here; the client is shown a retryable error."""
+    async def timed_out(self, turn_id: str, thread_id: str, exc: TurnTimeoutError) -> list[RelayedFrame] | None:
+        """End a turn nobody picked up (or that went quiet) here; the client is shown a retryable error. None when
+        a worker has taken it up meanwhile (its first entry is on its way): the turn is not over, follow on."""
+        hop = None if exc.waiting_for is None else (0 if exc.last_run == (0, 0) else exc.last_run[0] + 1)
+        if not await self._give_up(turn_id, thread_id, exc.last_run, "failed", str(exc), hop=hop):
+            log.info("turn %s: a worker took it as it was given up; following on", turn_id)
+            return None
         log.warning("%s", exc)
-        await self._end_here(turn_id, thread_id, exc.last_run, "failed", str(exc))
         message = (
             f"No {exc.waiting_for} worker picked up this message in time. Please try again in a moment."
             if exc.waiting_for
@@ -296,14 +418,39 @@ class TurnRelay:
     async def _end_here(
         self, turn_id: str, thread_id: str | None, last_run: tuple[int, int], status: TurnStatus, reason: str
     ) -> None:
-        """End the turn on its stream at a run newer than any so far, so a worker that picks it up late sees it is
-        over instead of answering a client that has gone."""
-        hop, _ = last_run
-        entry = TurnEntry(turn_id=turn_id, hop=hop + 1, attempt=1, seq=0, body=TurnEnd(status=status, error=reason))
-        await append_entry(self._redis, self.config.namespace, entry, ttl_s=self.config.stream_ttl_s)
-        await self.turns.finish(turn_id, status)
-        if thread_id is not None:
-            await release_thread(self._redis, self.config.namespace, thread_id, turn_id)
+        """End the turn on its stream whatever runs it, at a run newer than any so far, so a worker that picks it
+        up late sees it is over instead of answering a client that has gone."""
+        await self._give_up(turn_id, thread_id, last_run, status, reason, hop=None)
+
+    async def _give_up(
+        self,
+        turn_id: str,
+        thread_id: str | None,
+        last_run: tuple[int, int],
+        status: TurnStatus,
+        reason: str,
+        *,
+        hop: int | None,
+    ) -> bool:
+        """End the turn here unless a worker has opened a run of `hop` or later (None: whatever runs); True when
+        it is over (its record ended too). Atomic with the workers' claims (shared/turn_bus.give_up_turn): a turn
+        declared failed never runs, and a turn that runs is never declared failed."""
+        entry = TurnEntry(
+            turn_id=turn_id, hop=last_run[0] + 1, attempt=1, seq=0, body=TurnEnd(status=status, error=reason)
+        )
+        ended = await give_up_turn(
+            self._redis,
+            self.config.namespace,
+            entry,
+            thread_id=thread_id,
+            unless_running_hop=hop,
+            ttl_s=self.config.stream_ttl_s,
+            closed_ttl_s=self.config.closed_ttl_s,
+        )
+        if ended:
+            await self.recorded(turn_id)  # its end must come after its record's start
+            await self.turns.finish(turn_id, status)
+        return ended
 
 
 class FollowedTurn:
@@ -380,31 +527,41 @@ class FollowedTurn:
             if self._done:
                 raise StopAsyncIteration
             reader = await self._open()
-        try:
-            while True:
-                if isinstance(self._left, Exception):
-                    failure, self._left = self._left, None
-                    raise failure
-                if self._left is not None:
-                    frames, ended = self._left
-                    self._left = None
-                elif (batch := reader.poll()) is None:
-                    await reader.ready()
+        while True:
+            try:
+                return await self._next_frames(reader)
+            except TurnTimeoutError as exc:
+                frames = await self._relay.timed_out(self._turn_id, self._thread_id, exc)
+                if frames is None:
+                    reader.keep_waiting()
                     continue
-                elif not batch:
-                    continue
-                else:
-                    frames, ended = self._client.frames(batch), batch[-1][1].is_terminal
-                if ended:
-                    self._close()
-                if frames:
-                    self._count(frames)
-                    return frames
-                if self._done:
-                    raise StopAsyncIteration
-        except TurnTimeoutError as exc:
-            self._close()
-            return await self._relay.timed_out(self._turn_id, self._thread_id, exc)
+                self._close()
+                return frames
+
+    async def _next_frames(self, reader: TurnReader) -> list[RelayedFrame]:
+        while True:
+            if isinstance(self._left, Exception):
+                failure, self._left = self._left, None
+                raise failure
+            if self._left is not None:
+                frames, ended = self._left
+                self._left = None
+            elif (batch := reader.poll()) is None:
+                if reader.quiet_notice():
+                    return [(None, _QUIET_NOTICE_JSON)]
+                await reader.ready()
+                continue
+            elif not batch:
+                continue
+            else:
+                frames, ended = self._client.frames(batch), batch[-1][1].is_terminal
+            if ended:
+                self._close()
+            if frames:
+                self._count(frames)
+                return frames
+            if self._done:
+                raise StopAsyncIteration
 
     def _count(self, frames: list[RelayedFrame]) -> None:
         self._relayed += len(frames)
@@ -532,11 +689,13 @@ class _TurnRecording:
 class _ClientView:
     """What one client is shown of a turn's entries: each event as the worker wrote it, minus hidden context items,
     plus the withdrawal of items an earlier attempt showed once a newer attempt of the same hop takes over (its
-    worker died), whatever is left of the dead attempt's entries in Redis."""
+    worker died), whatever is left of the dead attempt's entries in Redis. The newer attempt writes the same
+    withdrawals (for clients that re-attach after the dead attempt's entries): each reaches a client once."""
 
     def __init__(self, turn_id: str, *, resume_at: str, skip: int) -> None:
         self._turn_id = turn_id
         self._shown: dict[tuple[int, int], list[str]] = {}  # item ids shown, by the run that wrote them
+        self._withdrawn: set[str] = set()  # item ids this view withdrew itself
         self._run = (-1, -1)
         self._resume_at = resume_at  # the entry a resume inside a pack starts in, and how many of its events to skip
         self._skip = skip
@@ -546,7 +705,9 @@ class _ClientView:
         for entry_id, entry in batch:
             if entry.run != self._run:
                 self._run = entry.run
-                frames.extend((None, event_json(removed)) for removed in _superseded(self._shown, entry.run))
+                for removed in _superseded(self._shown, entry.run):
+                    self._withdrawn.add(removed.item_id)
+                    frames.append((None, event_json(removed)))
             if entry.kind == "pack":
                 frames.extend(_pack_frames(entry_id, entry, skip=self._skip if entry_id == self._resume_at else 0))
             elif entry.event is not None:
@@ -555,6 +716,8 @@ class _ClientView:
                     self._shown.setdefault(entry.run, []).append(entry.item_id)
                     if kind == "thread.item.done" and entry.item_type in _HIDDEN_ITEMS:
                         continue  # context for the model, never shown (as the ChatKit SDK does)
+                elif kind == "thread.item.removed" and entry.item_id in self._withdrawn:
+                    continue  # withdrawn already, above
                 frames.append((entry_id, entry.event))
             elif entry.kind == "end" and entry.status != "completed":
                 log.info("turn %s ended %s: %s", self._turn_id, entry.status, entry.error)
