@@ -7,6 +7,7 @@ workers, so a handoff's callback stops the run right there (before the next agen
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -59,3 +60,20 @@ class StopsAtHandoff:
             if (signal := find_handoff(exc)) is None:
                 raise
             self.handoff = signal
+        # Not on GeneratorExit: the task closing a generator is someone else's, whose failures must be heard.
+        _end_is_retrieved()
+
+
+def _end_is_retrieved() -> None:
+    """ChatKit's `stream_agent_response` reads these events through a task per step. When its reader is cancelled
+    (a Stop, a drain past its deadline), the step in flight is left behind, and the StopAsyncIteration that ends it
+    once the run is cancelled was logged as an error ("Task exception was never retrieved"). The ending step's
+    outcome is taken here, by its own task, so an expected end is never reported as a failure."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
