@@ -347,3 +347,30 @@ async def test_a_turn_given_up_while_nats_stays_down_never_runs(
         assert thread_turns(database, thread_of(events)) == ["failed"]
     finally:
         system.stop("gateway-impatient")
+
+
+async def test_a_message_sent_while_redis_is_down_is_answered_once_it_is_back(
+    servers: Servers, client: ChatKitClient, database: Path
+) -> None:
+    """A new turn during a Redis outage used to fail after 0.9 s (a bare `stream.error`), its saved message left
+    without a reply. The gateway waits for Redis within the start timeout, telling the client, then goes on."""
+    tag = f"ro{secrets.token_hex(3)}"
+    servers.kill_redis()
+    try:
+        stream = client.create_thread(f"add task {tag}")
+        events: list[StreamEvent] = []
+        async with asyncio.timeout(10):
+            async for event in stream:
+                events.append(event)
+                if RECONNECTING_NOTICE in progress_texts([event]):
+                    break
+    finally:
+        await asyncio.sleep(2)
+        servers.redis = servers.start_redis()
+    async with asyncio.timeout(60):
+        events += await collect(stream)
+    assert [e.data for e in events if e.type == "error"] == []
+    texts = [text for kind, text in shown(events, tag) if kind == "assistant_message"]
+    assert texts == ['Added task #N "<tag>".'], texts
+    assert task_rows(database, tag) == 1
+    assert thread_turns(database, thread_of(events)) == ["completed"]
