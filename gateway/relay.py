@@ -174,6 +174,7 @@ class StreamHub:
         self._reading: int | None = None  # the generation an XREAD in flight was asked for
         self._between_reads = False  # a reply was just handed out; the next read is not asked for yet
         self._client_id: int | None = None
+        self._failures = 0  # reads failed in a row
         self._waking: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -280,13 +281,20 @@ class StreamHub:
                 if current is not None and current.cancelling():
                     # redis-py reports a cancelled read as a timeout: this is the hub stopping, not Redis failing.
                     raise asyncio.CancelledError from exc
-                # Redis went away: followers wait within their own deadlines; read again once it is back.
-                log.warning("reading turn streams: %s; retrying", exc)
                 self._client_id = None
+                self._failures += 1
+                if self._failures == 1:
+                    # Most often a connection a Redis restart left dead, found on its first use since: reconnect
+                    # at once, or this hub's next turn waits for nothing.
+                    log.info("reading turn streams: %s; reconnecting", exc)
+                    continue
+                # Redis is away: followers wait within their own deadlines; read again once it is back.
+                log.warning("reading turn streams: %s; retrying", exc)
                 await asyncio.sleep(REDIS_RETRY_S)
                 continue
             finally:
                 self._reading = None
+            self._failures = 0
             if not response:
                 continue
             # The followers given a batch take it during the hand-out (a listener) or in the loop's next turn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -13,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 from chatkit.types import ProgressUpdateEvent
 
-from kitrelay.gateway.relay import HUB_BATCH, StreamHub, Timeouts, TurnReader, TurnTimeoutError
+from kitrelay.gateway.relay import HUB_BATCH, REDIS_RETRY_S, StreamHub, Timeouts, TurnReader, TurnTimeoutError
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, EntryView, HandoffEntry, TurnEnd, TurnEntry
 from kitrelay.shared.names import turn_stream_key
@@ -226,3 +227,26 @@ async def test_a_follower_that_does_not_keep_up_leaves_the_backlog_in_redis(
         assert seen == 1501
     finally:
         hub.remove_follower(follower)
+
+
+async def test_a_hub_whose_connection_redis_dropped_reconnects_at_once_and_quietly(
+    hub: StreamHub, redis: aioredis.Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a Redis restart every idle hub's connection is dead, found on its next read: that read is sent again
+    on a new connection at once, with no warning (one per hub used to be logged, minutes after the restart, and
+    its turn waited half a second)."""
+    ns = f"{namespace}hub"
+    warm = new_id("turn")
+    await append_entry(redis, ns, _end(warm, 0), ttl_s=60)
+    assert len(await _texts(hub, redis, ns, warm)) == 1
+    client_id = hub._client_id
+    assert client_id is not None
+    await redis.execute_command("CLIENT", "KILL", "ID", client_id)
+    turn_id = new_id("turn")
+    await append_entry(redis, ns, _end(turn_id, 0), ttl_s=60)
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="kitrelay.gateway.relay"):
+        assert len(await _texts(hub, redis, ns, turn_id)) == 1
+    assert time.monotonic() - started < REDIS_RETRY_S
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert hub._client_id not in (None, client_id)
