@@ -250,16 +250,20 @@ def describe_model_failure(exc: BaseException) -> ModelFailure | None:
     return None
 
 
+GENERIC_FAILURE_MESSAGE = "Sorry, something went wrong while answering. Please try again."
+
+
 def error_event_for(exc: BaseException) -> ErrorEvent:
     """The ChatKit error event that ends a failed agent run: a clear message for provider failures, else the
     generic retryable stream error."""
     failure = describe_model_failure(exc)
     if failure is None:
-        return ErrorEvent(code="stream.error", allow_retry=True)
+        return ErrorEvent(code="stream.error", message=GENERIC_FAILURE_MESSAGE, allow_retry=True)
     return ErrorEvent(code="custom", message=failure.message, allow_retry=failure.retryable)
 
 
 __all__ = [
+    "GENERIC_FAILURE_MESSAGE",
     "DeadlineTransport",
     "Endpoint",
     "ModelFailure",

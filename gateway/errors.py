@@ -4,6 +4,7 @@ Bodies are always JSON: {"error": <stable code>, "message": <human text>} (+ "de
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -15,6 +16,12 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
+
+# What a ChatKit error event without words says to the user (the SDK's own `stream.error`, sent when a request's
+# stream fails inside it, carries none).
+STREAM_ERROR_MESSAGE = "Sorry, something went wrong while answering. Please try again."
+STREAM_ERROR_MESSAGE_NO_RETRY = "Sorry, this could not be done."
+_ERROR_FRAME = b'data: {"type":"error"'
 
 
 class ApiError(Exception):
@@ -124,3 +131,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (429, "Rate limit or in-flight turn cap reached; see Retry-After"),
     )
 }
+
+
+def error_frame_with_message(frame: bytes) -> bytes:
+    """An SSE frame of the ChatKit SDK, with words added to an error event that has none; other frames as they
+    are (a prefix test: this runs for every frame the SDK writes)."""
+    if not frame.startswith(_ERROR_FRAME) or b'"message"' in frame:
+        return frame
+    event = json.loads(frame.removeprefix(b"data: "))
+    event["message"] = STREAM_ERROR_MESSAGE if event.get("allow_retry") else STREAM_ERROR_MESSAGE_NO_RETRY
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"

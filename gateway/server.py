@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from chatkit.actions import Action
+from chatkit.errors import ErrorCode
 from chatkit.server import ChatKitServer
 from chatkit.store import AttachmentStore
 from chatkit.types import (
@@ -151,7 +152,8 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
             log.exception("turn %s could not be started", turn.turn_id)
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, "not started"))
-            yield ErrorEvent(code="custom", message=NOT_STARTED_MESSAGE, allow_retry=True)
+            # Still a `stream.error`: it is the gateway's failure, and the fuzz tests watch for those.
+            yield ErrorEvent(code=ErrorCode.STREAM_ERROR, message=NOT_STARTED_MESSAGE, allow_retry=True)
         finally:
             context.relay_active = False
             if not handed_over:

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from kitrelay.gateway.context import RelayedFrames, RequestContext
+from kitrelay.gateway.errors import error_frame_with_message
 from kitrelay.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ async def _opening(result: StreamingResult, context: RequestContext) -> AsyncGen
     async def run() -> None:
         try:
             async for frame in result:
-                frames.put_nowait(frame)
+                frames.put_nowait(error_frame_with_message(frame))
         finally:
             # A user's message no turn took (refused, or the SDK failed before the turn started) is still saved,
             # and a claim no turn took is given back: every stream that can hold one runs here.

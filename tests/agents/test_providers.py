@@ -25,6 +25,7 @@ from agents.exceptions import UserError
 
 from kitrelay.agents.offline_model import OfflineModelProvider
 from kitrelay.agents.providers import (
+    GENERIC_FAILURE_MESSAGE,
     NO_KEY,
     DeadlineTransport,
     ModelFailure,
@@ -339,4 +340,4 @@ def test_a_wrapped_provider_failure_is_found() -> None:
 def test_other_failures_keep_the_generic_retryable_error(exc: BaseException) -> None:
     assert describe_model_failure(exc) is None
     event = error_event_for(exc)
-    assert (event.code, event.message, event.allow_retry) == ("stream.error", None, True)
+    assert (event.code, event.message, event.allow_retry) == ("stream.error", GENERIC_FAILURE_MESSAGE, True)
