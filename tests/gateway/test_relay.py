@@ -241,7 +241,7 @@ async def test_a_hub_whose_connection_redis_dropped_reconnects_at_once_and_quiet
     assert len(await _texts(hub, redis, ns, warm)) == 1
     client_id = hub._client_id
     assert client_id is not None
-    await redis.execute_command("CLIENT", "KILL", "ID", client_id)
+    await redis.client_kill_filter(_id=str(client_id))
     turn_id = new_id("turn")
     await append_entry(redis, ns, _end(turn_id, 0), ttl_s=60)
     started = time.monotonic()
