@@ -164,8 +164,8 @@ async def open_run(
 ) -> RunOpening:
     """Claim the turn for the worker run (hop, attempt), unless it is over or another run has it (see _OPEN_RUN)."""
     keys = (turn_stream_key(namespace, turn_id), turn_run_key(namespace, turn_id))
-    with suppress_instrumentation():
-        answer = await redis.eval(_OPEN_RUN, 2, *keys, hop, attempt, ttl_s)
+    # Traced (one call per run): a turn's trace shows its worker's claim on it.
+    answer = await redis.eval(_OPEN_RUN, 2, *keys, hop, attempt, ttl_s)
     return cast(RunOpening, answer.decode() if isinstance(answer, bytes) else answer)
 
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from kitrelay.gateway.client import StreamEvent
+from kitrelay.gateway.turn_relay import QUIET_NOTICE
 
 
 def visible_items(events: Iterable[StreamEvent]) -> list[dict[str, Any]]:
@@ -48,3 +49,9 @@ async def until_text(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
         if event.type == "thread.item.updated" and event.data["update"]["type"].endswith("text_delta"):
             return seen
     raise AssertionError("the stream ended before any text")
+
+
+def progress_lines(events: Iterable[StreamEvent]) -> list[str]:
+    """The progress lines the turn itself showed, without the relay's "still working" notice: a loaded machine
+    can be quiet for its few seconds anywhere."""
+    return [e.data["text"] for e in events if e.type == "progress_update" and e.data.get("text") != QUIET_NOTICE]

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from kitrelay.gateway.client import ChatKitClient, StreamEvent
-from tests.e2e.chat_view import collect
+from tests.e2e.chat_view import collect, progress_lines
 from tests.system import RunningSystem, running_system
 
 ONBOARDING = b"""# Onboarding guide
@@ -62,7 +62,7 @@ def items(events: list[StreamEvent], item_type: str) -> list[dict]:
 
 
 def progress(events: list[StreamEvent]) -> list[str]:
-    return [e.data["text"] for e in events if e.type == "progress_update"]
+    return progress_lines(events)
 
 
 def started_turns(system: RunningSystem, worker: str) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from kitrelay.agents.offline_policy import GREETING_TEXT
 from kitrelay.gateway.client import ChatKitClient, StreamEvent
 from kitrelay.services.turn_log import STOPPED_MARK
-from tests.e2e.chat_view import assistant_texts, collect, until_text
+from tests.e2e.chat_view import assistant_texts, collect, progress_lines, until_text
 from tests.system import RunningSystem, running_system
 
 # Slow enough that a reply takes ~1.5 s, so there is time to break things in the middle of it.
@@ -166,7 +166,7 @@ async def test_two_messages_at_once_are_answered_in_turn(http: httpx.AsyncClient
     )
 
     assert assistant_texts(one) == [GREETING_TEXT] and assistant_texts(two) == [GREETING_TEXT]
-    waited = [s for s in (one, two) if any(e.type == "progress_update" for e in s)]
+    waited = [s for s in (one, two) if progress_lines(s)]
     assert len(waited) == 1, "one of them waited for the other"
     items = await saved(client, thread_id)
     kinds = [i["type"] for i in items]

@@ -16,6 +16,7 @@ from kitrelay.gateway.client import ChatKitClient, StreamEvent
 from kitrelay.services.devservers import free_port
 from kitrelay.shared.store.engine import migrate
 from tests.databases import sqlite_url
+from tests.e2e.chat_view import progress_lines
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.system import RunningSystem, running_system
 
@@ -113,7 +114,7 @@ async def _converse(base_url: str) -> tuple[list[StreamEvent], dict, str]:
 def turn(traced: tuple[RunningSystem, OtlpReceiver, dict[str, int]]) -> TracedTurn:
     system, receiver, metrics_ports = traced
     events, record, gateway_metrics = asyncio.run(_converse(system.base_url))
-    assert [e.data["text"] for e in events if e.type == "progress_update"] == ["Handing over to Task…"]
+    assert progress_lines(events) == ["Handing over to Task…"]
     [turn_id] = [e.turn_id for e in events if e.turn_id]
     trace_id = record["trace_id"]
     assert record["id"] == turn_id and trace_id and len(trace_id) == 32

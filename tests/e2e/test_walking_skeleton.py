@@ -16,7 +16,7 @@ from kitrelay.gateway.client import ChatKitClient, StreamEvent
 from kitrelay.gateway.relay import split_event_id
 from kitrelay.shared.store.engine import migrate
 from tests.databases import postgres_database, sqlite_url
-from tests.e2e.chat_view import collect
+from tests.e2e.chat_view import collect, progress_lines
 from tests.system import RunningSystem, running_system
 from tests.turn_streams import all_entry_ids
 
@@ -191,7 +191,7 @@ async def test_a_handoff_nobody_takes_times_out_and_a_late_worker_does_not_answe
             assert [e["message"] for e in errors] == [
                 "No task worker picked up this message in time. Please try again in a moment."
             ]
-            assert [e.data["text"] for e in events if e.type == "progress_update"] == ["Handing over to Task…"]
+            assert progress_lines(events) == ["Handing over to Task…"]
 
             # A task worker that starts later finds the turn over and leaves it alone.
             half.start("worker-task", "worker", "--agent", "task")

@@ -47,7 +47,7 @@ async def test_a_turn_that_fails_to_start_is_refused_in_words(
     alice = new_user()
     async with in_process_gateway(make_settings(AUTH_MODE="dev", DEV_USER_ID=alice.user_id)) as gateway:
         answer = await gateway.chatkit(None, {"type": "threads.create", "params": {"input": user_input("hi")}})
-        frames = [json.loads(line[6:]) for line in answer.text.splitlines() if line.startswith("data: ")]
+        frames = [json.loads(line[6:]) for line in answer.text.split("\n") if line.startswith("data: ")]
         errors = [frame for frame in frames if frame["type"] == "error"]
         assert errors == [
             {"type": "error", "code": "stream.error", "message": NOT_STARTED_MESSAGE, "allow_retry": True}

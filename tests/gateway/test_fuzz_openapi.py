@@ -46,7 +46,9 @@ def check(case: Any) -> None:
         body = response.json()
         assert isinstance(body.get("error"), str) and isinstance(body.get("message"), str), body
     elif content_type.startswith("text/event-stream"):
-        frames = [line.removeprefix("data:").strip() for line in response.text.splitlines() if line.startswith("data:")]
+        # SSE lines end at CR or LF only; str.splitlines would also cut JSON strings at U+2028 or U+0085.
+        lines = response.text.replace("\r\n", "\n").split("\n")
+        frames = [line.removeprefix("data:").strip() for line in lines if line.startswith("data:")]
         assert frames, "an empty stream"
         for frame in frames:
             event = json.loads(frame)
