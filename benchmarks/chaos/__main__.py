@@ -31,6 +31,7 @@ from benchmarks.chaos.report import Row, build_rows, print_table, server_recover
 from benchmarks.chaos.script import VARIANTS
 from benchmarks.chaos.topology import Topology, topology
 from benchmarks.stats import machine
+from kitrelay.services.devservers import DevServerError
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -202,6 +203,28 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.token_delay_ms:g} ms a token"
     )
     started = time.monotonic()
+    try:
+        rows, injections, own, left = _run_all(args, faults)
+    except (RuntimeError, DevServerError) as exc:
+        console.print(f"[red]chaos: {exc}[/]", highlight=False)
+        return 2
+    info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    info["duration_s"] = round(time.monotonic() - started, 1)
+    print_table(console, rows, title=f"chaos: {args.rounds} round(s), {info['duration_s']:g} s")
+    if left:
+        console.print(f"[red]left running (now killed): {left}[/]")
+    document = _document(args, info, rows, injections, started=own, left=left)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(document, indent=2))
+        console.print(f"figures: {args.json}")
+    return 0 if document["passed"] else 1
+
+
+def _run_all(
+    args: argparse.Namespace, faults: list[str]
+) -> tuple[list[Row], list[Injection], dict[int, float], list[int]]:
+    """Start the topology, run the chaos, stop it all; and which of its processes had to be killed at the end."""
     with tempfile.TemporaryDirectory(prefix="kitrelay-chaos-") as tmp:
         work = args.keep_logs or Path(tmp)
         own: dict[int, float] = {}
@@ -219,17 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                     own = dict(topo.started)
         finally:
             left = _reap(own)
-    info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    info["duration_s"] = round(time.monotonic() - started, 1)
-    print_table(console, rows, title=f"chaos: {args.rounds} round(s), {info['duration_s']:g} s")
-    if left:
-        console.print(f"[red]left running (now killed): {left}[/]")
-    document = _document(args, info, rows, injections, started=own, left=left)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=2))
-        console.print(f"figures: {args.json}")
-    return 0 if document["passed"] else 1
+    return rows, injections, own, left
 
 
 def _events(record: TurnRecord | None, since: float | None) -> list[str]:

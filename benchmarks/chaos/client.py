@@ -114,6 +114,7 @@ class TurnRecord:
     breaks: list[Break] = field(default_factory=list)
     requests: int = 0
     reloaded: bool = False
+    skipped: str | None = None  # why the turn was never sent (its conversation went wrong before it)
     text_deltas: int = 0
     view: list[dict[str, Any]] = field(default_factory=list)
     user_item_id: str | None = None
@@ -206,7 +207,7 @@ class Conversation:
         request = self._request(record.step)
         if request is None:
             record.outcome = "skipped"
-            record.errors.append("not sent: the task list showed no task to click")
+            record.skipped = "not sent: the task list showed no task to click"
         else:
             try:
                 async with asyncio.timeout(self.turn_timeout_s):

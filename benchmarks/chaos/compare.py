@@ -144,7 +144,7 @@ def judge(
         record = judgement.record
         got = [norm.item(i) for i in record.view]
         if record.outcome in ("timeout", "skipped", "pending") and got != expected:
-            judgement.add("lost", f"client ({record.outcome})", expected, got)
+            judgement.add("lost", f"client ({record.skipped or record.outcome})", expected, got)
         else:
             judgement.add(classify(expected, got), "client", expected, got)
     _judge_store(conversation, judgements, reference, norm, saved)

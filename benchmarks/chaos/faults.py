@@ -150,6 +150,21 @@ def written_after(record: TurnRecord, moment: float) -> float | None:
     return None
 
 
+def progress_note(record: TurnRecord, moment: float, recovery_s: float | None) -> str | None:
+    """Whether the client was told anything while the turn waited for its next attempt (worth knowing when the
+    wait is long), as a note."""
+    if recovery_s is None or recovery_s < 2:
+        return None
+    shown = [
+        r.event.data.get("text")
+        for r in record.events
+        if r.event.type == "progress_update" and moment <= r.at <= moment + recovery_s
+    ]
+    return f"during the {recovery_s:.1f}s wait the client saw " + (
+        f"the progress line {shown[0]!r}" if shown else "no progress line"
+    )
+
+
 def resumed_after(record: TurnRecord, moment: float) -> float | None:
     """Seconds from `moment` to the first event (or the end) of the stream re-attached after a break at or after
     it."""
@@ -207,6 +222,8 @@ async def worker_kill(chaos: Chaos, injection: Injection, *, phase: Literal["wid
     injection.notes.append(f"killed {name} running {record.turn_id} ({record.step.label}, {phase})")
     await _turn_end(injection)
     injection.recovery_s = written_after(record, injection.fault_at)
+    if note := progress_note(record, injection.fault_at, injection.recovery_s):
+        injection.notes.append(note)
     await chaos.topo.start_worker(name)
 
 

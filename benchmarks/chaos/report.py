@@ -3,6 +3,7 @@ its targets: 0 lost, 0 duplicated, 0 wrong, recovery within its bound."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,9 +142,11 @@ def _row_of(record: TurnRecord, injections: list[Injection]) -> str | None:
 def _stream_notes(record: TurnRecord) -> list[str]:
     """What the client received twice without it changing what it shows (so no verdict), worth a line."""
     notes = []
-    ids = Counter(r.event.id for r in record.events if r.event.id)
-    if repeated := sum(n - 1 for n in ids.values() if n > 1):
-        notes.append(f"{record.turn_id}: {repeated} event ids received again")
+    # The same event (id and content) twice. A frame without an id of its own reports the one before it (SSE's
+    # last event id), so an id seen again alone is no repeat.
+    events = Counter((r.event.id, json.dumps(r.event.data, sort_keys=True)) for r in record.events if r.event.id)
+    if repeated := sum(n - 1 for n in events.values() if n > 1):
+        notes.append(f"{record.turn_id}: {repeated} events received twice")
     removed = Counter(r.event.data.get("item_id") for r in record.events if r.event.type == "thread.item.removed")
     if twice := sum(n - 1 for n in removed.values() if n > 1):
         notes.append(f"{record.turn_id}: thread.item.removed repeated {twice} times for the same item")

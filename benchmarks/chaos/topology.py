@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import pytest
 
 from benchmarks.chaos.client import Gateways
 from benchmarks.users import HANDBOOK
@@ -199,9 +200,12 @@ def _database(work: Path, database_url: str | None) -> Iterator[str]:
         migrate(url)
         yield url
         return
-    with postgres_database(database_url) as url:
-        migrate(url)
-        yield url
+    try:
+        with postgres_database(database_url) as url:
+            migrate(url)
+            yield url
+    except pytest.skip.Exception as exc:  # the tests' helper skips when the server is unusable: here, an error
+        raise RuntimeError(f"--database-url: {exc.msg}") from None
 
 
 @contextmanager
