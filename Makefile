@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test bench lint format clean
+.PHONY: install browser run test bench chaos lint format clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ browser:
 # The load generator against the embedded default and the in-process baseline (benchmarks/README.md).
 bench: install
 	$(BIN)/python -m benchmarks.load $(BENCH_ARGS)
+
+# The chaos runner: every fault in turn under scripted conversations, each judged against a fault-free run
+# (README "Chaos"; `make chaos CHAOS_ARGS=--quick` for one round).
+chaos: install
+	$(BIN)/python -m benchmarks.chaos $(CHAOS_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
