@@ -193,7 +193,9 @@ def test_task_numbers_per_team_keep_the_numbers_tasks_were_shown_with(empty_db_u
     )
     assert [(team, number) for _, team, number in rows] == [("red", 1), ("red", 2), ("blue", 3), ("red", 4)]
     assert all(number == task_id for task_id, _, number in rows)
-    counters = on_connection(empty_db_url, lambda c: dict(c.execute(text("SELECT * FROM task_counters")).all()))
+    counters: dict[str, int] = on_connection(
+        empty_db_url, lambda c: {team: last for team, last in c.execute(text("SELECT * FROM task_counters")).all()}
+    )
     assert counters == {"red": 4, "blue": 3}
     assert schema_differences(empty_db_url) == []
 
