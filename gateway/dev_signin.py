@@ -34,8 +34,8 @@ from redis.exceptions import RedisError
 from kitrelay.gateway.auth import MAX_ID_CHARS, MAX_TOKEN_CHARS, Authenticator, AuthMode, jwt_secret
 from kitrelay.gateway.deps import LimiterDep, SettingsDep, get_authenticator
 from kitrelay.gateway.errors import ERROR_RESPONSES, ApiError
+from kitrelay.gateway.limits import Limiter
 from kitrelay.gateway.requests import read_body, require_json
-from kitrelay.gateway.security import cors_origins
 from kitrelay.gateway.tokens import (
     SIGN_IN_CODE_AUDIENCE,
     SIGN_IN_KEY_AUDIENCE,
@@ -128,7 +128,9 @@ def _openapi_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-async def _sign_in_request(request: Request, settings: Settings, authenticator: Authenticator, limiter: Any) -> bytes:
+async def _sign_in_request(
+    request: Request, settings: Settings, authenticator: Authenticator, limiter: Limiter | None
+) -> bytes:
     """What both sign-in routes check before they read a body: enabled (404), JSON (415), not from a foreign
     page (403), and the caller's address within its rate (429)."""
     if not dev_sign_in_enabled(settings, authenticator.mode):
@@ -143,10 +145,15 @@ async def _sign_in_request(request: Request, settings: Settings, authenticator: 
 
 
 def _own_or_allowed_origin(origin: str, request: Request, settings: Settings) -> bool:
-    own = {f"{request.url.scheme}://{request.headers.get('host', '')}".lower()}
+    """The page's own origin (as the request reached the gateway, or PUBLIC_BASE_URL) or an exact entry of
+    CORS_ALLOW_ORIGINS; a wildcard there lets nobody sign in from elsewhere."""
     public = urlsplit(settings.PUBLIC_BASE_URL)
-    own.add(f"{public.scheme}://{public.netloc}".lower())
-    return origin.strip().lower() in own or origin.strip() in cors_origins(settings)
+    allowed = {
+        f"{request.url.scheme}://{request.headers.get('host', '')}",
+        f"{public.scheme}://{public.netloc}",
+        *(entry.strip().rstrip("/") for entry in settings.CORS_ALLOW_ORIGINS if entry.strip() != "*"),
+    }
+    return origin.strip().rstrip("/").lower() in {entry.lower() for entry in allowed}
 
 
 def _parse(model: type[BaseModel], body: bytes, shape: str) -> Any:
