@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 from rich.console import Console
 
+from kitrelay.gateway.auth import AuthConfigError, resolve_auth_mode
+from kitrelay.gateway.dev_signin import dev_sign_in_enabled
 from kitrelay.gateway.tokens import mint_sign_in_code, sign_in_link
 from kitrelay.services.devservers import LocalServer, ensure_nats, ensure_redis
 from kitrelay.shared.redact import redact_url
@@ -73,6 +76,22 @@ def new_sign_in_link(settings: Settings, data_dir: Path) -> str:
     return sign_in_link(url, mint_sign_in_code(secret, settings.SIGN_IN_LINK_TTL_S))
 
 
+def _page_sign_in_secret(settings: Settings, env: dict[str, str]) -> str | None:
+    """The dev secret when the gateway about to start offers the page's dev sign-in (which then needs a link);
+    None when it does not (dev mode, a real identity provider)."""
+    secret = env.get("DEV_TOKEN_SECRET") or (
+        settings.DEV_TOKEN_SECRET.get_secret_value() if settings.DEV_TOKEN_SECRET is not None else None
+    )
+    if not secret:
+        return None
+    gateway_settings = settings.model_copy(update={"DEV_TOKEN_SECRET": SecretStr(secret)})
+    try:
+        mode = resolve_auth_mode(gateway_settings)
+    except AuthConfigError:
+        return None  # the gateway will say why it does not start
+    return secret if dev_sign_in_enabled(gateway_settings, mode) else None
+
+
 def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     log_file = log_path.open("ab")
     # Each service in its own process group, so a Ctrl-C here is handled once, by us, in order.
@@ -125,11 +144,11 @@ def run_all(settings: Settings, *, workers: list[AgentKind], data_dir: Path, con
         console.print(f"[bold]database[/]: {redact_url(settings.DATABASE_URL)} (migrated)")
 
         env = {**os.environ, "NATS_URL": servers[0].url, "REDIS_URL": servers[1].url}
-        signing_secret: str | None = None
         if not _names_a_key(settings):
             # Multi-user by default: the browser page signs people in with tokens minted from this secret.
-            signing_secret = env["DEV_TOKEN_SECRET"] = dev_token_secret(data_dir)
+            env["DEV_TOKEN_SECRET"] = dev_token_secret(data_dir)
             console.print(f"[bold]sign-in[/]: local tokens, secret in {data_dir / DEV_TOKEN_SECRET_FILE}")
+        signing_secret = _page_sign_in_secret(settings, env)
         gateway_log = logs / "gateway.log"
         procs["gateway"] = _spawn(["gateway"], env, gateway_log)
         for kind in workers:

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from kitrelay.services.devservers import free_port
-from kitrelay.services.supervisor import DEV_TOKEN_SECRET_FILE, _names_a_key, dev_token_secret
+from kitrelay.services.supervisor import DEV_TOKEN_SECRET_FILE, _names_a_key, _page_sign_in_secret, dev_token_secret
 from kitrelay.shared.settings import Settings
 
 START_TIMEOUT_S = 60.0
@@ -61,6 +61,23 @@ def test_an_operator_choice_of_keys_is_left_alone(variable: str, value: str) -> 
     assert not _names_a_key(Settings(_env_file=None))
     chosen: dict[str, Any] = {variable: value}
     assert _names_a_key(Settings(_env_file=None, **chosen))
+
+
+@pytest.mark.parametrize(
+    ("values", "env", "link"),
+    [
+        pytest.param({}, {"DEV_TOKEN_SECRET": "s" * 40}, True, id="up's own secret"),
+        pytest.param({"DEV_TOKEN_SECRET": "o" * 40}, {}, True, id="the operator's dev secret"),
+        pytest.param({"DEV_TOKEN_SECRET": "o" * 40, "JWT_SECRET": "j" * 40}, {}, False, id="a real JWT secret"),
+        pytest.param({"AUTH_MODE": "dev"}, {}, False, id="dev mode"),
+        pytest.param({"DEV_TOKEN_SECRET": "o" * 40, "GATEWAY_HOST": "0.0.0.0"}, {}, False, id="off loopback"),
+        pytest.param({}, {}, False, id="no secret at all"),
+    ],
+)
+def test_up_prints_a_sign_in_link_exactly_when_the_page_needs_one(
+    values: dict[str, Any], env: dict[str, str], link: bool
+) -> None:
+    assert (_page_sign_in_secret(Settings(_env_file=None, **values), env) is not None) is link
 
 
 @contextmanager
