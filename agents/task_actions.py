@@ -25,6 +25,8 @@ from kitrelay.shared.messages import WidgetAction
 class TogglePayload(BaseModel):
     """What the task widgets put in a toggle action (see agents/widgets.py)."""
 
+    # The task's number in its team (services/tasks.py). The key keeps its old name so that widgets saved before
+    # numbers were per team still work: migration 0005 numbered those tasks by their old ids.
     task_id: int
     # The state the click asks for; absent in widgets drawn before it existed, which then toggle.
     done: bool | None = None

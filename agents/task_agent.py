@@ -38,7 +38,7 @@ def _describe(task: TaskRecord) -> str:
         extra.append(f"assigned to @{task.assignee_id}")
     if task.due_date:
         extra.append(f"due {task.due_date.isoformat()}")
-    return f'task #{task.id} "{task.title}"' + (f" ({', '.join(extra)})" if extra else "")
+    return f'task #{task.number} "{task.title}"' + (f" ({', '.join(extra)})" if extra else "")
 
 
 @function_tool
@@ -145,7 +145,7 @@ async def rename_task(ctx: Ctx, task_id: int, new_title: str) -> str:
         return f"There is no task #{task_id}."
     except ValueError as exc:
         return f"Could not rename the task: {exc}."
-    return f'Renamed task #{task.id} to "{task.title}".'
+    return f'Renamed task #{task.number} to "{task.title}".'
 
 
 @function_tool

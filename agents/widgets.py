@@ -49,7 +49,7 @@ def _widget_classes() -> Iterator[None]:
 def _toggle(task: TaskRecord, view: dict[str, Any]) -> ActionConfig:
     # The payload carries the view it came from, so the worker can redraw exactly that view after the click.
     # The payload says the state to reach, not "flip": a click carried out twice leaves the same state.
-    return ActionConfig(type=TOGGLE_ACTION, payload={"task_id": task.id, "done": not task.done, **view})
+    return ActionConfig(type=TOGGLE_ACTION, payload={"task_id": task.number, "done": not task.done, **view})
 
 
 def _meta(task: TaskRecord) -> str:
@@ -68,7 +68,7 @@ def _task_row(task: TaskRecord, view: dict[str, Any]) -> ListViewItem:
     if meta := _meta(task):
         details.append(Caption(value=meta, color="secondary"))
     return ListViewItem(
-        key=f"task-{task.id}",
+        key=f"task-{task.number}",
         children=[
             Row(
                 gap=3,
@@ -79,7 +79,7 @@ def _task_row(task: TaskRecord, view: dict[str, Any]) -> ListViewItem:
                         color="success" if task.done else "secondary",
                     ),
                     Col(gap=1, children=details),
-                    Badge(label=f"#{task.id}", color="secondary", variant="soft"),
+                    Badge(label=f"#{task.number}", color="secondary", variant="soft"),
                 ],
             )
         ],
@@ -113,7 +113,7 @@ def task_card_widget(task: TaskRecord) -> WidgetRoot:
                 align="center",
                 children=[
                     Title(value=task.title, size="sm"),
-                    Badge(label=f"#{task.id}", color="secondary", variant="soft"),
+                    Badge(label=f"#{task.number}", color="secondary", variant="soft"),
                     Badge(label="done" if task.done else "open", color="success" if task.done else "info"),
                 ],
             )
@@ -137,11 +137,11 @@ def task_card_widget(task: TaskRecord) -> WidgetRoot:
 
 def task_list_copy_text(tasks: Sequence[TaskRecord]) -> str:
     """What "copy" puts on the clipboard, and what a model sees of the widget on later turns."""
-    return "\n".join(f"#{t.id} [{'x' if t.done else ' '}] {t.title}" for t in tasks) or "No tasks."
+    return "\n".join(f"#{t.number} [{'x' if t.done else ' '}] {t.title}" for t in tasks) or "No tasks."
 
 
 def task_copy_text(task: TaskRecord) -> str:
-    return f"#{task.id} [{'x' if task.done else ' '}] {task.title}"
+    return f"#{task.number} [{'x' if task.done else ' '}] {task.title}"
 
 
 def sources_widget(hits: Sequence[SearchHit]) -> WidgetRoot:

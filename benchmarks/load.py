@@ -51,7 +51,13 @@ TURNS_PER_CONVERSATION = 5
 # Hundreds of turns at once on 2 cores queue for longer than a turn's default start and handoff deadlines: that
 # is backpressure (KEDA adds workers in a cluster), not what is measured here. The stream feeder holds every turn
 # until all of its scenario's streams are open (up to feeder.HOLD_TIMEOUT_S): their start deadline outlasts that.
-PATIENCE_ENV = {"HANDOFF_TIMEOUT_S": "120", "TURN_START_TIMEOUT_S": str(int(HOLD_TIMEOUT_S) + 30)}
+# Every simulated user connects from 127.0.0.1: the gateway's cap on connections per client address (for one
+# client holding many) is off, or the 2,000 streams would be refused past MAX_CONNECTIONS_PER_CLIENT.
+PATIENCE_ENV = {
+    "HANDOFF_TIMEOUT_S": "120",
+    "TURN_START_TIMEOUT_S": str(int(HOLD_TIMEOUT_S) + 30),
+    "MAX_CONNECTIONS_PER_CLIENT": "0",
+}
 
 # Wide enough for the side-by-side tables when the output is a file or a pipe.
 console = Console(width=None if sys.stdout.isatty() else 130)

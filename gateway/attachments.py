@@ -8,7 +8,6 @@ is answered exactly like one that does not exist.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -23,11 +22,12 @@ from kitrelay.services.documents import (
     MARKDOWN,
     PLAIN_TEXT,
     SUPPORTED_TYPES,
+    DocumentTooLargeError,
     UnsupportedDocumentError,
-    extract_text,
     normalize_mime,
     title_from,
 )
+from kitrelay.services.extraction import ExtractionLimits, ExtractionTimeoutError, Extractor
 from kitrelay.services.knowledge import DocumentRecord, KnowledgeService
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.settings import Settings
@@ -40,6 +40,8 @@ _NON_COMMITTAL_TYPES = frozenset(
     {"", "application/octet-stream", "binary/octet-stream", "application/x-www-form-urlencoded"}
 )
 _PLAIN_TEXTS = frozenset({PLAIN_TEXT, MARKDOWN})
+# Where a pending attachment keeps the size its creator declared: the upload may not be bigger.
+DECLARED_SIZE = "declared_size"
 
 
 class UploadedAttachment(BaseModel):
@@ -75,10 +77,18 @@ class KitrelayAttachmentStore(AttachmentStore[RequestContext]):
         self._allowed = frozenset(normalize_mime(mime, "") for mime in settings.ALLOWED_UPLOAD_TYPES)
         # Attachments whose bytes this process is storing right now: a second upload of one is refused at once.
         self._uploading: set[str] = set()
+        # Text comes out of documents in a child process, within page, character and time limits.
+        self._extractor = Extractor(ExtractionLimits.from_settings(settings))
 
     @property
     def max_upload_bytes(self) -> int:
         return self._max_bytes
+
+    def upload_limit(self, attachment: Attachment) -> int:
+        """The most bytes this attachment's upload may carry: what its creator declared, within MAX_UPLOAD_BYTES
+        (attachments created before sizes were kept get MAX_UPLOAD_BYTES)."""
+        declared = (attachment.metadata or {}).get(DECLARED_SIZE)
+        return min(declared, self._max_bytes) if isinstance(declared, int) and declared >= 0 else self._max_bytes
 
     def generate_attachment_id(self, mime_type: str, context: RequestContext) -> str:
         # chatkit's default has 32 random bits; a ULID has 80.
@@ -103,6 +113,8 @@ class KitrelayAttachmentStore(AttachmentStore[RequestContext]):
                 method="POST",
                 headers={},
             ),
+            # Never shown to clients (ChatKit leaves metadata out of its answers); the upload is held to it.
+            metadata={DECLARED_SIZE: input.size},
         )
         # ChatKitServer saves it again after this returns; saving here too makes the store usable on its own.
         await self._store.save_attachment(attachment, context)
@@ -166,6 +178,8 @@ class KitrelayAttachmentStore(AttachmentStore[RequestContext]):
             )
         if len(data) > self._max_bytes:
             raise payload_too_large(self._max_bytes)
+        if len(data) > (limit := self.upload_limit(attachment)):
+            raise larger_than_declared(limit)
         if not data:
             raise ApiError(400, "invalid_request", "The upload is empty.")
         text = await self._extract(attachment, data)
@@ -179,7 +193,8 @@ class KitrelayAttachmentStore(AttachmentStore[RequestContext]):
         try:
             document = None if text is None else await self._add_document(attachment, text, len(data), context)
             document_id = None if document is None else document.id
-            metadata: dict[str, Any] = {**(attachment.metadata or {}), "size": len(data), "document_id": document_id}
+            kept = {name: value for name, value in (attachment.metadata or {}).items() if name != DECLARED_SIZE}
+            metadata: dict[str, Any] = {**kept, "size": len(data), "document_id": document_id}
             await self._store.save_attachment(
                 attachment.model_copy(update={"upload_descriptor": None, "metadata": metadata}), context
             )
@@ -203,8 +218,11 @@ class KitrelayAttachmentStore(AttachmentStore[RequestContext]):
         if attachment.mime_type not in SUPPORTED_TYPES:
             return None
         try:
-            # PDF parsing is CPU work: off the event loop.
-            text = await asyncio.to_thread(extract_text, data, mime_type=attachment.mime_type, filename=attachment.name)
+            text = await self._extractor.extract(data, mime_type=attachment.mime_type, filename=attachment.name)
+        except DocumentTooLargeError as exc:
+            raise ApiError(413, "document_too_large", f"{exc}. Split it into smaller documents.") from None
+        except ExtractionTimeoutError as exc:
+            raise ApiError(422, "unreadable_document", f"{exc}. Split it into smaller documents.") from None
         except UnsupportedDocumentError as exc:
             raise ApiError(422, "unreadable_document", str(exc)) from None
         if not text.strip():
@@ -278,6 +296,14 @@ def _agrees(content_type: str | None, declared: str, filename: str) -> bool:
 def payload_too_large(limit: int) -> ApiError:
     """The 413 for anything over the upload limit: a declared size, a Content-Length, or the bytes received."""
     return ApiError(413, "payload_too_large", f"The file is larger than the upload limit of {_human_size(limit)}.")
+
+
+def larger_than_declared(declared: int) -> ApiError:
+    return ApiError(
+        413,
+        "payload_too_large",
+        f"The file is larger than the {declared:,} bytes declared when the attachment was created.",
+    )
 
 
 def _already_uploaded() -> ApiError:

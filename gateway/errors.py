@@ -11,9 +11,10 @@ from typing import Any
 from chatkit.store import NotFoundError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,14 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client went away before its body was in (a dropped connection, a tab closed, a slow body cut off by
+    # gateway/http_guard.py): nobody is left to answer and nothing went wrong here, so no error and no traceback.
+    # The ASGI server drops whatever is sent to a closed connection.
+    log.debug("client left during %s %s before its request body was in", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(error_body("internal_error", "Something went wrong on our side."), status_code=500)
@@ -107,6 +116,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotImplementedError, _not_implemented)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -4,6 +4,9 @@
   `per_minute` requests and refills at `per_minute` a minute. One Lua script checks the user's and the team's
   bucket together and charges both only if both allow, so a refused request costs nothing. Time comes from the
   Redis server (TIME), never from the replicas' clocks.
+* Sign-in attempts, per client address (`check_sign_in_rate`): the local sign-in routes are open to anyone who can
+  reach the gateway, so they are charged to the caller's address, never to the identity asked for (which would let
+  anybody use up someone else's budget).
 * Turns in flight, per user: a sorted set of slot ids scored by their expiry. A streaming request takes a slot
   before the SDK runs and gives it back when its SSE stream ends; the stream keeps its slot fresh while events
   flow, and a slot whose gateway died expires by itself (`slot_ttl_s`).
@@ -119,6 +122,7 @@ class LimitConfig:
     team_per_min: int
     turns_in_flight: int
     slot_ttl_s: float
+    sign_in_per_min: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, mode: AuthMode) -> LimitConfig:
@@ -134,6 +138,7 @@ class LimitConfig:
             turns_in_flight=pick(settings.MAX_TURNS_IN_FLIGHT_PER_USER, DEFAULT_TURNS_IN_FLIGHT),
             # A live stream sees an event (or ends) within the relay's timeouts, and refreshes its slot on events.
             slot_ttl_s=relay_s + SLOT_TTL_MARGIN_S,
+            sign_in_per_min=settings.SIGN_IN_RATE_PER_MIN,
         )
 
 
@@ -250,6 +255,9 @@ class Limiter:
         """Whether any request rate is limited (none is in dev mode, unless set)."""
         return self.config.user_per_min > 0 or self.config.team_per_min > 0
 
+    def sign_in_rate_key(self, address: str) -> str:
+        return ":".join((self._namespace, "limits", f"{{address:{quote(address, safe='')}}}", "sign-in"))
+
     async def check_rate(self, identity: Identity) -> None:
         """Charge one request to the caller's user and team buckets, or refuse it with 429."""
         buckets: list[tuple[str, int, str]] = []
@@ -257,6 +265,14 @@ class Limiter:
             buckets.append((self.user_rate_key(identity), self.config.user_per_min, "you"))
         if self.config.team_per_min > 0:
             buckets.append((self.team_rate_key(identity), self.config.team_per_min, "your team"))
+        await self._charge(buckets)
+
+    async def check_sign_in_rate(self, address: str) -> None:
+        """Charge one sign-in attempt to the caller's address, or refuse it with 429."""
+        if self.config.sign_in_per_min > 0:
+            await self._charge([(self.sign_in_rate_key(address), self.config.sign_in_per_min, "your address")])
+
+    async def _charge(self, buckets: list[tuple[str, int, str]]) -> None:
         if not buckets:
             return
         args: list[int] = []
@@ -278,7 +294,7 @@ class Limiter:
         raise _too_many(
             f"Too many requests: {who} may send {per_minute} a minute. Try again in {retry_after} s.",
             retry_after,
-            limit="user_rate" if who == "you" else "team_rate",
+            limit={"you": "user_rate", "your team": "team_rate"}.get(who, "sign_in_rate"),
         )
 
     async def acquire_turn(self, identity: Identity) -> TurnSlot:

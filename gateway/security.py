@@ -1,10 +1,16 @@
-"""Web hygiene: which browser origins may call the API (CORS), and the security headers on every response.
+"""Web hygiene: which browser origins may call the API (CORS), which Host names the gateway answers, and the
+security headers on every response.
 
 CORS is an allow-list of exact origins (CORS_ALLOW_ORIGINS), empty by default: only same-origin pages can read
 answers. Credentials are bearer tokens, never cookies, so `Access-Control-Allow-Credentials` is never sent. `*` is
 accepted only when an operator writes it, and it is logged as a warning.
 
-The headers middleware is plain ASGI (no BaseHTTPMiddleware), so it neither buffers nor delays SSE streams.
+The Host allow-list (ALLOWED_HOSTS; by default the host of PUBLIC_BASE_URL and the loopback names) stops DNS
+rebinding: a page on evil.example whose name is made to resolve to 127.0.0.1 reaches a local gateway as a
+"same-origin" page, but its requests say `Host: evil.example`, and get 400 here. The probes and /metrics answer any
+host, since kubelets and scrapers call a pod by its address.
+
+The middlewares are plain ASGI (no BaseHTTPMiddleware), so they neither buffer nor delay SSE streams.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import logging
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kitrelay.gateway.auth import UPLOAD_TOKEN_HEADER
@@ -112,8 +120,65 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Paths that answer whatever the Host says: nothing on them depends on who calls.
+OPEN_HOST_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """ALLOWED_HOSTS, lower-cased; unset: the host of PUBLIC_BASE_URL and the loopback names."""
+    if settings.ALLOWED_HOSTS:
+        return [host.strip().lower() for host in settings.ALLOWED_HOSTS if host.strip()]
+    public = urlsplit(settings.PUBLIC_BASE_URL).hostname
+    return sorted({*LOOPBACK_HOSTS, *([public.lower()] if public else [])})
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port ("[::1]:8000" is "::1")."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
+
+
+def host_allowed(name: str, patterns: list[str]) -> bool:
+    for pattern in patterns:
+        if pattern in ("*", name):
+            return True
+        if pattern.startswith("*.") and name.endswith(pattern[1:]):
+            return True
+    return False
+
+
+class HostCheckMiddleware:
+    def __init__(self, app: ASGIApp, *, hosts: list[str]) -> None:
+        self.app = app
+        self.hosts = hosts
+        self.any_host = "*" in hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.any_host or scope["type"] != "http" or scope.get("path") in OPEN_HOST_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = Headers(scope=scope).get("host", "")
+        if host_allowed(host_name(header), self.hosts):
+            await self.app(scope, receive, send)
+            return
+        refusal = JSONResponse(
+            {
+                "error": "invalid_host",
+                "message": "This gateway does not answer for that host name: use its address, or add the name to "
+                "ALLOWED_HOSTS.",
+            },
+            status_code=400,
+        )
+        await refusal(scope, receive, send)
+
+
 def install_security(app: FastAPI, settings: Settings) -> None:
-    """Security headers on every response, and CORS outermost, so that even a 401 or a 429 reaches the page."""
+    """The Host check innermost, then security headers on every response, and CORS outermost, so that even a 401
+    or a 429 reaches the page."""
+    app.add_middleware(HostCheckMiddleware, hosts=allowed_hosts(settings))
     app.add_middleware(SecurityHeadersMiddleware, hsts=urlsplit(settings.PUBLIC_BASE_URL).scheme == "https")
     origins = cors_origins(settings)
     if origins:

@@ -4,10 +4,20 @@ They are HS256 JWTs signed with DEV_TOKEN_SECRET, carrying the claims the gatewa
 `exp`, and `iss` / `aud` when JWT_ISSUER / JWT_AUDIENCE are set). A gateway with no other JWT key verifies with
 DEV_TOKEN_SECRET too (gateway/auth.py), so `DEV_TOKEN_SECRET=... kitrelay up` gives a multi-user local setup.
 Nothing is minted without that secret: a production deployment, which never sets it, cannot mint tokens.
+
+Sign-in links. The browser page's dev sign-in (gateway/dev_signin.py) must know the person at the page owns the
+data directory: anyone on the machine can reach a loopback gateway, but only the owner can read the secret or see
+`kitrelay up`'s terminal. `kitrelay up` (and `kitrelay sign-in-link`) print a link to the page carrying a one-time
+code signed with a key derived from the secret; the page trades it once for a sign-in key it keeps, and the key
+lets it mint tokens for whichever user and team are typed in. Codes and keys are signed with their own key and
+audience, so neither ever passes for a user token.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import time
 
 import jwt
@@ -17,6 +27,11 @@ from kitrelay.shared.settings import Settings
 
 DEFAULT_TTL_S = 3600
 MAX_TTL_S = 30 * 24 * 3600
+# The page reads the code from the link's fragment, which browsers never send to a server (nor to its logs).
+SIGN_IN_FRAGMENT = "sign-in"
+SIGN_IN_CODE_AUDIENCE = "kitrelay:sign-in-link"
+SIGN_IN_KEY_AUDIENCE = "kitrelay:sign-in-key"
+_SIGN_IN_KEY_LABEL = b"kitrelay local sign-in v1"
 
 
 class DevTokenError(Exception):
@@ -71,3 +86,21 @@ def mint_dev_token(settings: Settings, *, user: str, team: str, ttl_s: int = DEF
         settings.JWT_AUDIENCE,
         team_claim=settings.JWT_TEAM_CLAIM,
     )
+
+
+def sign_in_signing_key(secret: str | bytes) -> bytes:
+    """The key sign-in codes and sign-in keys are signed with: derived from the dev secret, never the secret."""
+    raw = secret.encode() if isinstance(secret, str) else secret
+    return hmac.new(raw, _SIGN_IN_KEY_LABEL, hashlib.sha256).digest()
+
+
+def mint_sign_in_code(secret: str | bytes, ttl_s: int) -> str:
+    """A one-time sign-in code (its `jti` is spent when the gateway redeems it), valid for `ttl_s` seconds."""
+    now = int(time.time())
+    claims = {"aud": SIGN_IN_CODE_AUDIENCE, "jti": secrets.token_urlsafe(16), "iat": now, "exp": now + ttl_s}
+    return jwt.encode(claims, sign_in_signing_key(secret), algorithm="HS256")
+
+
+def sign_in_link(base_url: str, code: str) -> str:
+    """The page's URL with the code in its fragment."""
+    return f"{base_url.rstrip('/')}/#{SIGN_IN_FRAGMENT}={code}"

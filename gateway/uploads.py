@@ -8,14 +8,14 @@ and refused with 413 the moment it passes the limit, so an oversized upload neve
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from kitrelay.gateway.attachments import UploadedAttachment, payload_too_large
+from kitrelay.gateway.attachments import UploadedAttachment, larger_than_declared, payload_too_large
 from kitrelay.gateway.auth import UPLOAD_ROUTE_NAME, UPLOAD_TOKEN_HEADER, Authenticator
 from kitrelay.gateway.deps import AttachmentStoreDep, ContextDep, StoreDep, enforce_rate_limit
 from kitrelay.gateway.errors import ERROR_RESPONSES, ApiError
@@ -45,8 +45,11 @@ async def upload_attachment(
     or by the upload token `attachments.create` put in the upload descriptor's headers (UPLOAD_TOKEN_HEADER)."""
     # 404 / 409 / 415 before a byte of the body is read. Only the attachment's creator may fill it.
     await require_own_attachment(store, attachment_id, context)
-    await attachments.pending_upload(attachment_id, context)
-    data, content_type = await read_upload(request, attachments.max_upload_bytes)
+    pending = await attachments.pending_upload(attachment_id, context)
+    # No more than its creator declared (and MAX_UPLOAD_BYTES): the rest is never read.
+    limit = attachments.upload_limit(pending)
+    too_large = larger_than_declared if limit < attachments.max_upload_bytes else payload_too_large
+    data, content_type = await read_upload(request, limit, too_large)
     return await attachments.upload(attachment_id, data, context, content_type=content_type)
 
 
@@ -71,23 +74,32 @@ async def download_attachment(attachment_id: str, attachments: AttachmentStoreDe
     )
 
 
-async def read_upload(request: Request, limit: int) -> tuple[bytes, str | None]:
-    """The uploaded file's bytes and the Content-Type its sender gave it (None if none)."""
+TooLarge = Callable[[int], ApiError]
+
+
+async def read_upload(
+    request: Request, limit: int, too_large: TooLarge = payload_too_large
+) -> tuple[bytes, str | None]:
+    """The uploaded file's bytes and the Content-Type its sender gave it (None if none); `too_large(limit)` as
+    soon as the file is known to pass `limit` bytes."""
     content_type = request.headers.get("content-type")
     if (content_type or "").split(";", 1)[0].strip().lower() == "multipart/form-data":
-        return await _read_form_file(request, limit)
-    _check_content_length(request, limit, limit)
+        return await _read_form_file(request, limit, too_large)
+    _check_content_length(request, limit, limit, too_large)
     body = bytearray()
-    async for chunk in _limited(request.stream(), limit, limit):
+    async for chunk in _limited(request.stream(), limit, limit, too_large):
         body.extend(chunk)
     return bytes(body), content_type
 
 
-async def _read_form_file(request: Request, limit: int) -> tuple[bytes, str | None]:
+async def _read_form_file(request: Request, limit: int, too_large: TooLarge) -> tuple[bytes, str | None]:
     body_limit = limit + MULTIPART_OVERHEAD_BYTES
-    _check_content_length(request, body_limit, limit)
+    _check_content_length(request, body_limit, limit, too_large)
     parser = MultiPartParser(
-        request.headers, _limited(request.stream(), body_limit, limit), max_files=1, max_fields=MAX_FORM_FIELDS
+        request.headers,
+        _limited(request.stream(), body_limit, limit, too_large),
+        max_files=1,
+        max_fields=MAX_FORM_FIELDS,
     )
     try:
         form = await parser.parse()
@@ -98,24 +110,26 @@ async def _read_form_file(request: Request, limit: int) -> tuple[bytes, str | No
         if not isinstance(file, UploadFile):
             raise ApiError(400, "invalid_request", f"The form has no file in the field '{FILE_FIELD}'.")
         if file.size is not None and file.size > limit:
-            raise payload_too_large(limit)
+            raise too_large(limit)
         return await file.read(), file.content_type
     finally:
         await form.close()
 
 
-async def _limited(chunks: AsyncIterator[bytes], max_body: int, limit: int) -> AsyncGenerator[bytes, None]:
+async def _limited(
+    chunks: AsyncIterator[bytes], max_body: int, limit: int, too_large: TooLarge
+) -> AsyncGenerator[bytes, None]:
     """The body's chunks, stopping with 413 as soon as more than `max_body` bytes have come in (`limit` is the
     file limit the message names)."""
     received = 0
     async for chunk in chunks:
         received += len(chunk)
         if received > max_body:
-            raise payload_too_large(limit)
+            raise too_large(limit)
         yield chunk
 
 
-def _check_content_length(request: Request, max_body: int, limit: int) -> None:
+def _check_content_length(request: Request, max_body: int, limit: int, too_large: TooLarge) -> None:
     """413 straight away when the sender announces more than `max_body` bytes."""
     header = request.headers.get("content-length")
     if header is None:
@@ -125,7 +139,7 @@ def _check_content_length(request: Request, max_body: int, limit: int) -> None:
     except ValueError:
         raise ApiError(400, "invalid_request", "The Content-Length header is not a number.") from None
     if length > max_body:
-        raise payload_too_large(limit)
+        raise too_large(limit)
 
 
 def _content_disposition(filename: str) -> str:

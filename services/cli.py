@@ -93,6 +93,14 @@ def token(
         raise typer.Exit(1) from None
 
 
+@app.command("sign-in-link")
+def sign_in_link() -> None:
+    """Print a new one-time link that signs a browser in to the local page (`kitrelay up` prints one at start)."""
+    from kitrelay.services.supervisor import new_sign_in_link
+
+    typer.echo(new_sign_in_link(Settings(), STATE_DIR))
+
+
 @app.command()
 def health(
     checks: Annotated[str, typer.Option("--check", help="Comma-separated: nats,redis,database,schema.")] = (

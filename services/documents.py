@@ -54,6 +54,12 @@ class UnsupportedDocumentError(ValueError):
     """The bytes are not a document we can read text from: an unsupported type, a broken file, or no text."""
 
 
+class DocumentTooLargeError(ValueError):
+    """The document is readable but past a limit: too many pages, or too much text. A few kilobytes of PDF can
+    expand to millions of characters (pages that share one compressed content stream), so the limits are on what
+    comes out, not on the file's size."""
+
+
 @dataclass(frozen=True)
 class Chunk:
     """A piece of a document: its place in the document, the nearest heading above it, and its text."""
@@ -81,13 +87,19 @@ def normalize_mime(mime_type: str, filename: str) -> str:
     return base or "application/octet-stream"
 
 
-def extract_text(data: bytes, *, mime_type: str, filename: str) -> str:
-    """The text of a plain-text, Markdown or PDF file. Raises `UnsupportedDocumentError` for anything else."""
+def extract_text(
+    data: bytes, *, mime_type: str, filename: str, max_pages: int | None = None, max_chars: int | None = None
+) -> str:
+    """The text of a plain-text, Markdown or PDF file. Raises `UnsupportedDocumentError` for anything else, and
+    `DocumentTooLargeError` for a PDF of more than `max_pages` pages or a text of more than `max_chars`
+    characters (a PDF stops being read as soon as it passes)."""
     kind = normalize_mime(mime_type, filename)
     if kind in (PLAIN_TEXT, MARKDOWN):
-        return _clean(_decode(data))
+        text = _clean(_decode(data))
+        _check_chars(len(text), max_chars, filename)
+        return text
     if kind == PDF:
-        return _pdf_text(data, filename)
+        return _pdf_text(data, filename, max_pages=max_pages, max_chars=max_chars)
     supported = ", ".join(sorted(SUPPORTED_TYPES))
     raise UnsupportedDocumentError(f"{filename or 'the file'} is {kind}; only {supported} can be read")
 
@@ -106,14 +118,30 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _pdf_text(data: bytes, filename: str) -> str:
+def _check_chars(chars: int, max_chars: int | None, filename: str) -> None:
+    if max_chars is not None and chars > max_chars:
+        raise DocumentTooLargeError(
+            f"{filename or 'the document'} has more than {max_chars:,} characters of text, the limit for one document"
+        )
+
+
+def _pdf_text(data: bytes, filename: str, *, max_pages: int | None, max_chars: int | None) -> str:
     name = filename or "the PDF"
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise UnsupportedDocumentError(f"{name} is encrypted")
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except UnsupportedDocumentError:
+        if max_pages is not None and len(reader.pages) > max_pages:
+            raise DocumentTooLargeError(
+                f"{name} has {len(reader.pages):,} pages; the limit for one document is {max_pages:,}"
+            )
+        pages: list[str] = []
+        chars = 0
+        for page in reader.pages:
+            pages.append(page.extract_text() or "")
+            chars += len(pages[-1])
+            _check_chars(chars, max_chars, name)
+    except (UnsupportedDocumentError, DocumentTooLargeError):
         raise
     except Exception as exc:
         # pypdf raises all sorts (PdfReadError, ValueError, KeyError, ...) on malformed input; all mean "broken".

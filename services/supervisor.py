@@ -11,8 +11,12 @@ import time
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 from rich.console import Console
 
+from kitrelay.gateway.auth import AuthConfigError, resolve_auth_mode
+from kitrelay.gateway.dev_signin import dev_sign_in_enabled
+from kitrelay.gateway.tokens import mint_sign_in_code, sign_in_link
 from kitrelay.services.devservers import LocalServer, ensure_nats, ensure_redis
 from kitrelay.shared.redact import redact_url
 from kitrelay.shared.settings import AgentKind, Settings
@@ -52,6 +56,40 @@ def dev_token_secret(data_dir: Path) -> str:
     with os.fdopen(fd, "w", encoding="utf-8") as file:
         file.write(secret)
     return secret
+
+
+def new_sign_in_link(settings: Settings, data_dir: Path) -> str:
+    """A one-time link that signs a browser in to the local gateway's page (gateway/dev_signin.py), made with the
+    dev secret: DEV_TOKEN_SECRET, else the one `kitrelay up` keeps in `<data_dir>/dev-token-secret`. Whoever can
+    read that secret owns this kitrelay's data, so the link goes to them only (their terminal)."""
+    if settings.DEV_TOKEN_SECRET is not None:
+        secret = settings.DEV_TOKEN_SECRET.get_secret_value()
+    else:
+        path = data_dir / DEV_TOKEN_SECRET_FILE
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise SystemExit(f"no {path}: start kitrelay with `kitrelay up` (it makes one) in this directory") from None
+        except PermissionError:
+            raise SystemExit(f"{path} is not yours to read: only its owner can sign in to this kitrelay") from None
+    url = f"http://{settings.GATEWAY_HOST}:{settings.GATEWAY_PORT}"
+    return sign_in_link(url, mint_sign_in_code(secret, settings.SIGN_IN_LINK_TTL_S))
+
+
+def _page_sign_in_secret(settings: Settings, env: dict[str, str]) -> str | None:
+    """The dev secret when the gateway about to start offers the page's dev sign-in (which then needs a link);
+    None when it does not (dev mode, a real identity provider)."""
+    secret = env.get("DEV_TOKEN_SECRET") or (
+        settings.DEV_TOKEN_SECRET.get_secret_value() if settings.DEV_TOKEN_SECRET is not None else None
+    )
+    if not secret:
+        return None
+    gateway_settings = settings.model_copy(update={"DEV_TOKEN_SECRET": SecretStr(secret)})
+    try:
+        mode = resolve_auth_mode(gateway_settings)
+    except AuthConfigError:
+        return None  # the gateway will say why it does not start
+    return secret if dev_sign_in_enabled(gateway_settings, mode) else None
 
 
 def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -110,6 +148,7 @@ def run_all(settings: Settings, *, workers: list[AgentKind], data_dir: Path, con
             # Multi-user by default: the browser page signs people in with tokens minted from this secret.
             env["DEV_TOKEN_SECRET"] = dev_token_secret(data_dir)
             console.print(f"[bold]sign-in[/]: local tokens, secret in {data_dir / DEV_TOKEN_SECRET_FILE}")
+        signing_secret = _page_sign_in_secret(settings, env)
         gateway_log = logs / "gateway.log"
         procs["gateway"] = _spawn(["gateway"], env, gateway_log)
         for kind in workers:
@@ -118,6 +157,11 @@ def run_all(settings: Settings, *, workers: list[AgentKind], data_dir: Path, con
         _wait_healthy(url, procs["gateway"], gateway_log)
         console.print(f"[bold]workers[/]: {', '.join(workers)}   [bold]logs[/]: {logs}")
         console.print(f"\nkitrelay is up at [bold cyan]{url}[/]  (chat in a browser there; ChatKit: {url}/chatkit)")
+        if signing_secret is not None:
+            # Printed here only: the person at this terminal owns the data directory; other users of the machine
+            # can reach the gateway but not this link. It works once; `kitrelay sign-in-link` makes another.
+            link = sign_in_link(url, mint_sign_in_code(signing_secret, settings.SIGN_IN_LINK_TTL_S))
+            console.print(f"Sign in (one-time link, for you only): [bold cyan]{link}[/]", soft_wrap=True)
         console.print(f'Try: kitrelay chat --url {url} "add task buy milk"    Ctrl-C stops everything.\n')
         while all(proc.poll() is None for proc in procs.values()):
             time.sleep(0.5)

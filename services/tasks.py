@@ -1,7 +1,11 @@
 """Team task lists: the domain behind the task agent's tools.
 
 Tasks belong to a team. Anyone in the team may see and change them; a task of another team does not exist as
-far as the caller can tell (`TaskNotFoundError`, exactly as for an unknown id).
+far as the caller can tell (`TaskNotFoundError`, exactly as for an unknown number).
+
+A task is named by its number within its team (`TaskRecord.number`, "task #3"), counted from 1 per team and never
+reused; every method takes that number. The row's global key stays inside this module: a team never learns how
+many tasks other teams have made.
 """
 
 from __future__ import annotations
@@ -13,19 +17,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, Select, case, delete, func, insert, literal, not_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kitrelay.shared.messages import Identity
 from kitrelay.shared.store.engine import read_session
-from kitrelay.shared.store.models import TITLE_MAX_LENGTH, TaskRow, UTCDateTime
+from kitrelay.shared.store.models import TITLE_MAX_LENGTH, TaskCounterRow, TaskRow, UTCDateTime
 
 TaskStatus = Literal["all", "open", "done"]
 
 # What every query hands back, in TaskRecord's field order.
 _COLUMNS = (
-    TaskRow.id,
+    TaskRow.number,
     TaskRow.team_id,
     TaskRow.owner_id,
     TaskRow.assignee_id,
@@ -40,7 +45,8 @@ _COLUMNS = (
 class TaskRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    id: int
+    # The task's number in its team: what is shown after '#' and what every method takes.
+    number: int
     team_id: str
     owner_id: str
     assignee_id: str | None
@@ -52,7 +58,7 @@ class TaskRecord(BaseModel):
 
 
 class TaskNotFoundError(LookupError):
-    """No task with this id in the caller's team."""
+    """No task with this number in the caller's team."""
 
 
 class TaskService:
@@ -77,7 +83,7 @@ class TaskService:
             if existing is not None:
                 return existing
         now = datetime.now(UTC)
-        values = {
+        values: dict[str, Any] = {
             "team_id": identity.team_id,
             "owner_id": identity.user_id,
             "assignee_id": _clean_assignee(assignee_id),
@@ -91,6 +97,8 @@ class TaskService:
         }
         try:
             async with self._sessions() as session, session.begin():
+                # The team's next number, in the same transaction: the counter's row lock orders a team's inserts.
+                values["number"] = await _next_number(session, identity.team_id)
                 row = (await session.execute(insert(TaskRow).values(values).returning(*_COLUMNS))).one()
         except IntegrityError:
             # Two attempts of one turn raced on the same key: the other one's task is the task.
@@ -119,7 +127,7 @@ class TaskService:
         query = (
             select(*_COLUMNS)
             .where(*_filters(identity, status, assignee_id))
-            .order_by(TaskRow.done.asc(), TaskRow.id.asc())
+            .order_by(TaskRow.done.asc(), TaskRow.number.asc())
             .limit(limit)
         )
         async with read_session(self._sessions) as session:
@@ -131,61 +139,61 @@ class TaskService:
         async with read_session(self._sessions) as session:
             return (await session.execute(query)).scalar_one()
 
-    async def get(self, identity: Identity, task_id: int) -> TaskRecord:
-        query = select(*_COLUMNS).where(TaskRow.id == task_id, TaskRow.team_id == identity.team_id)
+    async def get(self, identity: Identity, number: int) -> TaskRecord:
+        query = select(*_COLUMNS).where(*_task(identity, number))
         async with read_session(self._sessions) as session:
             row = (await session.execute(query)).first()
         if row is None:
-            raise TaskNotFoundError(task_id)
+            raise TaskNotFoundError(number)
         return _record(row._mapping)
 
-    async def complete(self, identity: Identity, task_id: int) -> TaskRecord:
+    async def complete(self, identity: Identity, number: int) -> TaskRecord:
         now = datetime.now(UTC)
         # Completing a done task keeps its original completion time.
         completed_at = func.coalesce(TaskRow.completed_at, _timestamp(now))
-        return await self._update(identity, task_id, {"done": True, "completed_at": completed_at, "updated_at": now})
+        return await self._update(identity, number, {"done": True, "completed_at": completed_at, "updated_at": now})
 
-    async def reopen(self, identity: Identity, task_id: int) -> TaskRecord:
+    async def reopen(self, identity: Identity, number: int) -> TaskRecord:
         return await self._update(
-            identity, task_id, {"done": False, "completed_at": None, "updated_at": datetime.now(UTC)}
+            identity, number, {"done": False, "completed_at": None, "updated_at": datetime.now(UTC)}
         )
 
-    async def set_done(self, identity: Identity, task_id: int, *, done: bool) -> TaskRecord:
+    async def set_done(self, identity: Identity, number: int, *, done: bool) -> TaskRecord:
         """Complete or reopen: the same request twice leaves the same state (a widget click is replayable)."""
-        return await (self.complete(identity, task_id) if done else self.reopen(identity, task_id))
+        return await (self.complete(identity, number) if done else self.reopen(identity, number))
 
-    async def toggle(self, identity: Identity, task_id: int) -> TaskRecord:
+    async def toggle(self, identity: Identity, number: int) -> TaskRecord:
         now = datetime.now(UTC)
         # One statement reads and flips the flag, so two quick clicks never both see the same old value.
         completed_at = case((TaskRow.done, None), else_=_timestamp(now))
         return await self._update(
-            identity, task_id, {"done": not_(TaskRow.done), "completed_at": completed_at, "updated_at": now}
+            identity, number, {"done": not_(TaskRow.done), "completed_at": completed_at, "updated_at": now}
         )
 
-    async def rename(self, identity: Identity, task_id: int, *, title: str) -> TaskRecord:
-        return await self._update(identity, task_id, {"title": _clean_title(title), "updated_at": datetime.now(UTC)})
+    async def rename(self, identity: Identity, number: int, *, title: str) -> TaskRecord:
+        return await self._update(identity, number, {"title": _clean_title(title), "updated_at": datetime.now(UTC)})
 
-    async def assign(self, identity: Identity, task_id: int, *, assignee_id: str | None) -> TaskRecord:
+    async def assign(self, identity: Identity, number: int, *, assignee_id: str | None) -> TaskRecord:
         """Give the task to a member of the team (None takes it back)."""
         assignee = _clean_assignee(assignee_id)
-        return await self._update(identity, task_id, {"assignee_id": assignee, "updated_at": datetime.now(UTC)})
+        return await self._update(identity, number, {"assignee_id": assignee, "updated_at": datetime.now(UTC)})
 
-    async def set_due_date(self, identity: Identity, task_id: int, *, due_date: date | None) -> TaskRecord:
-        return await self._update(identity, task_id, {"due_date": due_date, "updated_at": datetime.now(UTC)})
+    async def set_due_date(self, identity: Identity, number: int, *, due_date: date | None) -> TaskRecord:
+        return await self._update(identity, number, {"due_date": due_date, "updated_at": datetime.now(UTC)})
 
-    async def delete(self, identity: Identity, task_id: int) -> TaskRecord:
+    async def delete(self, identity: Identity, number: int) -> TaskRecord:
         """Delete a task and return it as it was."""
-        stmt = delete(TaskRow).where(TaskRow.id == task_id, TaskRow.team_id == identity.team_id).returning(*_COLUMNS)
+        stmt = delete(TaskRow).where(*_task(identity, number)).returning(*_COLUMNS)
         async with self._sessions() as session, session.begin():
             row = (await session.execute(stmt)).first()
         if row is None:
-            raise TaskNotFoundError(task_id)
+            raise TaskNotFoundError(number)
         return _record(row._mapping)
 
-    async def _update(self, identity: Identity, task_id: int, values: Mapping[str, Any]) -> TaskRecord:
+    async def _update(self, identity: Identity, number: int, values: Mapping[str, Any]) -> TaskRecord:
         stmt = (
             update(TaskRow)
-            .where(TaskRow.id == task_id, TaskRow.team_id == identity.team_id)
+            .where(*_task(identity, number))
             .values(dict(values))
             .returning(*_COLUMNS)
             # Sessions are never reused, so there are no loaded objects to refresh.
@@ -194,8 +202,22 @@ class TaskService:
         async with self._sessions() as session, session.begin():
             row = (await session.execute(stmt)).first()
         if row is None:
-            raise TaskNotFoundError(task_id)
+            raise TaskNotFoundError(number)
         return _record(row._mapping)
+
+
+def _task(identity: Identity, number: int) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    return TaskRow.team_id == identity.team_id, TaskRow.number == number
+
+
+async def _next_number(session: AsyncSession, team_id: str) -> int:
+    """Take the team's next task number: one upsert of its counter, returning the new value."""
+    dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    first = dialect_insert(TaskCounterRow).values(team_id=team_id, last_number=1)
+    stmt = first.on_conflict_do_update(
+        index_elements=["team_id"], set_={"last_number": TaskCounterRow.last_number + 1}
+    ).returning(TaskCounterRow.last_number)
+    return int((await session.execute(stmt)).scalar_one())
 
 
 def _clean_title(title: str) -> str:

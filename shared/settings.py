@@ -62,7 +62,8 @@ class Settings(BaseSettings):
     JWT_ISSUER: str | None = None
     JWT_AUDIENCE: str | None = None
     JWT_TEAM_CLAIM: str = Field(default="team", min_length=1)
-    JWT_LEEWAY_S: float = Field(default=30.0, ge=0)
+    # Clock skew allowed on `exp` and `nbf`: small, so an expired token stops working within seconds.
+    JWT_LEEWAY_S: float = Field(default=2.0, ge=0)
     # `kitrelay token` signs local tokens with it; with no JWT_SECRET / JWT_JWKS_URL the gateway verifies with it.
     DEV_TOKEN_SECRET: SecretStr | None = None
     # Signs the per-attachment upload tokens; unset: derived from the JWT secret, else random per gateway process.
@@ -158,6 +159,34 @@ class Settings(BaseSettings):
     # Record tool arguments and results, and model inputs and outputs, on the Agents SDK spans (they may hold
     # personal data: off by default).
     TRACE_RECORD_CONTENT: bool = False
+
+    # Hardening (issue 31): what an anonymous or local client can hold or send.
+    # The browser page's dev sign-in: a one-time code from the link `kitrelay up` prints proves the caller owns
+    # the data directory; these bound how fast one client address may try (and how long a link stays good).
+    SIGN_IN_RATE_PER_MIN: int = Field(default=60, ge=0)
+    SIGN_IN_LINK_TTL_S: int = Field(default=24 * 3600, gt=0)
+    # Slow clients (gateway/http_guard.py): a request's headers must be in within REQUEST_HEADER_TIMEOUT_S of its
+    # first byte (or of the connection opening), and its body within REQUEST_BODY_TIMEOUT_S plus one second per
+    # REQUEST_BODY_MIN_RATE bytes received; else 408 and the connection is closed. Headers past
+    # MAX_REQUEST_HEADER_BYTES get 431. One client address holds at most MAX_CONNECTIONS_PER_CLIENT connections
+    # (0: no cap; addresses in TRUSTED_PROXIES are not capped, their clients are behind them).
+    REQUEST_HEADER_TIMEOUT_S: float = Field(default=10.0, gt=0)
+    REQUEST_BODY_TIMEOUT_S: float = Field(default=20.0, gt=0)
+    REQUEST_BODY_MIN_RATE: int = Field(default=1024, gt=0)
+    MAX_REQUEST_HEADER_BYTES: int = Field(default=64 * 1024, ge=1024)
+    MAX_CONNECTIONS_PER_CLIENT: int = Field(default=100, ge=0)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or CIDR networks, JSON list; "*"
+    # trusts anyone). Empty: none, not even loopback, so a local process cannot pose as another address.
+    TRUSTED_PROXIES: list[str] = []
+    # Host headers the gateway answers (JSON list; "*.example.com" matches subdomains, "*" anything). Empty: the
+    # host of PUBLIC_BASE_URL and the loopback names, which stops DNS rebinding against a local gateway. The
+    # probes and /metrics answer any host (kubelets and scrapers call pod addresses).
+    ALLOWED_HOSTS: list[str] = []
+    # Uploaded documents: text is extracted in a child process with these caps (gateway/attachments.py), so a
+    # small PDF that expands to millions of characters is refused (413/422) without stalling the gateway.
+    MAX_PDF_PAGES: int = Field(default=500, ge=1)
+    MAX_DOCUMENT_CHARS: int = Field(default=1_000_000, ge=1)
+    EXTRACT_TIMEOUT_S: float = Field(default=20.0, gt=0)
 
     LOG_LEVEL: str = "INFO"
     LOG_JSON: bool = False

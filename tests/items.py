@@ -34,7 +34,7 @@ def task_record(
     """A task as the task service returns it (not saved)."""
     created = created_at or datetime.now(UTC)
     return TaskRecord(
-        id=task_id,
+        number=task_id,
         team_id="acme",
         owner_id="alice",
         assignee_id=assignee,

@@ -3,6 +3,9 @@
 
 const TOKEN_KEY = "kitrelay.token";
 const USER_KEY = "kitrelay.user";
+// The local sign-in key, from a sign-in link that `kitrelay up` printed (kept across sign-outs: it is the browser's,
+// not a user's).
+const SIGN_IN_KEY = "kitrelay.sign-in-key";
 
 export const session = {
   get token() {
@@ -18,6 +21,13 @@ export const session = {
   signOut() {
     localStorage.removeItem(TOKEN_KEY);
     localStorage.removeItem(USER_KEY);
+  },
+  get signInKey() {
+    return localStorage.getItem(SIGN_IN_KEY);
+  },
+  set signInKey(key) {
+    if (key) localStorage.setItem(SIGN_IN_KEY, key);
+    else localStorage.removeItem(SIGN_IN_KEY);
   },
 };
 

@@ -88,16 +88,36 @@ function showSignIn(reason) {
   ui.signin.hidden = false;
   const { config } = state;
   const devSignIn = config.mode === "jwt" && config.dev_sign_in;
-  ui.signinDev.hidden = !devSignIn;
+  // Dev sign-in needs this browser to have opened a sign-in link (proof that it is the data directory's owner).
+  const linked = devSignIn && Boolean(session.signInKey);
+  ui.signinDev.hidden = !linked;
   ui.signinTokenFields.hidden = devSignIn;
-  ui.signinHint.textContent = devSignIn
-    ? "Choose who you are on this local kitrelay. Each user sees only their own conversations."
-    : "This kitrelay checks tokens from your identity provider. Paste a bearer token to continue.";
+  ui.signinSubmit.hidden = devSignIn && !linked;
+  ui.signinHint.textContent = !devSignIn
+    ? "This kitrelay checks tokens from your identity provider. Paste a bearer token to continue."
+    : linked
+      ? "Choose who you are on this local kitrelay. Each user sees only their own conversations."
+      : "To sign in, open the sign-in link that `kitrelay up` printed in its terminal (or run `kitrelay sign-in-link` for a new one).";
   ui.signinUser.value ||= config.default_user || "";
   ui.signinTeam.value ||= config.default_team || "";
   ui.signinError.hidden = !reason;
   ui.signinError.textContent = reason || "";
-  (devSignIn ? ui.signinUser : ui.signinToken).focus();
+  if (!devSignIn) ui.signinToken.focus();
+  else if (linked) ui.signinUser.focus();
+}
+
+// A sign-in link is the page's URL with `#sign-in=<one-time code>`: the fragment never reaches a server or its
+// logs. The code is taken out of the address bar at once and traded for this browser's sign-in key.
+function takeSignInCode() {
+  const match = /^#sign-in=([A-Za-z0-9._-]+)$/.exec(location.hash);
+  if (!match) return null;
+  history.replaceState(null, "", location.pathname + location.search);
+  return match[1];
+}
+
+async function redeemSignInCode(code) {
+  const linked = await getJson("/auth/dev-link", { method: "POST", json: { code }, auth: false });
+  session.signInKey = linked.key;
 }
 
 function currentUser() {
@@ -122,7 +142,8 @@ async function submitSignIn(event) {
       const user = ui.signinUser.value.trim();
       const team = ui.signinTeam.value.trim();
       if (!user || !team) throw new ApiError(400, "invalid_request", "Enter a user and a team.");
-      const minted = await getJson("/auth/dev-token", { method: "POST", json: { user, team }, auth: false });
+      const key = session.signInKey;
+      const minted = await getJson("/auth/dev-token", { method: "POST", json: { user, team, key }, auth: false });
       session.signIn(minted.token, minted.user);
     } else {
       const token = ui.signinToken.value.trim();
@@ -133,6 +154,12 @@ async function submitSignIn(event) {
     await enterApp();
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) session.signOut();
+    if (error instanceof ApiError && error.code === "sign_in_required") {
+      // The key is no good any more (expired, or the secret changed): back to asking for a link.
+      session.signInKey = null;
+      showSignIn(messageOf(error));
+      return;
+    }
     ui.signinError.textContent = messageOf(error);
     ui.signinError.hidden = false;
   } finally {
@@ -1132,6 +1159,19 @@ async function start() {
   } catch (error) {
     document.body.replaceChildren(el("p", "fatal", `kitrelay cannot be reached: ${messageOf(error)}`));
     return;
+  }
+  const code = takeSignInCode();
+  if (code && state.config.mode === "jwt" && state.config.dev_sign_in) {
+    try {
+      await redeemSignInCode(code);
+    } catch (error) {
+      showSignIn(messageOf(error));
+      return;
+    }
+    if (!session.token) {
+      showSignIn();
+      return;
+    }
   }
   if (state.config.mode === "jwt" && !session.token) {
     showSignIn();

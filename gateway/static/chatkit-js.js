@@ -5,6 +5,8 @@
 
 const TOKEN_KEY = "kitrelay.token";
 const USER_KEY = "kitrelay.user";
+// Set by the built-in page when this browser opened a sign-in link from `kitrelay up` (see gateway/dev_signin.py).
+const SIGN_IN_KEY = "kitrelay.sign-in-key";
 const params = new URLSearchParams(location.search);
 // ChatKit wants a domain key (register the domain at platform.openai.com → Settings → Security → Domain
 // allowlist); ?domainKey=domain_pk_... sets it, the placeholder works for local development.
@@ -31,8 +33,10 @@ let config = null;
 
 function showSignIn(reason) {
   if (!config || config.mode !== "jwt") return;
-  if (!config.dev_sign_in) {
-    $("status").textContent = "Sign in on the built-in page first (/), then come back: this page reuses its token.";
+  if (!config.dev_sign_in || !localStorage.getItem(SIGN_IN_KEY)) {
+    $("status").textContent = config.dev_sign_in
+      ? "Open the sign-in link `kitrelay up` printed (it opens the built-in page), then come back."
+      : "Sign in on the built-in page first (/), then come back: this page reuses its token.";
     return;
   }
   $("signin").hidden = false;
@@ -47,7 +51,11 @@ async function signIn(event) {
   const response = await fetch("/auth/dev-token", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ user: $("user").value.trim(), team: $("team").value.trim() }),
+    body: JSON.stringify({
+      user: $("user").value.trim(),
+      team: $("team").value.trim(),
+      key: localStorage.getItem(SIGN_IN_KEY) || "",
+    }),
   });
   const body = await response.json();
   if (!response.ok) {

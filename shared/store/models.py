@@ -162,10 +162,16 @@ class TaskRow(Base):
     """A team's to-do item, managed by the task agent's tools."""
 
     __tablename__ = "tasks"
-    __table_args__ = (Index("ix_tasks_request_key", "request_key", unique=True),)
+    __table_args__ = (
+        Index("ix_tasks_request_key", "request_key", unique=True),
+        Index("ix_tasks_team_id_number", "team_id", "number", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     team_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
+    # What people see and name ("task #3"): numbered per team from 1 (task_counters), so a team learns nothing of
+    # how many tasks other teams have. `id` stays the row's key and is never shown.
+    number: Mapped[int] = mapped_column(BigInteger)
     owner_id: Mapped[str] = mapped_column(String(ID_LENGTH))
     assignee_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     title: Mapped[str] = mapped_column(String(TITLE_MAX_LENGTH))
@@ -176,6 +182,16 @@ class TaskRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # Set when a turn's tool created the task: a redelivered turn that runs the tool again gets the same task back.
     request_key: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+
+
+class TaskCounterRow(Base):
+    """The last task number a team has given out; numbers are never reused, even after a task is deleted (a widget
+    drawn earlier still names the task it showed)."""
+
+    __tablename__ = "task_counters"
+
+    team_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    last_number: Mapped[int] = mapped_column(BigInteger)
 
 
 class TurnRow(Base):

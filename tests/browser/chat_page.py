@@ -8,6 +8,7 @@ so a short reply cannot slip between two polls.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from playwright.sync_api import Locator, Page, expect
@@ -40,8 +41,10 @@ def squash(text: str) -> str:
 
 
 class ChatPage:
-    def __init__(self, page: Page) -> None:
+    def __init__(self, page: Page, sign_in_link: Callable[[], str]) -> None:
+        """`sign_in_link` makes a new one-time sign-in link, as `kitrelay up` prints (GatewayApi.sign_in_link)."""
         self.page = page
+        self._sign_in_link = sign_in_link
         page.add_init_script(_RECORD_STREAMING)
 
     def by(self, test_id: str) -> Locator:
@@ -70,8 +73,10 @@ class ChatPage:
         self.page.goto("/")
 
     def sign_in(self, who: Identity) -> None:
-        self.open()
+        """As a user of `kitrelay up` does: open the sign-in link it printed, pick a user and a team."""
+        self.page.goto(self._sign_in_link())
         form = self.by("signin-form")
+        expect(self.by("signin-user")).to_be_visible()
         expect(form).to_be_visible()
         self.by("signin-user").fill(who.user_id)
         self.by("signin-team").fill(who.team_id)

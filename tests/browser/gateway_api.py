@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from kitrelay.gateway.tokens import mint_token
+from kitrelay.gateway.tokens import SIGN_IN_FRAGMENT, mint_sign_in_code, mint_token
 from kitrelay.shared.messages import Identity
 
 
@@ -20,6 +20,10 @@ class GatewayApi:
     def __init__(self, base_url: str, token_secret: str) -> None:
         self._base_url = base_url
         self._secret = token_secret
+
+    def sign_in_link(self) -> str:
+        """A new one-time sign-in link to the page (relative to the gateway), as `kitrelay up` prints."""
+        return f"/#{SIGN_IN_FRAGMENT}={mint_sign_in_code(self._secret, 600)}"
 
     def _client(self, who: Identity) -> httpx.Client:
         token = mint_token(self._secret, who.user_id, who.team_id, 600)

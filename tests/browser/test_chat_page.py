@@ -48,7 +48,7 @@ def load_handbooks(api: GatewayApi, who: Identity) -> None:
 
 def test_a_user_signs_in_and_sees_a_reply_stream_in(page: Page, api: GatewayApi, shots: Screenshots) -> None:
     alice = new_identity("alice")
-    chat = ChatPage(page)
+    chat = ChatPage(page, api.sign_in_link)
     chat.sign_in(alice)
     expect(chat.thread_items()).to_have_count(0)
 
@@ -72,8 +72,10 @@ def test_a_user_signs_in_and_sees_a_reply_stream_in(page: Page, api: GatewayApi,
     shots.save_as(page, "streamed-reply")
 
 
-def test_tasks_show_as_widgets_and_a_click_toggles_one_in_place(page: Page, shots: Screenshots) -> None:
-    chat = ChatPage(page)
+def test_tasks_show_as_widgets_and_a_click_toggles_one_in_place(
+    page: Page, api: GatewayApi, shots: Screenshots
+) -> None:
+    chat = ChatPage(page, api.sign_in_link)
     chat.sign_in(new_identity("tasker"))
 
     chat.ask("add task buy milk", assistant_replies=1)
@@ -127,8 +129,8 @@ def test_tasks_show_as_widgets_and_a_click_toggles_one_in_place(page: Page, shot
     chat.wait_idle()
 
 
-def test_a_task_cards_button_marks_it_done_in_place(page: Page, shots: Screenshots) -> None:
-    chat = ChatPage(page)
+def test_a_task_cards_button_marks_it_done_in_place(page: Page, api: GatewayApi, shots: Screenshots) -> None:
+    chat = ChatPage(page, api.sign_in_link)
     chat.sign_in(new_identity("carder"))
     chat.ask("add task pay rent", assistant_replies=1)
     card = chat.widgets("Card")
@@ -154,7 +156,7 @@ def test_a_task_cards_button_marks_it_done_in_place(page: Page, shots: Screensho
 def test_a_reload_mid_reply_shows_the_same_reply_finish_once(page: Page, api: GatewayApi, shots: Screenshots) -> None:
     reader = new_identity("reader")
     load_handbooks(api, reader)
-    chat = ChatPage(page)
+    chat = ChatPage(page, api.sign_in_link)
     chat.sign_in(reader)
 
     chat.send(HANDOVER_QUESTION)
@@ -182,7 +184,9 @@ def test_a_reload_mid_reply_shows_the_same_reply_finish_once(page: Page, api: Ga
     expect(chat.messages("user")).to_have_count(1)
 
 
-def test_an_uploaded_document_gets_a_cited_answer(page: Page, shots: Screenshots, tmp_path: Path) -> None:
+def test_an_uploaded_document_gets_a_cited_answer(
+    page: Page, api: GatewayApi, shots: Screenshots, tmp_path: Path
+) -> None:
     code = f"{secrets.randbelow(9000) + 1000}-{secrets.token_hex(2)}"
     # No H1, so the document is titled by its file name: the citation has to name the file.
     guide = tmp_path / f"falcon-lab-guide-{secrets.token_hex(2)}.md"
@@ -191,7 +195,7 @@ def test_an_uploaded_document_gets_a_cited_answer(page: Page, shots: Screenshots
         f"The door code of the falcon lab is {code}. Change it every quarter and tell nobody outside the team.\n\n"
         "## Coffee\n\nThe coffee machine is descaled on Mondays.\n"
     )
-    chat = ChatPage(page)
+    chat = ChatPage(page, api.sign_in_link)
     chat.sign_in(new_identity("uploader"))
 
     chat.by("composer-attach").set_input_files(guide)
@@ -213,7 +217,7 @@ def test_an_uploaded_document_gets_a_cited_answer(page: Page, shots: Screenshots
 def test_stop_ends_the_reply_marked_stopped(page: Page, api: GatewayApi, shots: Screenshots) -> None:
     impatient = new_identity("impatient")
     load_handbooks(api, impatient)
-    chat = ChatPage(page)
+    chat = ChatPage(page, api.sign_in_link)
     chat.sign_in(impatient)
 
     chat.send(HANDOVER_QUESTION)
@@ -234,9 +238,9 @@ def test_stop_ends_the_reply_marked_stopped(page: Page, api: GatewayApi, shots: 
     chat.ask("hello", assistant_replies=2)
 
 
-def test_thumbs_up_is_recorded(page: Page, browser_system: RunningSystem) -> None:
+def test_thumbs_up_is_recorded(page: Page, api: GatewayApi, browser_system: RunningSystem) -> None:
     voter = new_identity("voter")
-    chat = ChatPage(page)
+    chat = ChatPage(page, api.sign_in_link)
     chat.sign_in(voter)
     reply = chat.ask("hello", assistant_replies=1)
     item_id = reply.get_attribute("data-item-id")
@@ -258,9 +262,9 @@ def test_thumbs_up_is_recorded(page: Page, browser_system: RunningSystem) -> Non
     assert "positive" in vote and (item_id or "?") in vote, listed.stdout
 
 
-def test_users_see_only_their_own_threads(open_page: OpenPage) -> None:
+def test_users_see_only_their_own_threads(open_page: OpenPage, api: GatewayApi) -> None:
     team = f"team-{secrets.token_hex(4)}"
-    ann, ben = ChatPage(open_page()), ChatPage(open_page())
+    ann, ben = ChatPage(open_page(), api.sign_in_link), ChatPage(open_page(), api.sign_in_link)
     ann.sign_in(new_identity("ann", team))
     ann.ask("hello", assistant_replies=1)
     expect(ann.thread_items()).to_have_count(1)
@@ -285,3 +289,29 @@ def test_users_see_only_their_own_threads(open_page: OpenPage) -> None:
     ben.page.reload()
     expect(ben.by("signin-form")).to_be_visible()
     expect(ben.body).not_to_have_attribute("data-ready", "true")
+
+
+def test_signing_in_needs_the_link_kitrelay_up_printed(
+    open_page: OpenPage, api: GatewayApi, shots: Screenshots
+) -> None:
+    """Anyone on the machine can open the page; only the owner of the data directory has the link `kitrelay up`
+    printed to its terminal. Without it the page says where to find one and offers no form."""
+    stranger = ChatPage(open_page(), api.sign_in_link)
+    stranger.open()
+    expect(stranger.by("signin-form")).to_be_visible()
+    expect(stranger.page.locator("#signin-hint")).to_contain_text("kitrelay up")
+    expect(stranger.by("signin-user")).to_be_hidden()
+    expect(stranger.by("signin-submit")).to_be_hidden()
+    shots.take(stranger.page, "no-link")
+
+    link = api.sign_in_link()
+    owner = open_page()
+    owner.goto(link)
+    expect(owner.get_by_test_id("signin-user")).to_be_visible()
+    assert "sign-in=" not in owner.url, "the code is taken out of the address bar"
+    # The link works once: another browser opening it is told so.
+    other = open_page()
+    other.goto(link)
+    expect(other.locator("#signin-error")).to_contain_text("used already")
+    expect(other.get_by_test_id("signin-user")).to_be_hidden()
+    shots.take(other, "used-link")

@@ -57,7 +57,7 @@ def test_a_reload_mid_reply_shows_the_text_so_far_at_once(page: Page, api: Gatew
     who = new_identity("reloader")
     for volume in (1, 2, 3):
         api.upload(who, f"tide-office-{volume}.md", manual(volume))
-    chat = ChatPage(page)
+    chat = ChatPage(page, api.sign_in_link)
     chat.sign_in(who)
 
     chat.send(QUESTION)

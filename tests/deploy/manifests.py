@@ -16,12 +16,13 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import typer
 import yaml
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
+from pydantic_settings.sources.utils import parse_env_vars
 
 from kitrelay.services import health
 from kitrelay.services.cli import app as cli_app
@@ -110,6 +111,16 @@ def config_values(resources: Sequence[Resource]) -> dict[str, str]:
     return data
 
 
+class _GivenEnvironment(EnvSettingsSource):
+    """The environment source, reading the variables it is given instead of the process's (so JSON lists and the
+    like are decoded exactly as a container's environment would be)."""
+
+    given: ClassVar[Mapping[str, str]] = {}
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self.given, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
 class _OnlyGiven(Settings):
     """Settings read from the values given and nothing else: not the test process's environment, not a .env."""
 
@@ -122,12 +133,16 @@ class _OnlyGiven(Settings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+        return (_GivenEnvironment(settings_cls),)
 
 
 def effective_settings(values: Mapping[str, str]) -> Settings:
     """Settings as a process given exactly these variables would read them; invalid values raise."""
-    return _OnlyGiven.model_validate(dict(values))
+    _GivenEnvironment.given = dict(values)
+    try:
+        return _OnlyGiven()
+    finally:
+        _GivenEnvironment.given = {}
 
 
 def foreign_env(name: str) -> bool:

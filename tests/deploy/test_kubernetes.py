@@ -12,9 +12,12 @@ from urllib.parse import urlsplit
 import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+import yaml
 
 from kitrelay.gateway.app import create_app
 from kitrelay.gateway.auth import resolve_auth_mode
+from kitrelay.gateway.http_guard import AddressSet
+from kitrelay.gateway.security import OPEN_HOST_PATHS
 from kitrelay.services.devservers import is_loopback_host
 from kitrelay.shared.names import turns_consumer, turns_stream
 from kitrelay.shared.settings import AGENT_KINDS, Settings
@@ -233,6 +236,8 @@ def test_gateway_probes_use_routes_the_gateway_serves(resources: list[Resource],
     assert probed["readinessProbe"] == "/readyz", "readiness must check NATS, Redis and the database"
     missing = set(probed.values()) - paths
     assert not missing, f"the gateway serves no {sorted(missing)}"
+    # The kubelet calls the pod by its IP address: the probes must answer whatever the Host header says.
+    assert set(probed.values()) <= OPEN_HOST_PATHS
 
 
 def test_environment_names_are_settings(overlay: str, resources: list[Resource], config: dict[str, str]) -> None:
@@ -382,6 +387,30 @@ def test_ingress_streams_sse_unbuffered(resources: list[Resource], config: dict[
     service = named(resources, "Service", backend["name"])
     [port] = [p for p in service["spec"]["ports"] if p["name"] == backend["port"]["name"]]
     assert port["targetPort"] == "http"
+
+
+CONTROLLER_CONFIG = K8S / "ingress-nginx" / "controller-config.yaml"
+
+
+def test_slow_and_greedy_clients_are_cut_at_the_edge_and_the_gateway(
+    resources: list[Resource], config: dict[str, str]
+) -> None:
+    """Issue 31: slow clients and one address holding hundreds of connections, at the ingress and the gateway."""
+    settings = effective_settings(config)
+    [ingress] = of_kind(resources, "Ingress")
+    limit = int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/limit-connections"])
+    assert 0 < limit <= 1000
+    # Behind the ingress every connection comes from a controller pod: those must be trusted proxies, or the gateway
+    # would count the whole ingress as one client (and believe no X-Forwarded-For).
+    proxies = AddressSet(settings.TRUSTED_PROXIES)
+    for pod_address in ("10.244.1.17", "10.42.0.9", "192.168.3.4"):
+        assert pod_address in proxies, f"{pod_address} (a typical pod address) is not a trusted proxy"
+    assert "203.0.113.7" not in proxies, "a public address must never be trusted"
+    # The controller's own timeouts: a valid ConfigMap, no looser than the gateway's.
+    controller = yaml.safe_load(CONTROLLER_CONFIG.read_text())
+    kubernetes_validate.validate(controller, KUBERNETES_VERSION, strict=True)
+    assert int(controller["data"]["client-header-timeout"]) <= settings.REQUEST_HEADER_TIMEOUT_S
+    assert int(controller["data"]["client-body-timeout"]) <= settings.REQUEST_BODY_TIMEOUT_S
 
 
 def test_selectors_find_their_pods(resources: list[Resource]) -> None:

@@ -397,7 +397,7 @@ async def test_a_form_without_the_file_field_is_400(gateway: Gateway) -> None:
 
 async def test_an_empty_upload_is_refused(gateway: Gateway) -> None:
     me = new_identity()
-    created = await gateway.create(me, "a.txt", "text/plain", 0)
+    created = await gateway.create(me, "a.txt", "text/plain", 6)
     assert (await gateway.upload(me, created["id"], b"")).status_code == 400
     assert (await gateway.upload(me, created["id"], b"  \n\t ")).status_code == 422
     assert await gateway.stored(me, created["id"]) == (False, 1, 0)
@@ -541,8 +541,9 @@ async def test_delete_removes_bytes_metadata_and_documents(gateway: Gateway) -> 
     me = new_identity()
     created = await gateway.create(me, "n.md", "text/markdown", len(MARKDOWN))
     await gateway.upload(me, created["id"], MARKDOWN)
-    kept = await gateway.create(me, "other.md", "text/markdown", 30)
-    await gateway.upload(me, kept["id"], b"# Other\n\nAlso about a zebrafish.\n")
+    other = b"# Other\n\nAlso about a zebrafish.\n"
+    kept = await gateway.create(me, "other.md", "text/markdown", len(other))
+    await gateway.upload(me, kept["id"], other)
     assert len(await gateway.knowledge.search(me.team_id, "zebrafish")) == 2
 
     answer = await gateway.chatkit(me, {"type": "attachments.delete", "params": {"attachment_id": created["id"]}})

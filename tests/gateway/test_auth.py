@@ -327,7 +327,7 @@ def test_mint_token_refuses_nonsense() -> None:
 # token; signing in is how one gets a token); everything else needs one.
 OPEN_PATHS = {
     "/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/auth/config",
-    "/auth/dev-token",
+    "/auth/dev-token", "/auth/dev-link",
 }  # fmt: skip
 
 
@@ -383,7 +383,7 @@ async def test_the_upload_token_authenticates_the_upload_route_only(make_setting
     alice = new_user(name="alice")
     async with in_process_gateway(make_settings()) as gateway:
         created = await gateway.chatkit(
-            alice, {"type": "attachments.create", "params": {"name": "a.md", "size": 5, "mime_type": "text/markdown"}}
+            alice, {"type": "attachments.create", "params": {"name": "a.md", "size": 15, "mime_type": "text/markdown"}}
         )
         assert created.status_code == 200, created.text
         descriptor = created.json()["upload_descriptor"]

@@ -232,7 +232,7 @@ async def test_alice_still_owns_everything(world: World) -> None:
     assert [item["id"] for item in thread["items"]["data"]] == [world.user_message, world.reply]
     upload = await world.alice.http.post(
         f"/attachments/{world.pending}/upload",
-        content=b"# Later\n\nsoon enough",
+        content=b"# Later\n\nsoon",
         headers={"content-type": "text/markdown"},
     )
     assert upload.status_code == 200, upload.text

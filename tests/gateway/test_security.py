@@ -74,14 +74,16 @@ def test_a_wildcard_must_be_written_and_is_warned_about(
 
 async def test_security_headers_on_answers_and_refusals(make_settings: MakeSettings) -> None:
     alice = new_user()
-    async with in_process_gateway(make_settings(PUBLIC_BASE_URL="https://chat.example.com")) as gateway:
+    settings = make_settings(PUBLIC_BASE_URL="https://chat.example.com", ALLOWED_HOSTS=["gateway.test"])
+    async with in_process_gateway(settings) as gateway:
         answers = [
             await gateway.http.post("/chatkit", json={"type": "threads.list", "params": {}}, headers=bearer(alice)),
             await gateway.http.post("/chatkit", json={}),
             await gateway.http.get("/healthz"),
             await gateway.http.get("/attachments/atc_nope", headers=bearer(alice)),
+            await gateway.http.get("/auth/config", headers={"host": "evil.example"}),
         ]
-        assert [answer.status_code for answer in answers] == [200, 401, 200, 404]
+        assert [answer.status_code for answer in answers] == [200, 401, 200, 404, 400]
         for answer in answers:
             assert answer.headers["x-content-type-options"] == "nosniff"
             assert answer.headers["x-frame-options"] == "DENY"
@@ -93,6 +95,33 @@ async def test_security_headers_on_answers_and_refusals(make_settings: MakeSetti
         # The interactive docs load a script from a CDN: no CSP there.
         docs = await gateway.http.get("/docs")
         assert "content-security-policy" not in docs.headers
+
+
+@pytest.mark.parametrize(
+    ("allowed", "host", "answered"),
+    [
+        pytest.param([], "chat.example.com", True, id="the public host"),
+        pytest.param([], "localhost:8000", True, id="a loopback name"),
+        pytest.param([], "[::1]:8000", True, id="loopback v6"),
+        pytest.param([], "127.0.0.1", True, id="loopback v4"),
+        pytest.param([], "evil.example", False, id="a rebinding name"),
+        pytest.param([], "chat.example.com.evil.example", False, id="a longer name"),
+        pytest.param([], "", False, id="no host"),
+        pytest.param(["*.example.com"], "eu.example.com:443", True, id="a wildcard"),
+        pytest.param(["*.example.com"], "example.com", False, id="the wildcard is for subdomains"),
+        pytest.param(["*"], "anything.at.all", True, id="everything, when written"),
+    ],
+)
+async def test_the_host_allow_list(make_settings: MakeSettings, allowed: list[str], host: str, answered: bool) -> None:
+    settings = make_settings(PUBLIC_BASE_URL="https://chat.example.com", ALLOWED_HOSTS=allowed)
+    async with in_process_gateway(settings) as gateway:
+        answer = await gateway.http.get("/auth/config", headers={"host": host})
+        assert answer.status_code == (200 if answered else 400)
+        if not answered:
+            assert answer.json()["error"] == "invalid_host"
+        # Probes and metrics answer any host: kubelets and scrapers call pods by their address.
+        for path in ("/healthz", "/metrics"):
+            assert (await gateway.http.get(path, headers={"host": host or "10.1.2.3:8000"})).status_code == 200
 
 
 async def test_plain_http_gets_no_hsts(make_settings: MakeSettings) -> None:

@@ -1,5 +1,7 @@
 """The browser pages and their sign-in: `/` and its assets under a page CSP, `/chatkit-js`, `GET /auth/config` in
-each authentication mode, and `POST /auth/dev-token`, whose tokens the gateway accepts and keeps apart by user.
+each authentication mode, and `POST /auth/dev-link` + `POST /auth/dev-token`, whose tokens the gateway accepts and
+keeps apart by user. (A real gateway process, another OS user and `kitrelay up`'s link: tests/gateway/
+test_hardening.py and tests/services/test_supervisor.py.)
 
 (The page's behaviour in a real browser is tested in tests/e2e with Playwright.)"""
 
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from kitrelay.gateway.client import user_input
+from kitrelay.gateway.tokens import mint_sign_in_code
 from kitrelay.gateway.web import STATIC_DIR
 from tests.gateway.conftest import AUDIENCE, ISSUER, InProcess, MakeSettings, in_process_gateway
 
@@ -198,8 +201,17 @@ async def test_no_dev_sign_in_off_loopback(make_settings: MakeSettings) -> None:
 # -- POST /auth/dev-token -------------------------------------------------------------------------------------------
 
 
+async def sign_in_key(gateway: InProcess) -> str:
+    """What the page does with the link `kitrelay up` printed: trade its one-time code for a sign-in key."""
+    linked = await gateway.http.post("/auth/dev-link", json={"code": mint_sign_in_code(DEV_SECRET, 600)})
+    assert linked.status_code == 200, linked.text
+    key: str = linked.json()["key"]
+    return key
+
+
 async def sign_in(gateway: InProcess, user: str, team: str) -> dict[str, str]:
-    minted = await gateway.http.post("/auth/dev-token", json={"user": user, "team": team})
+    key = await sign_in_key(gateway)
+    minted = await gateway.http.post("/auth/dev-token", json={"user": user, "team": team, "key": key})
     assert minted.status_code == 200, minted.text
     body = minted.json()
     assert (body["user"], body["team"]) == (user, team)
@@ -248,6 +260,7 @@ async def test_dev_tokens_are_accepted_and_keep_users_apart(make_settings: MakeS
         (b'{"user": "   ", "team": "acme"}', "invalid_request"),
         (b'{"user": "alice", "team": 7}', "invalid_request"),
         (b'{"user": "alice", "team": "acme", "admin": true}', "invalid_request"),
+        (b'{"user": "alice", "team": "acme", "key": 7}', "invalid_request"),
         (b'{"user": "al\\u0000ice", "team": "acme"}', "invalid_request"),
         (('{"user": "' + "a" * 300 + '", "team": "acme"}').encode(), "invalid_request"),
     ],
@@ -267,11 +280,59 @@ async def test_an_oversized_sign_in_request_gets_a_413(make_settings: MakeSettin
         assert answer.json()["error"] == "payload_too_large"
 
 
-async def test_sign_in_is_rate_limited(make_settings: MakeSettings) -> None:
-    async with in_process_gateway(dev_token_settings(make_settings, RATE_LIMIT_USER_PER_MIN=2)) as gateway:
-        answers = [await gateway.http.post("/auth/dev-token", json={"user": "carol", "team": "acme"}) for _ in range(3)]
+async def test_without_a_sign_in_key_there_is_no_token(make_settings: MakeSettings) -> None:
+    """Reaching a loopback gateway is not proof of owning its data (another OS user can): a key from a link is."""
+    async with in_process_gateway(dev_token_settings(make_settings)) as gateway:
+        for body in ({"user": "alice", "team": "acme"}, {"user": "alice", "team": "acme", "key": "made-up"}):
+            refused = await gateway.http.post("/auth/dev-token", json=body)
+            assert refused.status_code == 403
+            assert refused.json()["error"] == "sign_in_required"
+            assert "kitrelay up" in refused.json()["message"]
+
+
+@pytest.mark.parametrize("route", ["/auth/dev-token", "/auth/dev-link"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+async def test_sign_in_takes_json_only(make_settings: MakeSettings, route: str, content_type: str) -> None:
+    """What a page on another site can send without a CORS preflight is refused before anything is read."""
+    async with in_process_gateway(dev_token_settings(make_settings)) as gateway:
+        answer = await gateway.http.post(
+            route, content=b'{"user": "a", "team": "b", "code": "c"}', headers={"content-type": content_type}
+        )
+        assert answer.status_code == 415
+
+
+@pytest.mark.parametrize("route", ["/auth/dev-token", "/auth/dev-link"])
+async def test_sign_in_refuses_foreign_origins(make_settings: MakeSettings, route: str) -> None:
+    allowed = "https://app.kitrelay.test"
+    async with in_process_gateway(dev_token_settings(make_settings, CORS_ALLOW_ORIGINS=[allowed])) as gateway:
+        body = {"code": "x"} if route.endswith("link") else {"user": "a", "team": "b"}
+        # Foreign pages are refused before anything else; the gateway's own page and allowed origins get as far as
+        # the proof of ownership (none here).
+        for origin in ("http://evil.example", "null", allowed, "http://gateway.test"):
+            answer = await gateway.http.post(route, json=body, headers={"origin": origin})
+            assert answer.status_code == 403
+            wanted = "forbidden_origin" if origin in ("http://evil.example", "null") else "sign_in_required"
+            assert answer.json()["error"] == wanted, (origin, answer.json())
+
+
+async def test_sign_in_is_rate_limited_by_address_not_by_the_identity_asked_for(make_settings: MakeSettings) -> None:
+    settings = dev_token_settings(make_settings, SIGN_IN_RATE_PER_MIN=3, RATE_LIMIT_USER_PER_MIN=2)
+    async with in_process_gateway(settings) as gateway:
+        key = await sign_in_key(gateway)
+        answers = [
+            await gateway.http.post("/auth/dev-token", json={"user": f"u{n}", "team": "acme", "key": key})
+            for n in range(3)
+        ]
+        # The link's redemption was the first of the address's three.
         assert [answer.status_code for answer in answers] == [200, 200, 429]
         assert int(answers[-1].headers["retry-after"]) >= 1
+        # Signing in as carol twice charged nothing to carol: her own calls are within her 2 a minute.
+        token = answers[0].json()["token"]
+        for _ in range(2):
+            listed = await gateway.http.post(
+                "/chatkit", json={"type": "threads.list", "params": {}}, headers={"Authorization": f"Bearer {token}"}
+            )
+            assert listed.status_code == 200
 
 
 def test_the_page_files_ship_as_package_data() -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import codecs
+import io
 import random
 import re
 
 import pytest
+from pypdf import PdfReader
 
 from kitrelay.services.documents import (
     SUPPORTED_TYPES,
     Chunk,
+    DocumentTooLargeError,
     UnsupportedDocumentError,
     chunk_document,
     extract_text,
@@ -141,6 +144,26 @@ def test_extract_text_rejects_other_types_saying_why(mime_type: str, filename: s
 
 def test_unsupported_document_error_is_a_value_error() -> None:
     assert issubclass(UnsupportedDocumentError, ValueError)
+
+
+def test_a_pdf_past_the_page_limit_is_refused_before_its_text_is_read() -> None:
+    data = make_pdf(["one"], ["two"], ["three"])
+    assert "three" in extract_text(data, mime_type=PDF, filename="p.pdf", max_pages=3)
+    with pytest.raises(DocumentTooLargeError, match=r"p\.pdf has 3 pages; the limit for one document is 2"):
+        extract_text(data, mime_type=PDF, filename="p.pdf", max_pages=2)
+
+
+def test_text_past_the_character_limit_is_refused() -> None:
+    pdf = make_pdf(["x" * 40], ["y" * 40])
+    # The limit counts what pypdf gives, page by page, before blank edges are trimmed.
+    raw = sum(len(page.extract_text()) for page in PdfReader(io.BytesIO(pdf)).pages)
+    assert "y" * 40 in extract_text(pdf, mime_type=PDF, filename="c.pdf", max_chars=raw)
+    with pytest.raises(DocumentTooLargeError, match=f"more than {raw - 1} characters"):
+        extract_text(pdf, mime_type=PDF, filename="c.pdf", max_chars=raw - 1)
+    with pytest.raises(DocumentTooLargeError, match=r"notes\.md has more than 5 characters"):
+        extract_text(b"# abcdef", mime_type=MARKDOWN, filename="notes.md", max_chars=5)
+    # Without limits (the admin's `kitrelay kb add`), nothing is refused.
+    assert extract_text(b"# abcdef", mime_type=MARKDOWN, filename="notes.md") == "# abcdef"
 
 
 # -- chunk_document ----------------------------------------------------------------------------------------------

@@ -34,10 +34,10 @@ async def test_add_records_who_and_when(task_service: TaskService) -> None:
     assert task.created_at.utcoffset() == timedelta(0)
     # Databases may keep microseconds only; allow for the rounding.
     assert before - timedelta(milliseconds=1) <= task.created_at <= after + timedelta(milliseconds=1)
-    assert await task_service.get(me, task.id) == task
+    assert await task_service.get(me, task.number) == task
 
     second = await task_service.add(me, title="walk dog")
-    assert second.id > task.id
+    assert second.number > task.number
     assert second.due_date is None
     assert second.assignee_id is None
 
@@ -49,8 +49,8 @@ async def test_add_and_rename_reject_bad_titles(task_service: TaskService, title
         await task_service.add(me, title=title)
     task = await task_service.add(me, title="fine")
     with pytest.raises(ValueError, match="title"):
-        await task_service.rename(me, task.id, title=title)
-    assert (await task_service.get(me, task.id)).title == "fine"
+        await task_service.rename(me, task.number, title=title)
+    assert (await task_service.get(me, task.number)).title == "fine"
     assert await task_service.count(me) == 1
 
 
@@ -62,8 +62,8 @@ async def test_a_title_of_500_characters_is_fine(task_service: TaskService) -> N
 async def test_list_shows_open_tasks_first_then_by_id(task_service: TaskService) -> None:
     me = new_identity()
     a, b, c, d = await add_titles(task_service, me, "a", "b", "c", "d")
-    await task_service.complete(me, a.id)
-    await task_service.complete(me, c.id)
+    await task_service.complete(me, a.number)
+    await task_service.complete(me, c.number)
 
     assert titles(await task_service.list(me)) == ["b", "d", "a", "c"]
     assert titles(await task_service.list(me, status="open")) == ["b", "d"]
@@ -72,7 +72,7 @@ async def test_list_shows_open_tasks_first_then_by_id(task_service: TaskService)
     assert await task_service.list(me, limit=0) == []
     assert (await task_service.count(me), await task_service.count(me, status="open")) == (4, 2)
     assert await task_service.count(me, status="done") == 2
-    assert [t.id for t in await task_service.list(me)] == [b.id, d.id, a.id, c.id]
+    assert [t.number for t in await task_service.list(me)] == [b.number, d.number, a.number, c.number]
 
 
 async def test_list_filters_by_assignee(task_service: TaskService) -> None:
@@ -81,7 +81,7 @@ async def test_list_filters_by_assignee(task_service: TaskService) -> None:
     await task_service.add(me, title="bob's", assignee_id="bob")
     await task_service.add(me, title="nobody's")
     theirs = await task_service.add(me, title="bob's, done", assignee_id="bob")
-    await task_service.complete(me, theirs.id)
+    await task_service.complete(me, theirs.number)
 
     assert titles(await task_service.list(me, assignee_id="bob")) == ["bob's", "bob's, done"]
     assert titles(await task_service.list(me, assignee_id="bob", status="open")) == ["bob's"]
@@ -103,59 +103,59 @@ async def test_complete_and_reopen(task_service: TaskService) -> None:
     me = new_identity()
     task = await task_service.add(me, title="t")
 
-    done = await task_service.complete(me, task.id)
+    done = await task_service.complete(me, task.number)
     assert done.done is True
     assert done.completed_at is not None
     assert done.completed_at.utcoffset() == timedelta(0)
     assert done.completed_at >= task.created_at
     # Completing again keeps the first completion time.
-    assert (await task_service.complete(me, task.id)).completed_at == done.completed_at
+    assert (await task_service.complete(me, task.number)).completed_at == done.completed_at
 
-    reopened = await task_service.reopen(me, task.id)
+    reopened = await task_service.reopen(me, task.number)
     assert (reopened.done, reopened.completed_at) == (False, None)
-    assert await task_service.reopen(me, task.id) == reopened
-    assert await task_service.get(me, task.id) == reopened
+    assert await task_service.reopen(me, task.number) == reopened
+    assert await task_service.get(me, task.number) == reopened
 
 
 async def test_toggle_flips_done_and_completed_at(task_service: TaskService) -> None:
     me = new_identity()
     task = await task_service.add(me, title="t")
 
-    on = await task_service.toggle(me, task.id)
+    on = await task_service.toggle(me, task.number)
     assert on.done is True
     assert on.completed_at is not None
-    off = await task_service.toggle(me, task.id)
+    off = await task_service.toggle(me, task.number)
     assert (off.done, off.completed_at) == (False, None)
-    assert (await task_service.toggle(me, task.id)).done is True
-    assert (await task_service.get(me, task.id)).done is True
+    assert (await task_service.toggle(me, task.number)).done is True
+    assert (await task_service.get(me, task.number)).done is True
 
 
 async def test_concurrent_toggles_each_flip_once(task_service: TaskService) -> None:
     me = new_identity()
     task = await task_service.add(me, title="double click")
-    results = await asyncio.gather(*(task_service.toggle(me, task.id) for _ in range(6)))
+    results = await asyncio.gather(*(task_service.toggle(me, task.number) for _ in range(6)))
     # Six flips in some order: every state seen alternates, and the task ends where it started.
     assert sorted(r.done for r in results) == [False] * 3 + [True] * 3
-    assert (await task_service.get(me, task.id)).done is False
+    assert (await task_service.get(me, task.number)).done is False
 
 
 async def test_rename(task_service: TaskService) -> None:
     me = new_identity()
     task = await task_service.add(me, title="old")
-    renamed = await task_service.rename(me, task.id, title="  new  ")
+    renamed = await task_service.rename(me, task.number, title="  new  ")
     assert renamed.title == "new"
     assert renamed.model_copy(update={"title": "old"}) == task
-    assert (await task_service.get(me, task.id)).title == "new"
+    assert (await task_service.get(me, task.number)).title == "new"
 
 
 async def test_delete_returns_the_task_and_removes_it(task_service: TaskService) -> None:
     me = new_identity()
     keep, drop = await add_titles(task_service, me, "keep", "drop")
-    assert await task_service.delete(me, drop.id) == drop
+    assert await task_service.delete(me, drop.number) == drop
     with pytest.raises(TaskNotFoundError):
-        await task_service.get(me, drop.id)
+        await task_service.get(me, drop.number)
     with pytest.raises(TaskNotFoundError):
-        await task_service.delete(me, drop.id)
+        await task_service.delete(me, drop.number)
     assert await task_service.list(me) == [keep]
 
 
@@ -165,10 +165,10 @@ async def test_the_whole_team_shares_its_tasks(task_service: TaskService) -> Non
     task = await task_service.add(alice, title="shared")
 
     assert await task_service.list(bob) == [task]
-    assert (await task_service.complete(bob, task.id)).done is True
-    assert (await task_service.rename(bob, task.id, title="renamed by bob")).owner_id == alice.user_id
-    assert (await task_service.get(alice, task.id)).title == "renamed by bob"
-    assert (await task_service.delete(bob, task.id)).id == task.id
+    assert (await task_service.complete(bob, task.number)).done is True
+    assert (await task_service.rename(bob, task.number, title="renamed by bob")).owner_id == alice.user_id
+    assert (await task_service.get(alice, task.number)).title == "renamed by bob"
+    assert (await task_service.delete(bob, task.number)).number == task.number
 
 
 async def test_another_teams_task_does_not_exist_for_the_caller(task_service: TaskService) -> None:
@@ -176,20 +176,59 @@ async def test_another_teams_task_does_not_exist_for_the_caller(task_service: Ta
     # Even the same user id, in another team.
     outsiders = [new_identity(), Identity(user_id=owner.user_id, team_id=new_identity().team_id)]
     task = await task_service.add(owner, title="private")
-    missing_id = task.id + 1_000_000
+    missing_id = task.number + 1_000_000
 
     for outsider in outsiders:
         assert await task_service.list(outsider) == []
         assert await task_service.count(outsider) == 0
         for attempt in (
-            task_service.get(outsider, task.id),
-            task_service.complete(outsider, task.id),
-            task_service.reopen(outsider, task.id),
-            task_service.toggle(outsider, task.id),
-            task_service.rename(outsider, task.id, title="hijacked"),
-            task_service.delete(outsider, task.id),
+            task_service.get(outsider, task.number),
+            task_service.complete(outsider, task.number),
+            task_service.reopen(outsider, task.number),
+            task_service.toggle(outsider, task.number),
+            task_service.rename(outsider, task.number, title="hijacked"),
+            task_service.delete(outsider, task.number),
             task_service.get(outsider, missing_id),
         ):
             with pytest.raises(TaskNotFoundError):
                 await attempt
-    assert await task_service.get(owner, task.id) == task
+    assert await task_service.get(owner, task.number) == task
+
+
+# -- numbers per team (issue 31) ------------------------------------------------------------------------------------
+
+
+async def test_each_team_numbers_its_tasks_from_one(task_service: TaskService) -> None:
+    """Team t2 learns nothing of the tasks others made: its first task is #1 however many exist elsewhere."""
+    first_team, second_team = new_identity(), new_identity()
+    made = await add_titles(task_service, first_team, "a", "b", "c")
+    assert [task.number for task in made] == [1, 2, 3]
+    theirs = await add_titles(task_service, second_team, "x", "y")
+    assert [task.number for task in theirs] == [1, 2]
+    # Each team's #1 is its own.
+    assert (await task_service.get(first_team, 1)).title == "a"
+    assert (await task_service.get(second_team, 1)).title == "x"
+    await task_service.complete(second_team, 1)
+    assert (await task_service.get(first_team, 1)).done is False
+
+
+async def test_a_deleted_number_is_never_given_again(task_service: TaskService) -> None:
+    me = new_identity()
+    _, last = await add_titles(task_service, me, "one", "two")
+    await task_service.delete(me, last.number)
+    assert (await task_service.add(me, title="three")).number == 3
+
+
+async def test_concurrent_adds_in_one_team_get_distinct_numbers(task_service: TaskService) -> None:
+    me = new_identity()
+    made = await asyncio.gather(*(task_service.add(me, title=f"t{n}") for n in range(8)))
+    assert sorted(task.number for task in made) == list(range(1, 9))
+
+
+async def test_a_request_key_gives_back_the_same_numbered_task(task_service: TaskService) -> None:
+    me = new_identity()
+    first = await task_service.add(me, title="once", request_key=f"turn-{me.team_id}:add_task")
+    again = await task_service.add(me, title="once", request_key=f"turn-{me.team_id}:add_task")
+    assert again == first
+    # A replay takes no number: the next task is #2.
+    assert (await task_service.add(me, title="next")).number == first.number + 1 == 2

@@ -24,7 +24,7 @@ T = TypeVar("T")
 TABLES_0001 = {"threads", "thread_items", "attachments", "tasks"}
 TABLES_0002 = TABLES_0001 | {"documents", "document_chunks", "feedback"}
 TABLES_0003 = TABLES_0002 | {"turns"}
-TABLES = TABLES_0003 | {"turn_runs"}
+TABLES = TABLES_0003 | {"turn_runs", "task_counters"}
 # SQLite's full-text index of document chunks: the FTS5 table and the shadow tables FTS5 keeps its index in (an
 # external-content table has no `_content` shadow).
 SQLITE_FTS_TABLES = {f"document_chunks_fts{suffix}" for suffix in ("", "_data", "_idx", "_docsize", "_config")}
@@ -168,6 +168,41 @@ def test_downgrade_to_0002_drops_turns_and_task_request_keys(empty_db_url: str) 
     migrate(empty_db_url)
     assert tables(empty_db_url) == expected_tables(empty_db_url)
     assert schema_differences(empty_db_url) == []
+
+
+def test_task_numbers_per_team_keep_the_numbers_tasks_were_shown_with(empty_db_url: str) -> None:
+    """0005: tasks made before keep their old number (their id), so history and saved widgets name the same task;
+    each team then counts on from its highest. A downgrade drops the numbers and the counters."""
+    command.upgrade(alembic_config(empty_db_url), "0003")
+
+    def add_tasks(connection: Connection) -> None:
+        for team in ("red", "red", "blue", "red"):
+            connection.execute(
+                text(
+                    "INSERT INTO tasks (team_id, owner_id, title, done, created_at, updated_at) "
+                    "VALUES (:team, 'u', 't', false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                {"team": team},
+            )
+        connection.commit()
+
+    on_connection(empty_db_url, add_tasks)
+    migrate(empty_db_url)
+    rows = on_connection(
+        empty_db_url, lambda c: c.execute(text("SELECT id, team_id, number FROM tasks ORDER BY id")).all()
+    )
+    assert [(team, number) for _, team, number in rows] == [("red", 1), ("red", 2), ("blue", 3), ("red", 4)]
+    assert all(number == task_id for task_id, _, number in rows)
+    counters: dict[str, int] = on_connection(
+        empty_db_url, lambda c: {team: last for team, last in c.execute(text("SELECT * FROM task_counters")).all()}
+    )
+    assert counters == {"red": 4, "blue": 3}
+    assert schema_differences(empty_db_url) == []
+
+    command.downgrade(alembic_config(empty_db_url), "0003")
+    assert tables(empty_db_url) == expected_tables(empty_db_url, TABLES_0003)
+    columns = on_connection(empty_db_url, lambda c: {col["name"] for col in inspect(c).get_columns("tasks")})
+    assert "number" not in columns
 
 
 def sqlite_triggers(url: str) -> set[str]:
