@@ -40,7 +40,7 @@ class Normaliser:
     """Maps a team's task ids to their place in its list (1, 2, ...), and ids of anything else to one token."""
 
     def __init__(self, tasks: list[TaskRecord]) -> None:
-        self.places = {task.id: place for place, task in enumerate(sorted(tasks, key=lambda t: t.id), start=1)}
+        self.places = {task.number: place for place, task in enumerate(sorted(tasks, key=lambda t: t.number), start=1)}
 
     def _task(self, number: str) -> str:
         place = self.places.get(int(number))

@@ -187,7 +187,7 @@ class Topology:
             found: dict[str, list[TaskRecord]] = {}
             for team in teams:
                 rows = await service.list(Identity(user_id=f"user-{team}", team_id=team), status="all")
-                found[team] = sorted(rows, key=lambda t: t.id)
+                found[team] = sorted(rows, key=lambda t: t.number)
             return found
         finally:
             await engine.dispose()

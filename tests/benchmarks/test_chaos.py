@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 NOW = "2026-12-07T10:00:00Z"
 
 
-def _task(task_id: int, title: str, *, done: bool = False, team: str = "t") -> TaskRecord:
+def _task(number: int, title: str, *, done: bool = False, team: str = "t") -> TaskRecord:
     return TaskRecord.model_validate(
         {
-            "id": task_id,
+            "number": number,
             "team_id": team,
             "owner_id": "u",
             "assignee_id": None,
