@@ -12,17 +12,18 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kitrelay.gateway.xread import XreadConnection
+from kitrelay.shared.connections import cluster_of
 from kitrelay.shared.messages import EntryView, peek_entry, peek_fields
 from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.settings import AgentKind
@@ -101,6 +102,8 @@ class _Follower:
 
     key: bytes
     last_id: str
+    # The hub that reads for it (a Redis Cluster's failover may move it to another: StreamHubs.rehome).
+    hub: StreamHub
     held: RawEntries | None = None
     waiter: asyncio.Future[None] | None = None
     timer: asyncio.TimerHandle | None = None
@@ -154,9 +157,17 @@ class StreamHub:
     """The gateway process's one reader of turn streams. `start()` in the lifespan, `stop()` at shutdown."""
 
     def __init__(
-        self, redis: aioredis.Redis, *, block_ms: int = HUB_BLOCK_MS, batch: int = HUB_BATCH, tick_s: float = HUB_TICK_S
+        self,
+        redis: aioredis.Redis,
+        *,
+        block_ms: int = HUB_BLOCK_MS,
+        batch: int = HUB_BATCH,
+        tick_s: float = HUB_TICK_S,
+        on_lost: Callable[[StreamHub], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = redis
+        # A Redis Cluster's hub: called when its node no longer answers for its keys (StreamHubs.rehome).
+        self._on_lost = on_lost
         # Every tick, each waiting follower is woken to look at its deadline (see `_Follower`).
         self.tick_s = tick_s
         # A connection of its own: it sits in XREAD BLOCK, and CLIENT UNBLOCK names it. Its XREAD replies are read
@@ -207,12 +218,19 @@ class StreamHub:
     def add_follower(self, key: str, after: str) -> _Follower:
         """A follower of `key` from after entry id `after`: it is given the entries in order, a batch at a time.
         `remove_follower` once done."""
-        follower = _Follower(key.encode(), after)
+        return self.adopt(_Follower(key.encode(), after, self))
+
+    def adopt(self, follower: _Follower) -> _Follower:
+        """Read for `follower` from now on, from where it is."""
+        follower.hub = self
         self._followers.setdefault(follower.key, []).append(follower)
         self._generation += 1
         self._changed.set()
         self._wake()
         return follower
+
+    def followers(self) -> list[_Follower]:
+        return [follower for followers in self._followers.values() for follower in followers]
 
     def remove_follower(self, follower: _Follower) -> None:
         follower.disarm()
@@ -276,13 +294,19 @@ class StreamHub:
                     self._client_id = await self._reader.client_id()
                 self._reading = generation
                 response = _xread_entries(await self._reader.xread(streams, count=self._batch, block_ms=self._block_ms))
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     # redis-py reports a cancelled read as a timeout: this is the hub stopping, not Redis failing.
                     raise asyncio.CancelledError from exc
+                if isinstance(exc, ResponseError) and not _moved(exc):
+                    raise
                 self._client_id = None
                 self._failures += 1
+                if self._on_lost is not None and (self._failures > 1 or isinstance(exc, ResponseError)):
+                    # A cluster node that died (its replica took its slots) or gave its slots away: the followers
+                    # move to the hubs of the keys' nodes now; this hub reads again for those left.
+                    await self._on_lost(self)
                 if self._failures == 1:
                     # Most often a connection a Redis restart left dead, found on its first use since: reconnect
                     # at once, or this hub's next turn waits for nothing.
@@ -372,27 +396,87 @@ class StreamHubs:
         block_ms: int = HUB_BLOCK_MS,
         tick_s: float = HUB_TICK_S,
     ) -> None:
-        self._hubs = [StreamHub(redis, block_ms=block_ms, tick_s=tick_s) for _ in range(shards)]
+        self._shards = shards
+        self._block_ms = block_ms
+        self._tick_s = tick_s
+        self._cluster = cluster_of(redis)
+        # A single Redis (or Sentinel's primary): `shards` hubs. A Redis Cluster: hubs per node, made as its keys come
+        # (each reads its node's streams with one XREAD), on a connection to that node.
+        self._hubs = [] if self._cluster is not None else [self._hub(redis) for _ in range(shards)]
+        self._by_node: dict[str, list[StreamHub]] = {}
+        self._node_clients: list[aioredis.Redis] = []
+        self._started = False
+
+    def _hub(self, redis: aioredis.Redis) -> StreamHub:
+        on_lost = self.rehome if self._cluster is not None else None
+        return StreamHub(redis, block_ms=self._block_ms, tick_s=self._tick_s, on_lost=on_lost)
 
     def start(self) -> None:
         """Start every hub now (the gateway's lifespan), each with its connection: a hub started by its first
         follower took a connection from the pool on that turn's way to its first event, and the next command
-        opened a new one."""
+        opened a new one. A Redis Cluster's hubs start with their node's first key."""
+        self._started = True
         for hub in self._hubs:
             hub.start()
 
     @property
     def connected(self) -> int:
-        return sum(hub.connected for hub in self._hubs)
+        return sum(hub.connected for hub in self._all())
+
+    def _all(self) -> list[StreamHub]:
+        return self._hubs + [hub for hubs in self._by_node.values() for hub in hubs]
 
     def for_key(self, key: str) -> StreamHub:
-        hub = self._hubs[zlib.crc32(key.encode()) % len(self._hubs)]
+        hubs = self._hubs if self._cluster is None else self._node_hubs(key)
+        hub = hubs[zlib.crc32(key.encode()) % len(hubs)]
         hub.start()
         return hub
 
+    def _node_hubs(self, key: str) -> list[StreamHub]:
+        assert self._cluster is not None
+        node = self._cluster.get_node_from_key(key)
+        assert node is not None  # the primary that serves the key's slot
+        hubs = self._by_node.get(node.name)
+        if hubs is None:
+            client = aioredis.Redis(
+                host=node.host,
+                port=int(node.port),
+                username=node.connection_kwargs.get("username"),
+                password=node.connection_kwargs.get("password"),
+                socket_keepalive=True,
+            )
+            self._node_clients.append(client)
+            # About as many hubs in all as on a single Redis, shared by the primaries.
+            per_node = max(1, self._shards // max(1, len(self._cluster.get_primaries())))
+            hubs = self._by_node[node.name] = [self._hub(client) for _ in range(per_node)]
+        return hubs
+
+    async def rehome(self, lost: StreamHub) -> None:
+        """A Redis Cluster hub's node stopped answering for its keys (it died and its replica took over, or its
+        slots moved): the cluster's map is read again, and each follower moves to the hub of its key's node now,
+        from where it is. Followers whose key did not move stay."""
+        assert self._cluster is not None
+        with contextlib.suppress(RedisError, OSError):
+            await self._cluster.nodes_manager.initialize()
+        for follower in lost.followers():
+            try:
+                target = self.for_key(follower.key.decode())
+            except RedisError:
+                continue  # no node serves the slot yet: it stays, and is tried again at the next failure
+            if target is not lost:
+                lost.remove_follower(follower)
+                target.adopt(follower)
+
     async def stop(self) -> None:
-        for hub in self._hubs:
+        for hub in self._all():
             await hub.stop()
+        for client in self._node_clients:
+            await client.aclose()
+
+
+def _moved(exc: ResponseError) -> bool:
+    """A Redis Cluster's answer that the keys are served elsewhere now, or that the cluster is (briefly) down."""
+    return str(exc).startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN"))
 
 
 def _xread_entries(response: Any) -> XReadResponse:
@@ -473,7 +557,7 @@ class TurnReader:
 
     def close(self) -> None:
         if self._follower is not None:
-            self._hub.remove_follower(self._follower)
+            self._follower.hub.remove_follower(self._follower)
             self._follower = None
 
     def listen(self, listener: Callable[[], bool]) -> None:
@@ -495,7 +579,7 @@ class TurnReader:
             if progress.deadline <= time.monotonic():
                 raise TurnTimeoutError(self._turn_id, waiting_for=progress.waiting_for, last_run=progress.newest_run)
             return None
-        self._hub.taken(follower)
+        follower.hub.taken(follower)
         return self._progress.take(raw, self._timeouts)
 
     def ready(self) -> asyncio.Future[None]:

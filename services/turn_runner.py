@@ -45,6 +45,7 @@ from kitrelay.shared.agents_tracing import agents_tracing_installed
 from kitrelay.shared.messages import TurnRequest, utcnow
 from kitrelay.shared.settings import AgentKind
 from kitrelay.shared.store.chatkit_store import RunSupersededError, WorkerRun
+from kitrelay.shared.store.engine import is_unavailable as database_unavailable
 from kitrelay.shared.telemetry import current_trace_context
 from kitrelay.shared.turn_bus import RunOpening, open_run, publish_turn
 
@@ -83,6 +84,8 @@ class TurnDeps:
     stream_ttl_s: int
     stream_ttl_after_end_s: int
     max_handoff_hops: int
+    # Redis keeps replicas of every key (Sentinel, a Cluster): a turn's end waits for one.
+    redis_replicated: bool = False
 
 
 def cite(event: ThreadStreamEvent, citations: list[SearchHit]) -> list[ThreadStreamEvent]:
@@ -139,6 +142,7 @@ def _turn_log(
         attempt=attempt,
         ttl_s=deps.stream_ttl_s,
         ttl_after_end_s=deps.stream_ttl_after_end_s,
+        replicated=deps.redis_replicated,
         # Entries carry this worker's span of the turn, so whoever reads them can join the turn's trace.
         trace=current_trace_context(request.trace),
         agent=request.agent,
@@ -337,6 +341,10 @@ async def _run_agent(
         if (signal := find_handoff(exc)) is not None:
             await _hand_off(request, signal.target, turn_log, deps)
             return
+        if database_unavailable(exc):
+            # A tool met the database restarting: the turn is redone once it is back (the tool's writes are
+            # replay-safe), not answered with an error.
+            raise TurnLogWriteError(f"turn {request.turn_id}: the database is away: {exc!r}") from exc
         # The agent, a tool or the model failed: the user gets a clear error (retryable where that may help).
         log.exception("turn %s failed in the agent run", request.turn_id)
         await turn_log.emit(error_event_for(exc))

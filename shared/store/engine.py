@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +14,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext import asyncio as sa_asyncio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -134,3 +136,41 @@ def migrate(database_url: str) -> None:
 async def migrate_async(database_url: str) -> None:
     """`migrate` from async code. Alembic drives its own event loop, so it runs in a thread."""
     await asyncio.to_thread(migrate, database_url)
+
+
+# What a database that is restarting or failing over raises, whatever the driver: the connection was refused,
+# closed under a statement, or the server is starting up or shutting down.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08001", "08003", "08004", "08006"})
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the database cannot be reached now: worth answering 503 and trying
+    again, not a failure of the request itself."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, OSError | ConnectionError | sqlite3.OperationalError) and not isinstance(
+            seen, TimeoutError
+        ):
+            return _not_a_sqlite_error(seen)
+        sqlstate = getattr(seen, "sqlstate", None) or getattr(getattr(seen, "orig", None), "sqlstate", None)
+        if sqlstate in _UNAVAILABLE_SQLSTATES:
+            return True
+        name = type(seen).__name__
+        if name in ("ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError"):
+            return True
+        if name == "InterfaceError" and "connection is closed" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _not_a_sqlite_error(exc: BaseException) -> bool:
+    # SQLite's OperationalError also says "no such table" or "syntax error": only a locked or unopenable file is an
+    # outage.
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(word in str(exc) for word in ("locked", "unable to open", "disk I/O"))
+    return True
