@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -116,11 +117,23 @@ RETRY_AFTER_OUTAGE_S = 2
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     if (away := _server_away(exc)) is not None:
-        log.warning("%s %s: %s is away (%s)", request.method, request.url.path, away, exc)
-        body = error_body(f"{away}_unavailable", f"The {away} cannot be reached right now; try again shortly.")
-        return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_OUTAGE_S)})
+        return _away(request, away, exc)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(error_body("internal_error", "Something went wrong on our side."), status_code=500)
+
+
+async def _outage(request: Request, exc: Exception) -> JSONResponse:
+    # The errors an outage raises, mapped here rather than by the catch-all (whose errors Starlette logs again, as
+    # crashes, with their tracebacks): a database failing over is no crash.
+    if (away := _server_away(exc)) is not None:
+        return _away(request, away, exc)
+    return await _unexpected(request, exc)
+
+
+def _away(request: Request, away: str, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: the %s is away (%s)", request.method, request.url.path, away, exc)
+    body = error_body(f"{away}_unavailable", f"The {away} cannot be reached right now; try again shortly.")
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_OUTAGE_S)})
 
 
 def _server_away(exc: Exception) -> str | None:
@@ -141,6 +154,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    for outage in (DBAPIError, OSError, RedisConnectionError, RedisTimeoutError, nats.errors.Error):
+        app.add_exception_handler(outage, _outage)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import zlib
@@ -18,8 +19,8 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from redis.exceptions import AskError, ClusterDownError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kitrelay.gateway.xread import XreadConnection
@@ -102,8 +103,6 @@ class _Follower:
 
     key: bytes
     last_id: str
-    # The hub that reads for it (a Redis Cluster's failover may move it to another: StreamHubs.rehome).
-    hub: StreamHub
     held: RawEntries | None = None
     waiter: asyncio.Future[None] | None = None
     timer: asyncio.TimerHandle | None = None
@@ -163,11 +162,12 @@ class StreamHub:
         block_ms: int = HUB_BLOCK_MS,
         batch: int = HUB_BATCH,
         tick_s: float = HUB_TICK_S,
-        on_lost: Callable[[StreamHub], Awaitable[None]] | None = None,
+        reconnect: Callable[[], Awaitable[aioredis.Redis]] | None = None,
     ) -> None:
         self._redis = redis
-        # A Redis Cluster's hub: called when its node no longer answers for its keys (StreamHubs.rehome).
-        self._on_lost = on_lost
+        # A Redis Cluster's hub (one shard's): the client of the node serving its shard now, asked when its node no
+        # longer answers for it (it died and its replica took over, or the slot moved).
+        self._reconnect = reconnect
         # Every tick, each waiting follower is woken to look at its deadline (see `_Follower`).
         self.tick_s = tick_s
         # A connection of its own: it sits in XREAD BLOCK, and CLIENT UNBLOCK names it. Its XREAD replies are read
@@ -218,19 +218,12 @@ class StreamHub:
     def add_follower(self, key: str, after: str) -> _Follower:
         """A follower of `key` from after entry id `after`: it is given the entries in order, a batch at a time.
         `remove_follower` once done."""
-        return self.adopt(_Follower(key.encode(), after, self))
-
-    def adopt(self, follower: _Follower) -> _Follower:
-        """Read for `follower` from now on, from where it is."""
-        follower.hub = self
+        follower = _Follower(key.encode(), after)
         self._followers.setdefault(follower.key, []).append(follower)
         self._generation += 1
         self._changed.set()
         self._wake()
         return follower
-
-    def followers(self) -> list[_Follower]:
-        return [follower for followers in self._followers.values() for follower in followers]
 
     def remove_follower(self, follower: _Follower) -> None:
         follower.disarm()
@@ -277,6 +270,19 @@ class StreamHub:
     def connected(self) -> bool:
         return self._client_id is not None
 
+    async def _follow_the_slot(self) -> None:
+        """A Redis Cluster hub: read from the node that serves its shard now (the same, or its replica promoted)."""
+        assert self._reconnect is not None
+        try:
+            redis = await self._reconnect()
+        except (RedisError, OSError) as exc:
+            log.warning("finding the node of a shard of turn streams: %s", exc)
+            return
+        if redis is not self._redis:
+            await self._reader.aclose()
+            self._redis = redis
+            self._reader = XreadConnection(redis)
+
     async def _read_forever(self) -> None:
         while True:
             if not self._followers:
@@ -300,13 +306,15 @@ class StreamHub:
                     # redis-py reports a cancelled read as a timeout: this is the hub stopping, not Redis failing.
                     raise asyncio.CancelledError from exc
                 if isinstance(exc, ResponseError) and not _moved(exc):
-                    raise
+                    # Not an outage: Redis refused the read itself. The hub serves every stream of its shard, so it
+                    # does not stop; the turns' own deadlines end them if it goes on.
+                    log.error("reading turn streams: Redis refused the read: %s", exc)
+                    await asyncio.sleep(REDIS_RETRY_S)
+                    continue
                 self._client_id = None
                 self._failures += 1
-                if self._on_lost is not None and (self._failures > 1 or isinstance(exc, ResponseError)):
-                    # A cluster node that died (its replica took its slots) or gave its slots away: the followers
-                    # move to the hubs of the keys' nodes now; this hub reads again for those left.
-                    await self._on_lost(self)
+                if self._reconnect is not None and (self._failures > 1 or isinstance(exc, ResponseError)):
+                    await self._follow_the_slot()
                 if self._failures == 1:
                     # Most often a connection a Redis restart left dead, found on its first use since: reconnect
                     # at once, or this hub's next turn waits for nothing.
@@ -396,26 +404,24 @@ class StreamHubs:
         block_ms: int = HUB_BLOCK_MS,
         tick_s: float = HUB_TICK_S,
     ) -> None:
-        self._shards = shards
         self._block_ms = block_ms
         self._tick_s = tick_s
         self._cluster = cluster_of(redis)
-        # A single Redis (or Sentinel's primary): `shards` hubs. A Redis Cluster: hubs per node, made as its keys come
-        # (each reads its node's streams with one XREAD), on a connection to that node.
+        # A single Redis (or Sentinel's primary): `shards` hubs. A Redis Cluster: a hub per shard of turn keys (one
+        # slot, so one XREAD for every followed stream of it: shared/names.py), on a connection to the node that
+        # serves it, made as its first key comes.
         self._hubs = [] if self._cluster is not None else [self._hub(redis) for _ in range(shards)]
-        self._by_node: dict[str, list[StreamHub]] = {}
-        self._node_clients: list[aioredis.Redis] = []
-        self._started = False
+        self._by_tag: dict[str, StreamHub] = {}
+        self._node_clients: dict[str, aioredis.Redis] = {}
 
-    def _hub(self, redis: aioredis.Redis) -> StreamHub:
-        on_lost = self.rehome if self._cluster is not None else None
-        return StreamHub(redis, block_ms=self._block_ms, tick_s=self._tick_s, on_lost=on_lost)
+    def _hub(self, redis: aioredis.Redis, tag: str | None = None) -> StreamHub:
+        reconnect = functools.partial(self._node_client, tag, refresh=True) if tag is not None else None
+        return StreamHub(redis, block_ms=self._block_ms, tick_s=self._tick_s, reconnect=reconnect)
 
     def start(self) -> None:
         """Start every hub now (the gateway's lifespan), each with its connection: a hub started by its first
         follower took a connection from the pool on that turn's way to its first event, and the next command
-        opened a new one. A Redis Cluster's hubs start with their node's first key."""
-        self._started = True
+        opened a new one. A Redis Cluster's hubs start with their shard's first key."""
         for hub in self._hubs:
             hub.start()
 
@@ -424,59 +430,52 @@ class StreamHubs:
         return sum(hub.connected for hub in self._all())
 
     def _all(self) -> list[StreamHub]:
-        return self._hubs + [hub for hubs in self._by_node.values() for hub in hubs]
+        return [*self._hubs, *self._by_tag.values()]
 
     def for_key(self, key: str) -> StreamHub:
-        hubs = self._hubs if self._cluster is None else self._node_hubs(key)
-        hub = hubs[zlib.crc32(key.encode()) % len(hubs)]
+        if self._cluster is None:
+            hub = self._hubs[zlib.crc32(key.encode()) % len(self._hubs)]
+        else:
+            tag = key[key.index("{") + 1 : key.index("}")]
+            hub = self._by_tag.get(tag) or self._by_tag.setdefault(tag, self._hub(self._client_for(tag), tag))
         hub.start()
         return hub
 
-    def _node_hubs(self, key: str) -> list[StreamHub]:
+    def _client_for(self, tag: str) -> aioredis.Redis:
+        """A client of the node serving the shard `tag` as primary now (one per node, shared by its hubs)."""
         assert self._cluster is not None
-        node = self._cluster.get_node_from_key(key)
-        assert node is not None  # the primary that serves the key's slot
-        hubs = self._by_node.get(node.name)
-        if hubs is None:
-            client = aioredis.Redis(
+        node = self._cluster.get_node_from_key(f"{{{tag}}}")
+        assert node is not None  # the primary that serves the tag's slot
+        client = self._node_clients.get(node.name)
+        if client is None:
+            client = self._node_clients[node.name] = aioredis.Redis(
                 host=node.host,
                 port=int(node.port),
                 username=node.connection_kwargs.get("username"),
                 password=node.connection_kwargs.get("password"),
                 socket_keepalive=True,
             )
-            self._node_clients.append(client)
-            # About as many hubs in all as on a single Redis, shared by the primaries.
-            per_node = max(1, self._shards // max(1, len(self._cluster.get_primaries())))
-            hubs = self._by_node[node.name] = [self._hub(client) for _ in range(per_node)]
-        return hubs
+        return client
 
-    async def rehome(self, lost: StreamHub) -> None:
-        """A Redis Cluster hub's node stopped answering for its keys (it died and its replica took over, or its
-        slots moved): the cluster's map is read again, and each follower moves to the hub of its key's node now,
-        from where it is. Followers whose key did not move stay."""
+    async def _node_client(self, tag: str, *, refresh: bool) -> aioredis.Redis:
+        """`_client_for`, after reading the cluster's map again (a hub's node stopped answering for its shard)."""
         assert self._cluster is not None
-        with contextlib.suppress(RedisError, OSError):
+        if refresh:
             await self._cluster.nodes_manager.initialize()
-        for follower in lost.followers():
-            try:
-                target = self.for_key(follower.key.decode())
-            except RedisError:
-                continue  # no node serves the slot yet: it stays, and is tried again at the next failure
-            if target is not lost:
-                lost.remove_follower(follower)
-                target.adopt(follower)
+        return self._client_for(tag)
 
     async def stop(self) -> None:
         for hub in self._all():
             await hub.stop()
-        for client in self._node_clients:
+        for client in self._node_clients.values():
             await client.aclose()
 
 
 def _moved(exc: ResponseError) -> bool:
     """A Redis Cluster's answer that the keys are served elsewhere now, or that the cluster is (briefly) down."""
-    return str(exc).startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN"))
+    return isinstance(exc, AskError | ClusterDownError | TryAgainError) or str(exc).startswith(
+        ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+    )
 
 
 def _xread_entries(response: Any) -> XReadResponse:
@@ -557,7 +556,7 @@ class TurnReader:
 
     def close(self) -> None:
         if self._follower is not None:
-            self._follower.hub.remove_follower(self._follower)
+            self._hub.remove_follower(self._follower)
             self._follower = None
 
     def listen(self, listener: Callable[[], bool]) -> None:
@@ -579,7 +578,7 @@ class TurnReader:
             if progress.deadline <= time.monotonic():
                 raise TurnTimeoutError(self._turn_id, waiting_for=progress.waiting_for, last_run=progress.newest_run)
             return None
-        follower.hub.taken(follower)
+        self._hub.taken(follower)
         return self._progress.take(raw, self._timeouts)
 
     def ready(self) -> asyncio.Future[None]:

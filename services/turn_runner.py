@@ -47,7 +47,7 @@ from kitrelay.shared.settings import AgentKind
 from kitrelay.shared.store.chatkit_store import RunSupersededError, WorkerRun
 from kitrelay.shared.store.engine import is_unavailable as database_unavailable
 from kitrelay.shared.telemetry import current_trace_context
-from kitrelay.shared.turn_bus import RunOpening, open_run, publish_turn
+from kitrelay.shared.turn_bus import RunOpening, open_run, publish_turn, release_thread
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,11 @@ async def run_turn(
         # A redelivered run answers from the conversation as it was before the turn: what the dead attempt saved
         # (a widget, a tool's output, the start of a reply) is removed before anything is read, whether or not
         # the turn's Redis stream survived. From then on the dead attempt, if it lives on, can save nothing.
-        if not _may_run(request, attempt, await claim):
+        opened = await claim
+        if opened == "over":
+            # Its end may have been written without the thread's release (the write that failed): free the thread.
+            await release_thread(deps.redis, deps.namespace, request.thread_id, request.turn_id)
+        if not _may_run(request, attempt, opened):
             return
         with contextlib.suppress(NotFoundError):  # the thread is gone: the opening says so
             removed = await deps.store.supersede_run(
@@ -227,8 +231,8 @@ def _may_run(request: TurnRequest, attempt: int, opened: RunOpening) -> bool:
         return True
     if opened == "stale":
         raise RunNotOpenedError(f"turn {request.turn_id}: a newer attempt than {attempt} of hop {request.hops} runs it")
-    # Over: finished before a lost ack, or given up by the gateway while no worker took it. Later: this hop handed
-    # the turn on and died before its ack.
+    # Over: finished before a lost ack (or before its thread's release: `run_turn` releases it again), or given up by
+    # the gateway while no worker took it. Later: this hop handed the turn on and died before its ack.
     why = "already over" if opened == "over" else "already with a later hop"
     log.info("turn %s is %s; attempt %d of hop %d does not run", request.turn_id, why, attempt, request.hops)
     return False

@@ -53,6 +53,7 @@ from kitrelay.shared.telemetry import parent_context, setup_telemetry, tracer
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_S = 1.0
+FETCH_RETRY_S = 0.5
 # How long a turn whose attempt could not be written waits before the next: 1, 2, 4, 8 s, then 8 s each.
 REDELIVERY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
 
@@ -130,6 +131,12 @@ class Worker:
                     continue
                 except nats.errors.ConnectionClosedError:
                     break
+                except nats.errors.Error as exc:
+                    # A NATS cluster electing a new leader for the consumer (503), a reconnection under way: the
+                    # turns wait in the stream meanwhile. Anything else is as passing.
+                    log.warning("fetching turns: %r; trying again", exc)
+                    await asyncio.sleep(FETCH_RETRY_S)
+                    continue
                 for msg in msgs:
                     self._spawn(msg)
         finally:

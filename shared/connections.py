@@ -182,7 +182,8 @@ def stream_differences(existing: StreamConfig, wanted: StreamConfig) -> list[str
         differences.append(f"subjects {', '.join(missing)} missing")
     for name in _COMPARED:
         have, want = getattr(existing, name), getattr(wanted, name)
-        if want is not None and have != want and not (name == "num_replicas" and (have or 1) == want):
+        # Unset (None, or nats-py's 0) means the server's default: nothing to compare.
+        if want and have != want and not (name == "num_replicas" and (have or 1) == want):
             differences.append(f"{name} is {_shown(have)}, this version would set {_shown(want)}")
     return differences
 

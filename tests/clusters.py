@@ -26,6 +26,7 @@ import nats
 import redis
 
 from kitrelay.services.devservers import DevServerError, find_nats_server, find_redis_server, free_port, nats_info
+from kitrelay.shared.names import turns_stream
 
 START_TIMEOUT_S = 30.0
 
@@ -147,6 +148,17 @@ def _jetstream_answers(url: str) -> bool:
     return asyncio.run(ask())
 
 
+async def turns_stream_leader(cluster: NatsCluster, namespace: str) -> str:
+    """The name of the node that leads the turns stream now (it moves when that node goes)."""
+    nc = await nats.connect(cluster.url.split(","), connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=1)
+    try:
+        info = await nc.jetstream(timeout=5).stream_info(turns_stream(namespace))
+    finally:
+        await nc.close()
+    assert info.cluster is not None and info.cluster.leader is not None, "the turns stream has no leader"
+    return str(info.cluster.leader)
+
+
 def start_nats_cluster(workdir: Path, size: int = 3, *, name: str = "kr") -> NatsCluster:
     """`size` nats-server nodes with JetStream, routed to each other as one cluster."""
     binary = find_nats_server()
@@ -231,6 +243,12 @@ class RedisSentinels:
         port = self.primary_port()
         return next(node for node in self.data if node.port == port)
 
+    def _failed_over(self, node: Node) -> bool:
+        try:
+            return self.primary_port() != node.port
+        except DevServerError:
+            return False
+
     def knows_replica(self) -> bool:
         """Every Sentinel has learnt of the replica (from the primary's INFO, every 10 s): a failover can happen."""
         for sentinel in self.sentinels:
@@ -243,7 +261,10 @@ class RedisSentinels:
         return True
 
     def restart(self, node: Node) -> None:
-        """A killed data node comes back as a replica of whoever is primary now (as an orchestrator would)."""
+        """A killed data node comes back as a replica of whoever is primary now (as an orchestrator would). A lost
+        primary waits for the Sentinels to fail over first: without persistence it would come back empty, as the
+        primary still, and its replica would copy that emptiness (Redis's documented trap)."""
+        _wait(lambda: self._failed_over(node), "the Sentinels' failover", self.sentinels, timeout_s=60)
         primary = self.primary_port()
         if node.port != primary:
             node.argv = [*_without_replicaof(node.argv), "--replicaof", "127.0.0.1", str(primary)]
@@ -322,9 +343,33 @@ class RedisCluster:
                 return sorted({int(entry[2][1]) for entry in slots})
         raise DevServerError("no Redis Cluster node answers")
 
+    def primary_of(self, key: str) -> Node:
+        """The node serving `key`'s slot as primary now."""
+        for node in self.nodes():
+            if not node.running:
+                continue
+            with contextlib.suppress(redis.RedisError):
+                client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=1)
+                number = int(client.execute_command("CLUSTER", "KEYSLOT", key))  # type: ignore[no-untyped-call]
+                slots: Any = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+                for start, end, primary, *_ in slots:
+                    if int(start) <= number <= int(end):
+                        return next(n for n in self.nodes() if n.port == int(primary[1]))
+        raise DevServerError(f"no Redis Cluster node serves {key!r}")
+
     def restart(self, node: Node) -> None:
+        """A killed node comes back on its port with its cluster config. A lost primary waits for its replica to
+        take its slots first: it would come back empty (no persistence) and still the primary."""
+        _wait(lambda: node.port not in self._serving(), f"the failover of {node.name}", self.nodes(), timeout_s=60)
         node.start()
         _wait(lambda: _ping(node.port), f"Redis Cluster node {node.name}", [node])
+        _wait(self.healthy, "the Redis Cluster", self.nodes())
+
+    def _serving(self) -> list[int]:
+        try:
+            return self.masters()
+        except DevServerError:
+            return []
 
     def healthy(self) -> bool:
         for node in self.nodes():

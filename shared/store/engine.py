@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -144,33 +145,34 @@ _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08001",
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """Whether `exc` (or what caused it) says the database cannot be reached now: worth answering 503 and trying
-    again, not a failure of the request itself."""
+    """Whether `exc` says the database cannot be reached now (raised through SQLAlchemy: its error, or what caused
+    it): worth answering 503 and trying again, not a failure of the request itself."""
     seen: BaseException | None = exc
+    through_sqlalchemy = False
     for _ in range(10):
         if seen is None:
             return False
-        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+        if isinstance(seen, DBAPIError):
+            if seen.connection_invalidated:
+                return True
+            through_sqlalchemy = True
+        if through_sqlalchemy and _says_unavailable(seen):
             return True
-        if isinstance(seen, OSError | ConnectionError | sqlite3.OperationalError) and not isinstance(
-            seen, TimeoutError
-        ):
-            return _not_a_sqlite_error(seen)
-        sqlstate = getattr(seen, "sqlstate", None) or getattr(getattr(seen, "orig", None), "sqlstate", None)
-        if sqlstate in _UNAVAILABLE_SQLSTATES:
-            return True
-        name = type(seen).__name__
-        if name in ("ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError"):
-            return True
-        if name == "InterfaceError" and "connection is closed" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__ or seen.__context__ or getattr(seen, "orig", None)
     return False
 
 
-def _not_a_sqlite_error(exc: BaseException) -> bool:
-    # SQLite's OperationalError also says "no such table" or "syntax error": only a locked or unopenable file is an
-    # outage.
+def _says_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | socket.gaierror):
+        return True
     if isinstance(exc, sqlite3.OperationalError):
+        # SQLite's OperationalError also says "no such table" or "syntax error": only a locked or unopenable file is
+        # an outage.
         return any(word in str(exc) for word in ("locked", "unable to open", "disk I/O"))
-    return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate in _UNAVAILABLE_SQLSTATES:
+        return True
+    name = type(exc).__name__
+    if name in ("ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError"):
+        return True
+    return name == "InterfaceError" and "connection is closed" in str(exc)
