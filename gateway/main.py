@@ -8,7 +8,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from kitrelay.gateway.app import create_app
-from kitrelay.gateway.auth import AuthConfigError
+from kitrelay.gateway.keys import AuthConfigError
 from kitrelay.gateway.security import CorsConfigError
 from kitrelay.shared.logging import configure_logging
 from kitrelay.shared.settings import Settings
