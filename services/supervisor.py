@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
+from kitrelay.services.cli_output import chat_hint
 from kitrelay.services.devservers import LocalServer, ensure_nats, ensure_redis
 from kitrelay.shared.redact import redact_url
 from kitrelay.shared.settings import AgentKind, Settings
@@ -118,7 +119,7 @@ def run_all(settings: Settings, *, workers: list[AgentKind], data_dir: Path, con
         _wait_healthy(url, procs["gateway"], gateway_log)
         console.print(f"[bold]workers[/]: {', '.join(workers)}   [bold]logs[/]: {logs}")
         console.print(f"\nkitrelay is up at [bold cyan]{url}[/]  (chat in a browser there; ChatKit: {url}/chatkit)")
-        console.print(f'Try: kitrelay chat --url {url} "add task buy milk"    Ctrl-C stops everything.\n')
+        console.print(f"Try: {chat_hint(url)}    Ctrl-C stops everything.\n")
         while all(proc.poll() is None for proc in procs.values()):
             time.sleep(0.5)
         name, dead = next((name, proc) for name, proc in procs.items() if proc.poll() is not None)
