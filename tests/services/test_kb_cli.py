@@ -197,6 +197,19 @@ def test_list_piped_gives_whole_rows_and_json_gives_every_field(
     assert assert_ok(invoke("list", "--team", "nobody", "--json")) == ""
 
 
+def test_the_readmes_example_document_ships_and_answers_the_readmes_question(database_url: str) -> None:
+    """A fresh clone follows the README literally: `kitrelay kb add docs/guide.md`, then the question it asks."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    [path] = re.findall(r"kitrelay kb add (\S+) --team local-team", readme)
+    [question] = re.findall(r'kitrelay chat "(what does the guide say[^"]*)"', readme)
+    assert (root / path).is_file(), f"the README loads {path}"
+
+    assert_ok(invoke("add", str(root / path), "--team", "local-team"))
+    found = assert_ok(invoke("search", question, "--team", "local-team", "--limit", "1"))
+    assert re.search(r"│\s*1\s*│\s*Team guide\s*│\s*VPN access\s*│", found), found
+
+
 def test_search_shows_ranked_hits(database_url: str, files: Path) -> None:
     assert_ok(invoke("add", str(files / "guide.md"), str(files / "lunch.txt"), "--team", "acme"))
 
