@@ -21,8 +21,8 @@ DEFAULT_MODEL_NAME: Final = "kitrelay-offline"
 
 # What the chat page's empty state offers too (gateway/static): the team's tasks and its knowledge base.
 GREETING_TEXT: Final = (
-    "Hi! I can add, list, complete, reopen, rename, assign and delete your team's tasks, and answer questions from "
-    'its knowledge base. Try "add task buy milk" or "what does the guide say about VPN access?".'
+    "Hi! I manage your team's tasks and answer questions from its knowledge base. "
+    'Try "add task buy milk" or "what does the guide say about VPN access?".'
 )
 HELP_TEXT: Final = (
     'Here is what you can say: "add task buy milk by tomorrow", "list my tasks", "show open tasks", '

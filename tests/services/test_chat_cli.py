@@ -34,7 +34,8 @@ from tests.system import RunningSystem, running_system
 pytestmark = pytest.mark.timeout(180)
 
 DEV_SECRET = secrets.token_urlsafe(32)
-TOKEN_DELAY_MS = 100
+# The greeting (27 tokens) then lasts over two seconds.
+TOKEN_DELAY_MS = 80
 # The greeting's first words: a reply that has started.
 GREETING_START = " ".join(GREETING_TEXT.split()[:3])
 
