@@ -20,8 +20,8 @@ from tests.databases import postgres_database, sqlite_url
 HERE = Path(__file__).parent
 
 _AWARE_TIMES = (
-    "kitrelay's store gives every timestamp back timezone-aware, in UTC (shared/store/models.as_utc): the test "
-    "compares items it built with naive datetime.now() to the items loaded back"
+    "kitrelay's store gives timestamps back timezone-aware, in UTC (shared/store/models.as_utc); the test compares "
+    "them to the naive datetime.now() it built its items with"
 )
 # SDK test name (without the dialect) -> why kitrelay's store deliberately answers otherwise. Each is marked
 # xfail(strict=True) for the error it fails with: it still runs, and passing would fail the run.
@@ -31,9 +31,8 @@ DELIBERATE: dict[str, tuple[str, type[BaseException]]] = {
     "test_calls_action_sync": (_AWARE_TIMES, AssertionError),
     "test_retry_after_item": (_AWARE_TIMES, AssertionError),
     "test_thread_items_isolation_by_user": (
-        f"{_AWARE_TIMES}; past that, another user's thread raises NotFoundError, the same as one that does not "
-        "exist, where upstream's store answers an empty page (kitrelay never tells a caller whether someone "
-        "else's thread exists: tests/shared/test_store.py)",
+        f"{_AWARE_TIMES}; past that, another user's thread raises NotFoundError, as one that does not exist does, "
+        "where upstream's store answers an empty page (ids never tell whether someone else's thread exists)",
         AssertionError,
     ),
 }
@@ -50,7 +49,11 @@ def sdk_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> SqliteTempl
 def sdk_postgresql_template(pg_url: str | None) -> Iterator[PostgresTemplate]:
     with postgres_database(pg_url) as url:
         migrate(url)
-        yield PostgresTemplate(url)
+        template = PostgresTemplate(url)
+        try:
+            yield template
+        finally:
+            template.drop_all()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
