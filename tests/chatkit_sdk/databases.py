@@ -105,8 +105,10 @@ class StoreDatabases:
     """The databases of one test's stores, one per store path; `close` disposes of their engines and gives the
     databases back."""
 
-    def __init__(self, template: Template) -> None:
+    def __init__(self, template: Template, *, naive_local_times: bool = False) -> None:
         self.template = template
+        # The stores hand timestamps back as upstream's store does (tests/chatkit_sdk/conftest.py DELIBERATE).
+        self.naive_local_times = naive_local_times
         self._sessions: dict[str, async_sessionmaker[AsyncSession]] = {}
         self._engines: list[tuple[str, AsyncEngine]] = []
 
