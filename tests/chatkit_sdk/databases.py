@@ -18,9 +18,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Protocol
 
-import asyncpg
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from kitrelay.shared.store.engine import make_engine, make_sessionmaker
 from kitrelay.shared.store.models import Base
@@ -89,11 +89,15 @@ class PostgresTemplate:
         """Empty the database for the next store: a DELETE per table, children first (on tables this small, far
         cheaper than TRUNCATE)."""
         deletes = "; ".join(f'DELETE FROM "{table.name}"' for table in reversed(Base.metadata.sorted_tables))
-        connection = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
+        engine = create_async_engine(url, poolclass=NullPool)
         try:
-            await connection.execute(deletes)  # one round trip: the simple query protocol takes several statements
+            async with engine.connect() as connection:
+                # asyncpg's own execute: several statements in one round trip (the simple query protocol).
+                driver = (await connection.get_raw_connection()).driver_connection
+                assert driver is not None
+                await driver.execute(deletes)
         finally:
-            await connection.close()
+            await engine.dispose()
         self._idle.append(url)
 
     def drop_all(self) -> None:
