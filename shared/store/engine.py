@@ -8,10 +8,8 @@ import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,6 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from kitrelay.shared.store import sqlite_driver
+
+# Alembic is imported only where the schema is migrated or checked: every gateway and worker process imports this
+# module, and Alembic (with Mako and Pygments) adds a twentieth of a second to each start.
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -114,6 +117,8 @@ async def read_connection(sessions: async_sessionmaker[AsyncSession]) -> AsyncIt
 
 def alembic_config(database_url: str) -> Config:
     """An Alembic config for the packaged migrations, aimed at `database_url`."""
+    from alembic.config import Config  # noqa: PLC0415 (see TYPE_CHECKING above)
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolation: a URL-encoded password may contain '%'.
@@ -168,6 +173,8 @@ def migrate(database_url: str) -> None:
     """Bring the schema up to date (`alembic upgrade head`). Blocks until done; async code should prefer
     `migrate_async`, which does not block its event loop. A database that cannot be reached raises
     DatabaseUnreachableError within CONNECT_TIMEOUT_S, before Alembic starts."""
+    from alembic import command  # noqa: PLC0415 (see TYPE_CHECKING above)
+
     config = alembic_config(database_url)
 
     def upgrade() -> None:

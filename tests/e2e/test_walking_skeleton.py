@@ -1,4 +1,4 @@
-"""The walking skeleton, tried as a user would: gateway and task worker as separate processes, real NATS, Redis and
+"""The walking skeleton, tried as a user would: gateway and workers as separate processes, real NATS, Redis and
 database, a scripted conversation over HTTP + SSE."""
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def system(
     namespace: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningSystem]:
-    """The same system on the embedded default (SQLite) and on PostgreSQL."""
+    """The same system on the embedded default (SQLite) and on PostgreSQL: the gateway, and the triage and task
+    workers the conversation needs (each worker process costs seconds to start)."""
     workdir = tmp_path_factory.mktemp(f"skeleton-{request.param}")
     with fresh_database(request.param, workdir, pg_url) as database_url:
         migrate(database_url)
@@ -49,6 +50,7 @@ def system(
             database_url=database_url,
             namespace=f"{namespace}sk{request.param[:2]}",
             log_dir=workdir,
+            workers=("triage", "task"),
         ) as running:
             yield running
 

@@ -1,5 +1,6 @@
-"""`kitrelay chat`, the real process, against a running system (gateway and the triage, task and research
-workers as processes on real NATS, Redis and SQLite), the way a user runs it after `make run`.
+"""`kitrelay chat`, the real process, against a running system (gateway and the triage and task workers as
+processes on real NATS, Redis and SQLite), the way a user runs it after `make run`. No research worker: no test
+here asks a question.
 
 The gateway runs in JWT mode with a DEV_TOKEN_SECRET, and each test's client runs in its own directory holding
 `.kitrelay/dev-token-secret` (what `kitrelay up` writes), so `kitrelay chat` mints its own token with no flags,
@@ -54,6 +55,7 @@ def chat_system(
         database_url=database_url,
         namespace=f"{namespace}cc",
         log_dir=workdir,
+        workers=("triage", "task"),
         extra_env=env,
     ) as running:
         yield running
