@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from kitrelay.services.cli_output import DEFAULT_URL, console, errors
+from kitrelay.services.cli_output import DEFAULT_URL, console, errors, kitrelay_command
 from kitrelay.services.kb_cli import app as kb_app
 from kitrelay.services.turns_cli import turns as turns_command
 
@@ -185,12 +185,12 @@ app.add_typer(
 
 def _chat_token(token: str | None, user: str | None, team: str | None) -> str | None:
     """The given token; else one minted from the embedded default's secret file; else none (dev mode)."""
+    if token:
+        return token
     from kitrelay.gateway.keys import AuthConfigError, check_secret_strength
     from kitrelay.gateway.tokens import DEFAULT_TTL_S, DevTokenError, mint_token
     from kitrelay.shared.settings import Settings
 
-    if token:
-        return token
     if not DEV_TOKEN_SECRET_FILE.exists():
         if user or team:
             raise DevTokenError(
@@ -234,7 +234,8 @@ async def _chat(url: str, thread_id: str | None, text: str, token: str | None) -
 
     def remember(new_thread: str) -> None:
         _remember_thread(new_thread)
-        err_console.print(f"[dim]thread {new_thread} (continue it with: kitrelay chat -c ...)[/]", highlight=False)
+        hint = f"continue it with: {kitrelay_command()} chat -c ..."
+        err_console.print(f"[dim]thread {new_thread} ({hint})[/]", highlight=False)
 
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10, read=None), headers=headers) as http:
         session = ChatSession(ChatKitClient(http), view, thread_id=thread_id, on_thread=remember)

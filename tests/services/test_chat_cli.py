@@ -14,6 +14,7 @@ import contextlib
 import os
 import pty
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,6 +157,9 @@ def test_one_message_with_the_minted_token(chat_system: RunningSystem, user: Use
     assert "buy milk" in out and "[1] Mark done" in out, out
     thread_id = (user.cwd / ".kitrelay" / "last-thread").read_text().strip()
     assert f"thread {thread_id}" in err
+    # How to continue it, with a kitrelay that runs from here (the venv's, unless PATH finds it).
+    command = err.split("continue it with: ", 1)[1].split(" chat -c", 1)[0]
+    assert shutil.which(command, path=os.environ["PATH"]) or (user.cwd / command).exists(), err
     # The token was this user's: the thread is theirs, and nobody else's.
     with user.http(chat_system) as http:
         listed = http.post("/chatkit", json={"type": "threads.list", "params": {}}).json()
