@@ -8,6 +8,7 @@ the start-up).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -111,6 +112,10 @@ def chat(  # noqa: PLR0917 (typer maps each parameter to an option)
     action; /new, /threads, /help, /quit."""
     import asyncio
 
+    # httpx imports its own command-line tool (Click, Pygments, Rich's syntax highlighting) as it is imported, an
+    # eighth of this command's start-up; nothing here runs that tool, and httpx does without it (a stub `main`).
+    # A None in sys.modules means "this module cannot be imported".
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     import httpx
     from rich.text import Text
 

@@ -60,6 +60,8 @@ def test_help_and_the_chat_client_load_no_web_framework_database_layer_or_teleme
     chat = loaded_modules("chat", "--url", f"http://127.0.0.1:{port}", "hello", cwd=tmp_path)
     assert "kitrelay.services.chat_session" in chat and "jwt" in chat, "the run got as far as the request"
     assert heavy(chat) == []
+    # Nor httpx's own command-line tool, which httpx imports unless told not to.
+    assert not {"click", "pygments"} & chat
     assert heavy(loaded_modules("--help", cwd=tmp_path)) == []
 
 
