@@ -15,9 +15,11 @@ import httpx
 from pydantic import SecretStr
 from rich.console import Console
 
-from kitrelay.gateway.auth import AuthConfigError, resolve_auth_mode
+from kitrelay.gateway.auth import resolve_auth_mode
 from kitrelay.gateway.dev_signin import dev_sign_in_enabled
+from kitrelay.gateway.keys import AuthConfigError
 from kitrelay.gateway.tokens import mint_sign_in_code, sign_in_link
+from kitrelay.services.cli_output import chat_hint
 from kitrelay.services.devservers import LocalServer, ServerName, ensure_nats, ensure_redis
 from kitrelay.shared.redact import redact_url, redact_urls
 from kitrelay.shared.settings import AgentKind, Settings
@@ -174,7 +176,7 @@ def run_all(settings: Settings, *, workers: list[AgentKind], data_dir: Path, con
             # can reach the gateway but not this link. It works once; `kitrelay sign-in-link` makes another.
             link = sign_in_link(url, mint_sign_in_code(signing_secret, settings.SIGN_IN_LINK_TTL_S))
             console.print(f"Sign in (one-time link, for you only): [bold cyan]{link}[/]", soft_wrap=True)
-        console.print(f'Try: kitrelay chat --url {url} "add task buy milk"    Ctrl-C stops everything.\n')
+        console.print(f"Try: {chat_hint(url)}    Ctrl-C stops everything.\n")
         while all(proc.poll() is None for proc in procs.values()):
             time.sleep(0.5)
         name, dead = next((name, proc) for name, proc in procs.items() if proc.poll() is not None)
