@@ -187,9 +187,7 @@ def _document(
     return {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": info,
-        "arguments": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "replicas_cost"
-        },
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "replicas_cost"},
         # HA topologies: time to first event with the turns stream at R3 and at R1, side by side.
         "replicas_cost": getattr(args, "replicas_cost", None),
         "rows": [row.summary() for row in rows],
