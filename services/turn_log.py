@@ -247,14 +247,16 @@ class TurnLog:
         await self._save([held.item])
         await self._append(ChatKitEntry(event=held))
 
-    async def _save(self, items: list[ThreadItem], also: Sequence[Statement] = ()) -> None:
-        """Upsert `items` (and run `also`) in one transaction, after the user's message if this hop has not saved
-        it yet. Nothing to write, and the message saved already: no transaction at all."""
+    async def _save(
+        self, items: list[ThreadItem], also: Sequence[Statement] = (), route: AgentKind | None = None
+    ) -> None:
+        """Upsert `items` (and run `also`, and set the thread's `route`) in one transaction, after the user's message
+        if this hop has not saved it yet. Nothing to write, and the message saved already: no transaction at all."""
         question = [self._question] if self._question is not None else []
-        if not (question or items or also):
+        if not (question or items or also or route):
             return
         await self._store.add_thread_items_with(
-            self._thread_id, [*question, *items], self._context, also, run=self._run
+            self._thread_id, [*question, *items], self._context, also, run=self._run, route=route
         )
         self._question = None
 
@@ -326,9 +328,12 @@ class TurnLog:
         await self.emit(ThreadItemDoneEvent(item=note))
         return await self.end("cancelled", error=reason)
 
-    async def end(self, status: TurnStatus, error: str | None = None, *, record: bool = True) -> str:
+    async def end(
+        self, status: TurnStatus, error: str | None = None, *, record: bool = True, route: AgentKind | None = None
+    ) -> str:
         """End the turn: on its stream, and in its record unless `record` is False (a thread that is gone takes
-        no record: its turns went with it)."""
+        no record: its turns went with it). `route`: the thread's next message goes to this kind from now on,
+        written with the turn's last item (before the end reaches the client, which may then send the next)."""
         with self._writes():
             await self.flush()
         held, self._held = self._held, None
@@ -344,14 +349,15 @@ class TurnLog:
             # On the stream first: whatever the store then says, the client gets the end (and a redelivery of
             # the turn finds it over).
             entry_id = await self._append(TurnEnd(status=status, error=error))
-            if self._question is not None:
-                await self._save([], also=[ended] if record else [])  # the user's message, with the record
+            if self._question is not None or route is not None:
+                # The user's message (if no write saved it yet) and the route, with the record.
+                await self._save([], also=[ended] if record else [], route=route)
             elif record:
                 await self._turns.record(ended)
         else:
             # The last item (after the user's message, if nothing saved it yet) and the turn's end: one
             # transaction, then one round trip to Redis.
-            await self._save([held.item], also=[ended] if record else [])
+            await self._save([held.item], also=[ended] if record else [], route=route)
             entry_id = await self._append(TurnEnd(status=status, error=error), after=ChatKitEntry(event=held))
         self.ended = True
         log.info("turn %s ended: %s after %d entries (%d events)", self._turn_id, status, self._seq, self.events)
@@ -360,6 +366,8 @@ class TurnLog:
         span.set_attribute("kitrelay.turn.status", status)
         span.set_attribute("kitrelay.turn.entries", self._seq)
         span.set_attribute("kitrelay.turn.events", self.events)
+        if route is not None:
+            span.set_attribute("kitrelay.thread.route", route)
         if status == "failed":
             span.set_status(Status(StatusCode.ERROR, error or "failed"))
         return entry_id

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from chatkit.types import Page, ThreadItem, ThreadMetadata, UserMessageItem
 
 from kitrelay.agents.context import TurnContext
+from kitrelay.shared.settings import AgentKind
 from kitrelay.shared.store.chatkit_store import SqlStore, Statement, WorkerRun
 from kitrelay.shared.store.models import as_utc
 
@@ -59,10 +60,11 @@ class TurnStore(SqlStore[TurnContext]):
         also: Sequence[Statement] = (),
         *,
         run: WorkerRun | None = None,
+        route: AgentKind | None = None,
     ) -> None:
         # Every item write of the store (add, save, add with) comes through here.
         context.newest_items.pop(thread_id, None)
-        await super().add_thread_items_with(thread_id, items, context, also, run=run)
+        await super().add_thread_items_with(thread_id, items, context, also, run=run, route=route)
 
     async def supersede_run(self, thread_id: str, run: WorkerRun, context: TurnContext) -> list[str]:
         context.newest_items.pop(thread_id, None)
