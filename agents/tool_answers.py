@@ -18,13 +18,10 @@ from agents.items import ToolCallOutputItem
 from chatkit.agents import AgentContext
 from chatkit.types import (
     AssistantMessageContent,
-    AssistantMessageContentPartAdded,
-    AssistantMessageContentPartDone,
     AssistantMessageContentPartTextDelta,
     AssistantMessageItem,
     ThreadItemAddedEvent,
     ThreadItemDoneEvent,
-    ThreadItemUpdate,
     ThreadItemUpdatedEvent,
     ThreadStreamEvent,
 )
@@ -52,15 +49,12 @@ async def with_tool_answer(
     text = answer_from_tool_output(output)
     item_id = context.generate_id("message")
     started = AssistantMessageItem(id=item_id, thread_id=context.thread.id, created_at=datetime.now(), content=[])
-    # The events a model's message gives (clients render a reply from its deltas), its text in one delta.
+    # As a model's message streams (clients render a reply from its deltas), its text in one delta; every event
+    # costs the relay, so not the content part's own added and done, which add nothing here.
     yield ThreadItemAddedEvent(item=started)
-    update: list[ThreadItemUpdate] = [
-        AssistantMessageContentPartAdded(content_index=0, content=AssistantMessageContent(text="")),
-        AssistantMessageContentPartTextDelta(content_index=0, delta=text),
-        AssistantMessageContentPartDone(content_index=0, content=AssistantMessageContent(text=text)),
-    ]
-    for part in update:
-        yield ThreadItemUpdatedEvent(item_id=item_id, update=part)
+    yield ThreadItemUpdatedEvent(
+        item_id=item_id, update=AssistantMessageContentPartTextDelta(content_index=0, delta=text)
+    )
     yield ThreadItemDoneEvent(item=started.model_copy(update={"content": [AssistantMessageContent(text=text)]}))
 
 
