@@ -8,11 +8,11 @@ time takes the whole queue as one entry (a pack). A model slower than a write ge
 a fast model (or a busy worker) gets a write per round trip instead of one per token. Every other event first
 waits for the queue to be written, so the stream keeps the order the agent produced.
 
-A finished item (`thread.item.done`/`replaced`) is held until the next event that is not another finished item:
-the items held are then saved in one transaction and published, but when the turn ends instead, they are saved in
-the same transaction as the turn's end and published in the same round trip. A widget and the tool's hidden result
-that follows it are one transaction, and a turn's last reply and its end another. Hidden items (what the model
-reads on later turns) are saved, never published: no client is shown them.
+A finished reply or widget (`thread.item.done`/`replaced`) is held until the next event: it is then saved and
+published as usual, but when the turn ends instead, it is saved in the same transaction as the turn's end and
+published in the same round trip, a write transaction less per turn. Hidden items (a tool's result the model reads
+on later turns) are saved, never published (no client is shown them), with the held item before them (a widget and
+its tool's result: one transaction) or with the next write.
 
 The user's message the turn answers (`question`) is saved with the first write of every hop to the store, before
 anything the hop writes, and at the latest with the turn's end. The gateway saves it too, once this worker has
@@ -230,10 +230,16 @@ class TurnLog:
         await self.flush()
         match event:
             case ThreadItemDoneEvent() | ThreadItemReplacedEvent():
-                # Saved and published with whatever comes next, which is not another finished item: the turn's
-                # end, most often. A widget and the tool's hidden result right after it share one transaction.
+                # Saved and published with whatever comes next: the turn's end, most often. A shown item is never
+                # held behind another (a model may take seconds to say more); hidden ones (never published) join
+                # the next write, and a tool's hidden result saves with the widget it follows, at once.
                 self._pending.pop(event.item.id, None)
+                hidden = not _shown([event])
+                if not hidden and _shown(self._held):
+                    await self._release_held()
                 self._held.append(event)
+                if hidden and _shown(self._held):
+                    await self._release_held()
                 return
             case ThreadItemRemovedEvent():
                 await self._save([])

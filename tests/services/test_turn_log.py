@@ -259,8 +259,11 @@ async def test_a_widget_and_the_tools_hidden_result_are_one_transaction_and_the_
 
     with write_transactions(env.engine) as begun:
         await log.emit(ThreadItemDoneEvent(item=card))
+        assert begun == []
         await log.emit(ThreadItemDoneEvent(item=hidden))
-        assert begun == [], "held until something else comes"
+        # Shown at once with its tool's result, one transaction: a model may take seconds to say more.
+        assert len(begun) == 1
+        assert [e.type for e in await _stream_events(env, turn_id)] == ["thread.item.done"]
         await log.emit(ThreadItemAddedEvent(item=_message(thread_id).model_copy(update={"id": reply.id})))
         assert len(begun) == 1
         await log.emit(ThreadItemDoneEvent(item=reply))
@@ -275,6 +278,20 @@ async def test_a_widget_and_the_tools_hidden_result_are_one_transaction_and_the_
     ]
     assert len(events) == 3
     assert (await _thread_item_ids(env, thread_id))[1:] == [card.id, hidden.id, reply.id]
+
+
+async def test_a_hidden_result_with_nothing_held_joins_the_next_write(env: WorkerEnv) -> None:
+    thread_id, _ = await env.new_thread("hidden first")
+    log, turn_id = _turn_log(env, thread_id)
+    hidden = HiddenContextItem(id=new_id("hcx"), thread_id=thread_id, created_at=datetime.now(), content={"n": 1})
+    reply = _message(thread_id, "Done.")
+    with write_transactions(env.engine) as begun:
+        await log.emit(ThreadItemDoneEvent(item=hidden))
+        await log.emit(ThreadItemDoneEvent(item=reply))
+        await log.end("completed")
+    assert len(begun) == 1
+    assert [e.type for e in await _stream_events(env, turn_id)] == ["thread.item.done"]
+    assert (await _thread_item_ids(env, thread_id))[1:] == [hidden.id, reply.id]
 
 
 async def test_a_stop_saves_a_held_reply_whole_and_records_the_stop(env: WorkerEnv) -> None:
