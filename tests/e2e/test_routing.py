@@ -3,6 +3,7 @@ whichever gateway replica takes it, also after a gateway restart; a specialist h
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 
@@ -22,7 +23,12 @@ def routing_system(
 ) -> Iterator[RunningSystem]:
     """Two gateways (and a third that always starts at triage), one worker of each kind, one SQLite file."""
     with running_system(
-        nats_url=nats_url, redis_url=redis_url, namespace=f"{namespace}rt", log_dir=tmp_path_factory.mktemp("routing")
+        nats_url=nats_url,
+        redis_url=redis_url,
+        namespace=f"{namespace}rt",
+        log_dir=tmp_path_factory.mktemp("routing"),
+        # A model's time to first token: a turn lasts long enough for a second message to wait for it.
+        extra_env={"OFFLINE_FIRST_TOKEN_MS": "200"},
     ) as running:
         yield running
 
@@ -104,3 +110,29 @@ async def test_with_sticky_routing_off_every_message_starts_at_triage(routing_sy
     # The same thread through a gateway that routes: the thread's route was kept all along.
     _, third = await say(routing_system.base_url, thread_id, "add task three")
     assert progress_lines(third) == []
+
+
+async def test_a_message_that_waited_for_the_previous_reply_goes_where_that_reply_left_the_thread(
+    routing_system: RunningSystem,
+) -> None:
+    """Sent while the thread's first reply is still being written (and its route not yet set), the second message
+    waits for it (DOUBLE_TEXT_POLICY=enqueue), then goes where that reply left the thread: straight to task."""
+    async with httpx.AsyncClient(base_url=routing_system.base_url, timeout=30) as http:
+        client = ChatKitClient(http)
+        first = client.create_thread("add task first of two")
+        opening: list[StreamEvent] = []
+        async for event in first:
+            opening.append(event)
+            if event.type == "client_effect":
+                break
+        thread_id = str(opening[0].data["thread"]["id"])
+        second = asyncio.create_task(collect(client.send(thread_id, "list my tasks")))
+        rest = await collect(first)
+        waited = await second
+    assert progress_lines([*opening, *rest]) == ["Handing over to Task…"]
+    assert progress_lines(waited) == ["Waiting for the previous reply to finish…"]
+    assert [
+        e.data["item"]["widget"]["type"]
+        for e in waited
+        if e.type == "thread.item.done" and e.data["item"]["type"] == "widget"
+    ] == ["ListView"]
