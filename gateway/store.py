@@ -9,7 +9,8 @@ from chatkit.types import Page, ThreadItem, ThreadMetadata, UserMessageItem
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kitrelay.gateway.context import HeldMessage, RequestContext
-from kitrelay.shared.store.chatkit_store import SqlStore
+from kitrelay.shared.settings import AgentKind
+from kitrelay.shared.store.chatkit_store import SqlStore, thread_route
 
 
 class GatewayStore(SqlStore[RequestContext]):
@@ -35,6 +36,10 @@ class GatewayStore(SqlStore[RequestContext]):
             seen = context.threads[thread_id] = await super().load_thread(thread_id, context)
         # A copy each time: the SDK changes the thread it gets (its title, its status) before saving it.
         return seen.model_copy(deep=True)
+
+    async def route_of(self, thread_id: str, context: RequestContext) -> AgentKind | None:
+        """The thread's route as stored now (not as this request first read it)."""
+        return thread_route(await super().load_thread(thread_id, context))
 
     async def save_thread(self, thread: ThreadMetadata, context: RequestContext) -> None:
         context.threads.pop(thread.id, None)

@@ -36,6 +36,7 @@ from kitrelay.agents.handoffs import StopsAtHandoff, find_handoff
 from kitrelay.agents.providers import error_event_for
 from kitrelay.agents.registry import action_handler, kind_of
 from kitrelay.agents.stream_ids import with_real_ids
+from kitrelay.agents.tool_answers import with_tool_answer
 from kitrelay.services.knowledge import KnowledgeService, SearchHit
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_log import TurnLog, TurnLogWriteError
@@ -44,7 +45,7 @@ from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.agents_tracing import agents_tracing_installed
 from kitrelay.shared.messages import TurnRequest, utcnow
 from kitrelay.shared.settings import AgentKind
-from kitrelay.shared.store.chatkit_store import RunSupersededError, WorkerRun
+from kitrelay.shared.store.chatkit_store import RunSupersededError, WorkerRun, thread_route
 from kitrelay.shared.store.engine import is_unavailable as database_unavailable
 from kitrelay.shared.telemetry import current_trace_context
 from kitrelay.shared.turn_bus import RunOpening, open_run, publish_turn, release_thread
@@ -312,10 +313,15 @@ async def _run_agent(
 
     async def relay_events() -> None:
         run = StopsAtHandoff(result)
-        # Chat-completions models give every message the id "__fake_id__": each gets a real one here.
-        events = with_real_ids(
-            stream_agent_response(agent_context, run.streamed()),
-            lambda: deps.store.generate_item_id("message", thread, context),
+        # Chat-completions models give every message the id "__fake_id__": each gets a real one here. A run that
+        # ended at a widget tool gets the tool's line as its reply.
+        events = with_tool_answer(
+            with_real_ids(
+                stream_agent_response(agent_context, run.streamed()),
+                lambda: deps.store.generate_item_id("message", thread, context),
+            ),
+            result,
+            agent_context,
         )
         async for event in events:
             for out in cite(event, context.citations):
@@ -354,7 +360,8 @@ async def _run_agent(
         await turn_log.emit(error_event_for(exc))
         await turn_log.end("failed", error=type(exc).__name__)
         return
-    await turn_log.end("completed")
+    # This kind answered: the thread's next message comes straight here (written only when that changes).
+    await turn_log.end("completed", route=request.agent if thread_route(thread) != request.agent else None)
 
 
 async def dead_letter(request: TurnRequest, *, attempt: int, deps: TurnDeps, reason: str) -> None:
