@@ -11,12 +11,10 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH=/opt/kitrelay/bin:$PATH
 RUN python -m venv /opt/kitrelay
 WORKDIR /src
-# Dependencies first, in their own layer: they change far less often than the code. The package folders are
-# created empty so setuptools can resolve pyproject.toml's package-dir mapping without the sources.
-COPY pyproject.toml README.md ./
-RUN mkdir -p gateway agents services shared/store/migrations/versions \
-    && pip install . \
-    && pip uninstall --yes kitrelay
+# Dependencies first, in their own layer: they change far less often than the code. Exactly the versions the lock
+# file names, their hashes checked (`make lock` refreshes it).
+COPY pyproject.toml README.md requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 COPY gateway ./gateway
 COPY agents ./agents
 COPY services ./services

@@ -4,16 +4,26 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test bench chaos lint format clean
+.PHONY: install lock browser run test bench chaos lint format clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exactly the versions requirements-test.lock names, their hashes checked; then kitrelay itself, adding nothing.
+$(STAMP): pyproject.toml requirements-test.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kitrelay needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-test.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e '.[test]'
 	@touch $(STAMP)
+
+# Refresh the lock files from pyproject.toml's ranges (newest versions they admit), with uv run from build/.
+UV_VERSION := 0.13.8
+LOCK_ARGS := --universal --python-version 3.11 --generate-hashes --quiet
+lock:
+	$(PYTHON) -m pip install --quiet --target build/uv uv==$(UV_VERSION)
+	build/uv/bin/uv pip compile pyproject.toml $(LOCK_ARGS) -o requirements.lock
+	build/uv/bin/uv pip compile pyproject.toml --extra test $(LOCK_ARGS) -o requirements-test.lock
 
 run: install
 	$(BIN)/kitrelay up
