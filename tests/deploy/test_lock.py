@@ -59,7 +59,7 @@ def test_the_lock_pins_every_declared_dependency_within_its_range_with_hashes(lo
 
 
 def test_this_environment_is_what_the_test_lock_names() -> None:
-    """What `make install` installed, and so what the suite ran on, is the lock file's: no package of another version."""
+    """What `make install` installed, and so what the suite ran on, is the lock file's: no other version."""
     drifted = []
     for name, (version, marker, _) in pins(TEST_LOCK).items():
         if marker is not None and not marker.evaluate():
