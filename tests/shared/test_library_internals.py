@@ -71,6 +71,6 @@ def test_redis_py_sends_packed_commands_and_reads_replies_as_xread_uses_them() -
 def test_a_hand_packed_xread_is_what_redis_py_packs() -> None:
     streams = {b"ns:turn:{s3}:a:events": "0-0", b"ns:turn:{s3}:b:events": "1700000000000-3"}
     ours = pack_xread(streams, count=64, block_ms=2000)
-    args = ["XREAD", "COUNT", 64, "BLOCK", 2000, "STREAMS", *streams, *streams.values()]
+    args: list[bytes | str | int] = ["XREAD", "COUNT", 64, "BLOCK", 2000, "STREAMS", *streams, *streams.values()]
     theirs = b"".join(aioredis.Connection().pack_command(*args))
     assert ours == theirs, f"redis-py {metadata.version('redis')} packs XREAD otherwise"
