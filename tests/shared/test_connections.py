@@ -11,13 +11,14 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from kitrelay.services.devservers import DevServerError, free_port
 from kitrelay.shared.connections import connect_nats, connect_redis, ensure_turns_stream
-from kitrelay.shared.names import turns_stream, turns_subject
+from kitrelay.shared.names import cancel_subject, turns_stream, turns_subject
 from kitrelay.shared.settings import AGENT_KINDS, Settings
 from kitrelay.shared.store.engine import is_unavailable, make_engine
 from tests.clusters import NatsCluster, RedisSentinels, start_nats_cluster, start_redis_sentinels
@@ -85,6 +86,35 @@ async def test_on_a_nats_cluster_the_stream_and_its_consumers_keep_three_copies_
         nats_cluster.restart(leader)
     finally:
         await nc.close()
+
+
+async def test_stop_requests_are_answered_while_a_nats_node_is_lost(nats_cluster: NatsCluster) -> None:
+    """Core NATS (the stop requests a gateway sends its workers) needs no JetStream leader: with a node gone, a
+    request is answered as soon as its sender has moved to a live server."""
+    settings = Settings(_env_file=None, NATS_URL=nats_cluster.url)
+    worker = await connect_nats(settings, name="worker")
+    gateway = await connect_nats(settings, name="gateway")
+    try:
+
+        async def confirm(msg: Msg) -> None:
+            await msg.respond(b"stopping")
+
+        await worker.subscribe(cancel_subject("krcluster", "*"), cb=confirm)
+        await worker.flush()
+        lost = next(node for node in nats_cluster.nodes if node.port == gateway.connected_url.port)
+        lost.kill()
+        answer = None
+        for _ in range(50):
+            try:
+                answer = await gateway.request(cancel_subject("krcluster", "turn_1"), b"stop", timeout=0.5)
+                break
+            except nats.errors.Error:
+                await asyncio.sleep(0.1)
+        assert answer is not None and answer.data == b"stopping"
+        nats_cluster.restart(lost)
+    finally:
+        await gateway.close()
+        await worker.close()
 
 
 @pytest.fixture(scope="module")
