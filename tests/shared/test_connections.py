@@ -101,6 +101,7 @@ async def test_stop_requests_are_answered_while_a_nats_node_is_lost(nats_cluster
 
         await worker.subscribe(cancel_subject("krcluster", "*"), cb=confirm)
         await worker.flush()
+        assert gateway.connected_url is not None
         lost = next(node for node in nats_cluster.nodes if node.port == gateway.connected_url.port)
         lost.kill()
         answer = None
