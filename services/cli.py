@@ -17,12 +17,14 @@ from kitrelay.gateway.tokens import DEFAULT_TTL_S, DevTokenError
 from kitrelay.services.chat_session import ChatSession, ConnectionLostError, LineReader, QuitError, describe_error
 from kitrelay.services.chat_view import ChatView
 from kitrelay.services.kb_cli import app as kb_app
+from kitrelay.services.tasks_cli import app as tasks_app
 from kitrelay.services.turns_cli import turns as turns_command
 from kitrelay.shared.redact import redact_url
 from kitrelay.shared.settings import AGENT_KINDS, AgentKind, Settings
 
 app = typer.Typer(help="kitrelay: a scalable backend for ChatKit chat UIs.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb", help="The teams' knowledge base (documents the research agent answers from).")
+app.add_typer(tasks_app, name="tasks", help="A team's tasks; changes show on the team's open pages at once.")
 app.command("turns")(turns_command)
 console = Console()
 # Status and errors, so that stdout carries only the conversation.

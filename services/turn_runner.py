@@ -23,6 +23,7 @@ from chatkit.types import (
     ProgressUpdateEvent,
     ThreadItem,
     ThreadItemDoneEvent,
+    ThreadItemReplacedEvent,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
     ThreadStreamEvent,
@@ -36,6 +37,7 @@ from kitrelay.agents.handoffs import StopsAtHandoff, find_handoff
 from kitrelay.agents.providers import error_event_for
 from kitrelay.agents.registry import action_handler, kind_of
 from kitrelay.agents.stream_ids import with_real_ids
+from kitrelay.agents.task_views import has_task_widgets, redraw
 from kitrelay.services.knowledge import KnowledgeService, SearchHit
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_log import TurnLog, TurnLogWriteError
@@ -121,6 +123,7 @@ def _context(request: TurnRequest, deps: TurnDeps) -> TurnContext:
         thread_id=request.thread_id,
         tasks=deps.tasks,
         knowledge=deps.knowledge,
+        widgets=deps.store,
     )
 
 
@@ -204,6 +207,8 @@ async def run_turn(
         return
 
     thread, history = opening
+    if request.hops == 0:
+        history = await _redraw_task_widgets(history, context, turn_log)
     await _run_agent(
         request,
         thread,
@@ -214,6 +219,19 @@ async def run_turn(
         deps=deps,
         control=control or TurnControl(),
     )
+
+
+async def _redraw_task_widgets(history: list[ThreadItem], context: TurnContext, turn_log: TurnLog) -> list[ThreadItem]:
+    """The thread's task widgets that changed since they were drawn (a teammate, the CLI or another thread changed
+    a task) are drawn again first: replaced and saved, so that the model reads what is true and a client that
+    does not follow its team's events (ChatKit JS) shows it from this turn on. No query when the history shows
+    no task widget."""
+    if not has_task_widgets(history):
+        return history
+    changed = await redraw(history, context.tasks, context.identity)
+    for item in changed.values():
+        await turn_log.emit(ThreadItemReplacedEvent(item=item))
+    return [changed.get(item.id, item) for item in history]
 
 
 def _may_run(request: TurnRequest, attempt: int, opened: RunOpening) -> bool:
