@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from chatkit.actions import ActionConfig
+from chatkit.types import EntitySource
 from chatkit.widgets import (
     Badge,
     Button,
@@ -301,20 +302,51 @@ def task_copy_text(task: TaskRecord) -> str:
     return f"#{task.number} [{'x' if task.done else ' '}] {task.title}"
 
 
+# A client-side action (ChatKit's handler "client"): the page opens the document at the cited passage.
+OPEN_DOCUMENT_ACTION = "document.open"
+
+
+def document_source(hit: SearchHit) -> EntitySource:
+    """A cited passage as an annotation's source: the document (an entity of the team's knowledge base, with its
+    id) and, in `data`, which passage of it, so a client can open it there."""
+    return EntitySource(
+        id=hit.document_id,
+        title=hit.title,
+        description=hit.snippet,
+        icon="book-open",
+        interactive=True,
+        data={"kind": "document", "document_id": hit.document_id, "passage": hit.position},
+    )
+
+
 def sources_widget(hits: Sequence[SearchHit]) -> WidgetRoot:
-    """The documents an answer is based on: title, section and the matching passage."""
+    """The documents an answer is based on: title, section and the matching passage, each with a button that
+    opens the document there."""
     with _widget_classes():
         children: list[WidgetComponent] = []
         for number, hit in enumerate(hits, start=1):
             if children:
                 children.append(Divider())
             heading = f" — {hit.heading}" if hit.heading else ""
+            open_it = ActionConfig(
+                type=OPEN_DOCUMENT_ACTION,
+                handler="client",
+                payload={"document_id": hit.document_id, "passage": hit.position, "title": hit.title},
+            )
             children.append(
-                Col(
-                    gap=1,
+                Row(
+                    gap=3,
+                    align="start",
                     children=[
-                        Text(value=f"[{number}] {hit.title}{heading}", weight="semibold"),
-                        Caption(value=hit.snippet, color="secondary"),
+                        Col(
+                            gap=1,
+                            flex=1,
+                            children=[
+                                Text(value=f"[{number}] {hit.title}{heading}", weight="semibold"),
+                                Caption(value=hit.snippet, color="secondary"),
+                            ],
+                        ),
+                        Button(label="Open", onClickAction=open_it, style="secondary", variant="outline", size="sm"),
                     ],
                 )
             )

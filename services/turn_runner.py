@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -19,7 +21,6 @@ from chatkit.types import (
     AssistantMessageContentPartAnnotationAdded,
     AssistantMessageItem,
     ErrorEvent,
-    FileSource,
     ProgressUpdateEvent,
     ThreadItem,
     ThreadItemDoneEvent,
@@ -38,6 +39,7 @@ from kitrelay.agents.providers import error_event_for
 from kitrelay.agents.registry import action_handler, kind_of
 from kitrelay.agents.stream_ids import with_real_ids
 from kitrelay.agents.task_views import has_task_widgets, redraw
+from kitrelay.agents.widgets import document_source, sources_copy_text, sources_widget
 from kitrelay.services.knowledge import KnowledgeService, SearchHit
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_log import TurnLog, TurnLogWriteError
@@ -87,21 +89,22 @@ class TurnDeps:
     max_handoff_hops: int
 
 
-def cite(event: ThreadStreamEvent, citations: list[SearchHit]) -> list[ThreadStreamEvent]:
-    """Attach the turn's sources to its assistant message as ChatKit file annotations (whatever the model)."""
+def cite(
+    event: ThreadStreamEvent, citations: list[SearchHit], new_item_id: Callable[[], str]
+) -> list[ThreadStreamEvent]:
+    """Attach the turn's sources to its (first) assistant message as ChatKit annotations, whatever the model, and
+    show them in a sources card right after it. Each source names its document and the passage cited, so a client
+    can open the document there (GET /documents/{id}); `[n]` in the text is the n-th annotation."""
     if not citations or not isinstance(event, ThreadItemDoneEvent):
         return [event]
     item = event.item
     if not isinstance(item, AssistantMessageItem) or not item.content:
         return [event]
+    hits = list(citations)
+    citations.clear()  # one answer cites them; a later message of the turn does not again
     part = item.content[0]
     start = len(part.annotations)
-    added = [
-        Annotation(
-            source=FileSource(title=hit.title, filename=hit.title, description=hit.snippet), index=len(part.text)
-        )
-        for hit in citations
-    ]
+    added = [Annotation(source=document_source(hit), index=len(part.text)) for hit in hits]
     part.annotations.extend(added)
     updates: list[ThreadStreamEvent] = [
         ThreadItemUpdatedEvent(
@@ -112,7 +115,14 @@ def cite(event: ThreadStreamEvent, citations: list[SearchHit]) -> list[ThreadStr
         )
         for n, annotation in enumerate(added)
     ]
-    return [*updates, event]
+    sources = WidgetItem(
+        id=new_item_id(),
+        thread_id=item.thread_id,
+        created_at=datetime.now(),
+        widget=sources_widget(hits),
+        copy_text=sources_copy_text(hits),
+    )
+    return [*updates, event, ThreadItemDoneEvent(item=sources)]
 
 
 def _context(request: TurnRequest, deps: TurnDeps) -> TurnContext:
@@ -327,8 +337,9 @@ async def _run_agent(
             stream_agent_response(agent_context, run.streamed()),
             lambda: deps.store.generate_item_id("message", thread, context),
         )
+        new_item_id = functools.partial(deps.store.generate_item_id, "message", thread, context)
         async for event in events:
-            for out in cite(event, context.citations):
+            for out in cite(event, context.citations, new_item_id):
                 await turn_log.emit(out)
         if run.handoff is not None:
             raise run.handoff

@@ -183,6 +183,8 @@ function button(props, ctx) {
 function listItem(props, ctx) {
   const node = el("div", "w-listitem");
   node.dataset.testid = "list-item";
+  // A row keeps its key when its widget is redrawn: the keyboard stays on the same row (app.js, upsertItem).
+  if (props.key != null) node.dataset.key = String(props.key);
   node.setAttribute("role", "listitem");
   const body = el("div", "w-listitem-body w-row");
   applyBox(body, { gap: props.gap ?? 2, align: props.align ?? "center" });
