@@ -9,8 +9,8 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import redis.asyncio as aioredis
 from agents import Agent, ModelProvider, RunConfig, Runner
