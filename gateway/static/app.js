@@ -490,7 +490,9 @@ async function openThread(threadId, { keepTurn = false, push = true } = {}) {
     if (token !== state.loadToken) return;
     ui.title.textContent = threadTitle(thread);
     sessionStorage.setItem(threadKey(), threadId);
-    for (const item of items) upsertItem(item, { final: true });
+    // What this page showed meanwhile (a message sent while the thread was loading) stays below what was saved.
+    const live = ui.messages.firstChild;
+    for (const item of items) upsertItem(item, { final: true, before: live });
     loadFeedback(threadId);
     scrollToEnd(true);
     // A reply still being written here was not shown while another thread was open, and is not saved yet:
@@ -862,7 +864,7 @@ function restoreFocus(root, spot) {
 }
 
 /** Show `item`, replacing what is shown under its id (an item can arrive again: re-attach, replay, replace). */
-function upsertItem(item, { final = false, streaming = false } = {}) {
+function upsertItem(item, { final = false, streaming = false, before = null } = {}) {
   const existing = state.items.get(item.id);
   const record = { item: structuredClone(item), node: null, final };
   const node = renderItemNode(record, streaming);
@@ -873,7 +875,9 @@ function upsertItem(item, { final = false, streaming = false } = {}) {
     // A widget replaced after a click keeps the keyboard where it was (the same row or button).
     if (node) restoreFocus(node, spot);
   } else if (node) {
-    ui.messages.append(node);
+    // `before`: a saved item loaded while a reply already shows (a message sent as the thread opened) goes above it.
+    if (before?.parentNode === ui.messages) ui.messages.insertBefore(node, before);
+    else ui.messages.append(node);
   }
   record.node = node;
   state.items.set(item.id, record);
