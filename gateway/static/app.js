@@ -1536,7 +1536,7 @@ async function upload(file) {
   } catch (error) {
     attachment.state = "error";
     attachment.error = messageOf(error);
-    showError(`${file.name}: ${attachment.error}`);
+    showError(attachment.error.includes(file.name) ? attachment.error : `${file.name}: ${attachment.error}`);
   }
   renderChips();
 }
