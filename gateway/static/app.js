@@ -672,7 +672,8 @@ function citations(item) {
     node.append(el("span", "citation-number", String(index + 1)));
     node.append(icon(source.type === "url" ? "globe" : "document", { size: 14 }));
     node.append(el("span", "citation-label", source.label));
-    if (target) node.setAttribute("aria-label", `Source ${index + 1}: ${source.label}${target.url ? "" : " (opens the document)"}`);
+    // The name is what the chip shows, and what it does: a name that differed from the text would confuse voice control.
+    if (target) node.append(el("span", "sr-only", target.url ? " (opens the page)" : " (opens the document)"));
     list.append(node);
   });
   return list;
@@ -696,7 +697,7 @@ function linkMarkers(root, sources) {
       if (target) {
         const ref = el(target.url ? "a" : "button", "cite-ref", `[${number}]`);
         ref.dataset.testid = "citation-ref";
-        ref.setAttribute("aria-label", `Source ${number}: ${source.label}`);
+        ref.setAttribute("aria-label", `[${number}] ${source.label}`);
         ref.title = source.label;
         if (target.url) {
           ref.href = target.url;
@@ -1557,6 +1558,7 @@ function openSidebar() {
   ui.sidebarOpen.setAttribute("aria-expanded", "true");
   if (narrow.matches) {
     ui.main.inert = true;
+    document.querySelector(".skip-link").inert = true;
     ui.sidebar.setAttribute("role", "dialog");
     ui.sidebar.setAttribute("aria-modal", "true");
     $("sidebar-close").focus();
@@ -1569,9 +1571,29 @@ function closeSidebar({ restoreFocus = true } = {}) {
   ui.scrim.hidden = true;
   ui.sidebarOpen.setAttribute("aria-expanded", "false");
   ui.main.inert = false;
+  document.querySelector(".skip-link").inert = false;
   ui.sidebar.removeAttribute("role");
   ui.sidebar.removeAttribute("aria-modal");
   if (wasOpen && restoreFocus && narrow.matches) ui.sidebarOpen.focus();
+}
+
+/** Tab and Shift+Tab go round the open drawer, from its last control to its first and back. */
+function trapDrawerFocus(event) {
+  if (event.key !== "Tab" || !drawerOpen() || !narrow.matches) return;
+  const controls = focusables(ui.sidebar).filter(
+    (node) => !node.disabled && node.getClientRects().length && getComputedStyle(node).visibility !== "hidden",
+  );
+  if (!controls.length) return;
+  const first = controls[0];
+  const last = controls[controls.length - 1];
+  const inside = ui.sidebar.contains(document.activeElement);
+  if (event.shiftKey && (document.activeElement === first || !inside)) {
+    event.preventDefault();
+    last.focus();
+  } else if (!event.shiftKey && (document.activeElement === last || !inside)) {
+    event.preventDefault();
+    first.focus();
+  }
 }
 
 // -- documents --------------------------------------------------------------------------------------------------
@@ -1643,6 +1665,7 @@ function bind() {
   $("sidebar-close").addEventListener("click", () => closeSidebar());
   ui.scrim.addEventListener("click", () => closeSidebar());
   narrow.addEventListener("change", () => closeSidebar({ restoreFocus: false }));
+  document.addEventListener("keydown", trapDrawerFocus);
   ui.search.addEventListener("input", onSearch);
   window.addEventListener("popstate", () => {
     if (ui.app.hidden) return;

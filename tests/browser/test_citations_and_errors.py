@@ -92,7 +92,8 @@ def test_a_knowledge_base_document_opens_at_its_passage(
     guide = tmp_path / "heron-guide.md"
     guide.write_text(
         "# Heron station guide\n\n## Arrival\n\nSign the visitor book at the gate.\n\n"
-        "## Tide alarms\n\nWhen the tide alarm rings twice, everyone walks to the dune hut and waits for the all-clear.\n"
+        "## Tide alarms\n\nWhen the tide alarm rings twice, everyone walks to the dune hut "
+        "and waits for the all-clear.\n"
     )
     subprocess.run(
         [sys.executable, "-m", "kitrelay.services.cli", "kb", "add", str(guide), "--team", who.team_id],

@@ -24,7 +24,8 @@ _SEND_AND_TIME_TYPING = """() => new Promise((resolve) => {
   const typing = () => document.querySelector('[data-testid="typing-indicator"]');
   const visible = (node) => Boolean(node && !node.hidden && node.getClientRects().length);
   const replying = () => visible(document.querySelector('[data-testid="progress"]'))
-    || document.querySelector('[data-testid="messages"] [data-role="assistant"], [data-testid="messages"] .item-widget');
+    || document.querySelector(
+      '[data-testid="messages"] [data-role="assistant"], [data-testid="messages"] .item-widget');
   window.__typingGaps = 0;
   window.__typingWatch = true;
   const watch = () => {
@@ -88,7 +89,9 @@ def test_each_thread_has_its_own_reply(page: Page, api: GatewayApi, shots: Scree
     busy_row = chat.thread_items().and_(page.locator(f'[data-thread-id="{busy}"]'))
     expect(busy_row).to_have_attribute("data-writing", "true")
     expect(busy_row.get_by_test_id("thread-writing")).to_be_visible()
-    expect(chat.thread_items().and_(page.locator(f'[data-thread-id="{quiet}"]'))).to_have_attribute("data-writing", "false")
+    expect(chat.thread_items().and_(page.locator(f'[data-thread-id="{quiet}"]'))).to_have_attribute(
+        "data-writing", "false"
+    )
     shots.take(page, "other-thread-writing")
 
     # A message sent here is answered here, while the other reply is still being written.

@@ -5,6 +5,7 @@ apart; a thumbs-up shown again."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 import httpx
 import pytest
@@ -44,14 +45,12 @@ def get_thread_status(system: RunningSystem, secret: str, who: Identity, thread_
     return response.status_code
 
 
-def test_threads_are_renamed_deleted_and_searched_from_the_sidebar(
-    page: Page, api: GatewayApi, browser_system: RunningSystem, dev_token_secret: str, shots: Screenshots
-) -> None:
+def test_threads_are_renamed_and_searched_from_the_sidebar(page: Page, api: GatewayApi, shots: Screenshots) -> None:
     who = new_identity("keeper")
     chat = ChatPage(page, api.sign_in_link)
     chat.sign_in(who)
     milk = start_thread(chat, "add task buy milk")
-    hello = start_thread(chat, "hello")
+    start_thread(chat, "hello")
     dog = start_thread(chat, "add task walk the dog")
     chat.ask("add task feed the zebra", assistant_replies=2)
     expect(chat.thread_items()).to_have_count(3)
@@ -89,7 +88,18 @@ def test_threads_are_renamed_deleted_and_searched_from_the_sidebar(
     search.fill("")
     expect(chat.thread_items()).to_have_count(3)
 
-    # Delete asks first: Cancel keeps the thread, Delete removes it.
+
+def test_a_thread_is_deleted_once_confirmed(
+    page: Page, api: GatewayApi, browser_system: RunningSystem, dev_token_secret: str, shots: Screenshots
+) -> None:
+    who = new_identity("cleaner")
+    chat = ChatPage(page, api.sign_in_link)
+    chat.sign_in(who)
+    start_thread(chat, "add task keep this one")
+    hello = start_thread(chat, "hello")
+    expect(chat.thread_items()).to_have_count(2)
+
+    # Delete asks first: Cancel keeps the thread, Delete removes it (and the page moves to a new chat).
     row, _ = thread_row(chat, hello)
     row.get_by_test_id("thread-delete").click()
     dialog = chat.by("confirm-dialog")
@@ -98,12 +108,14 @@ def test_threads_are_renamed_deleted_and_searched_from_the_sidebar(
     shots.take(page, "confirm-delete")
     dialog.get_by_test_id("confirm-cancel").click()
     expect(dialog).to_be_hidden()
-    expect(chat.thread_items()).to_have_count(3)
+    expect(chat.thread_items()).to_have_count(2)
     row, _ = thread_row(chat, hello)
     row.get_by_test_id("thread-delete").click()
     dialog.get_by_test_id("confirm-delete").click()
-    expect(chat.thread_items()).to_have_count(2)
+    expect(chat.thread_items()).to_have_count(1)
     expect(chat.page.locator(f'[data-thread-id="{hello}"]')).to_have_count(0)
+    expect(chat.messages()).to_have_count(0)
+    expect(page).to_have_url(re.compile(r"/$"))
     assert get_thread_status(browser_system, dev_token_secret, who, hello) == 404
 
 
@@ -173,8 +185,6 @@ def test_the_list_follows_last_activity_and_the_footer_names_user_and_team(
 
 
 def _ms(iso: str) -> float:
-    from datetime import datetime
-
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000
 
 
@@ -194,7 +204,9 @@ def test_titles_tell_threads_apart(page: Page, api: GatewayApi, shots: Screensho
         ]
     )
     # Each title is shown whole in the sidebar (not cut off where the two questions are still alike).
-    clipped = names.evaluate_all("nodes => nodes.filter(n => n.scrollHeight > n.clientHeight + 1).map(n => n.textContent)")
+    clipped = names.evaluate_all(
+        "nodes => nodes.filter(n => n.scrollHeight > n.clientHeight + 1).map(n => n.textContent)"
+    )
     assert clipped == [], f"titles cut off in the sidebar: {clipped}"
     shots.take(page, "titles")
 
