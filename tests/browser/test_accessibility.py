@@ -42,9 +42,7 @@ _CONTRAST = """(node) => {
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_axe_finds_no_serious_violation(
-    open_page: OpenPage, api: GatewayApi, scheme: str, shots: Screenshots
-) -> None:
+def test_axe_finds_no_serious_violation(open_page: OpenPage, api: GatewayApi, scheme: str, shots: Screenshots) -> None:
     require_axe()
     who = new_identity(f"axe-{scheme}")
     load_handbooks(api, who)
@@ -102,7 +100,9 @@ def test_the_phone_drawer_holds_the_keyboard_and_gives_it_back(
     # Tab and Shift+Tab go round the drawer: nothing behind the dimmed page is reached.
     for key in ["Tab"] * 14 + ["Shift+Tab"] * 6:
         page.keyboard.press(key)
-        assert page.evaluate(in_drawer), f"after {key} the keyboard is on {page.evaluate('document.activeElement.outerHTML.slice(0, 120)')}"
+        assert page.evaluate(in_drawer), (
+            f"after {key} the keyboard is on {page.evaluate('document.activeElement.outerHTML.slice(0, 120)')}"
+        )
     shots.take(page, "drawer-focus")
 
     # Esc closes it and puts the keyboard back on the menu button (not on <body>).
