@@ -21,13 +21,18 @@ from chatkit.types import (
     AssistantMessageContentPartAnnotationAdded,
     AssistantMessageItem,
     ErrorEvent,
+    Page,
     ProgressUpdateEvent,
+    Thread,
     ThreadItem,
     ThreadItemDoneEvent,
     ThreadItemReplacedEvent,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
     ThreadStreamEvent,
+    ThreadUpdatedEvent,
+    UserMessageItem,
+    UserMessageTextContent,
     WidgetItem,
 )
 from nats.js import JetStreamContext
@@ -35,10 +40,12 @@ from nats.js import JetStreamContext
 from kitrelay.agents.context import TurnContext
 from kitrelay.agents.converter import KitrelayConverter
 from kitrelay.agents.handoffs import StopsAtHandoff, find_handoff
+from kitrelay.agents.offline_model import OfflineModelProvider
 from kitrelay.agents.providers import error_event_for
 from kitrelay.agents.registry import action_handler, kind_of
 from kitrelay.agents.stream_ids import with_real_ids
 from kitrelay.agents.task_views import has_task_widgets, redraw
+from kitrelay.agents.titles import generate_title
 from kitrelay.agents.widgets import document_source, sources_copy_text, sources_widget
 from kitrelay.services.knowledge import KnowledgeService, SearchHit
 from kitrelay.services.tasks import TaskService
@@ -217,7 +224,9 @@ async def run_turn(
         return
 
     thread, history = opening
+    title = None
     if request.hops == 0:
+        title = _title_task(thread, history, deps)
         history = await _redraw_task_widgets(history, context, turn_log)
     await _run_agent(
         request,
@@ -228,7 +237,44 @@ async def run_turn(
         turn_log=turn_log,
         deps=deps,
         control=control or TurnControl(),
+        title=title,
     )
+
+
+def _title_task(thread: ThreadMetadata, history: list[ThreadItem], deps: TurnDeps) -> asyncio.Task[str | None] | None:
+    """A thread's first message, answered by a real model: its title is asked for beside the run."""
+    if isinstance(deps.provider, OfflineModelProvider):
+        return None
+    messages = [item for item in history if isinstance(item, UserMessageItem)]
+    if len(messages) != 1:
+        return None
+    text = " ".join(part.text for part in messages[0].content if isinstance(part, UserMessageTextContent))
+    return asyncio.create_task(generate_title(deps.provider, deps.model, text), name=f"title of {thread.id}")
+
+
+async def _title_thread(
+    title: asyncio.Task[str | None] | None,
+    thread: ThreadMetadata,
+    context: TurnContext,
+    turn_log: TurnLog,
+    deps: TurnDeps,
+) -> None:
+    """Give the thread the model's title (saved, and `thread.updated` to its clients), unless it was renamed since
+    the turn started."""
+    if title is None:
+        return
+    generated = await title
+    if not generated:
+        return
+    try:
+        current = await deps.store.load_thread(thread.id, context=context)
+    except NotFoundError:
+        return
+    if current.title != thread.title or current.title == generated:
+        return
+    current.title = generated
+    await deps.store.save_thread(current, context=context)
+    await turn_log.emit(ThreadUpdatedEvent(thread=Thread(**current.model_dump(), items=Page(data=[]))))
 
 
 async def _redraw_task_widgets(history: list[ThreadItem], context: TurnContext, turn_log: TurnLog) -> list[ThreadItem]:
@@ -311,6 +357,36 @@ async def _run_agent(
     turn_log: TurnLog,
     deps: TurnDeps,
     control: TurnControl,
+    title: asyncio.Task[str | None] | None = None,
+) -> None:
+    try:
+        await _run_agent_titled(
+            request,
+            thread,
+            history,
+            agent=agent,
+            context=context,
+            turn_log=turn_log,
+            deps=deps,
+            control=control,
+            title=title,
+        )
+    finally:
+        if title is not None and not title.done():
+            title.cancel()
+
+
+async def _run_agent_titled(
+    request: TurnRequest,
+    thread: ThreadMetadata,
+    history: list[ThreadItem],
+    *,
+    agent: Agent[AgentContext[TurnContext]],
+    context: TurnContext,
+    turn_log: TurnLog,
+    deps: TurnDeps,
+    control: TurnControl,
+    title: asyncio.Task[str | None] | None,
 ) -> None:
     converter = KitrelayConverter(token_budget=deps.history_token_budget)
     agent_input = await converter.to_agent_input(history)
@@ -364,6 +440,7 @@ async def _run_agent(
         raise  # not the agent's failure: the worker leaves the turn to be redelivered, or to its newer run
     except Exception as exc:
         if (signal := find_handoff(exc)) is not None:
+            await _title_thread(title, thread, context, turn_log, deps)
             await _hand_off(request, signal.target, turn_log, deps)
             return
         # The agent, a tool or the model failed: the user gets a clear error (retryable where that may help).
@@ -371,6 +448,7 @@ async def _run_agent(
         await turn_log.emit(error_event_for(exc))
         await turn_log.end("failed", error=type(exc).__name__)
         return
+    await _title_thread(title, thread, context, turn_log, deps)
     await turn_log.end("completed")
 
 
