@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Header, Request, Response
 
 from kitrelay.gateway.deps import ContextDep, SettingsDep, enforce_rate_limit
-from kitrelay.gateway.relay import StreamHub
+from kitrelay.gateway.relay import StreamHubs
 from kitrelay.gateway.sse import sse_response
 from kitrelay.gateway.turn_routes import ENTRY_ID_PATTERN
 from kitrelay.services.task_events import EVENT_FIELD
@@ -44,23 +44,20 @@ RETRY_MS = 2000
 
 class TeamEvents:
     """The gateway process's reader of team event streams: a hub of its own, beside the turn streams' hubs (a
-    page's stream lasts as long as the page, a turn's a few seconds). `start()` in the lifespan, `stop()` after."""
+    page's stream lasts as long as the page, a turn's a few seconds). On a single Redis (or Sentinel's primary) one
+    hub reads every team followed in one XREAD; on a Redis Cluster, StreamHubs reads each team's stream from the
+    node that serves it. `start()` in the lifespan, `stop()` after."""
 
     def __init__(self, redis: aioredis.Redis, namespace: str) -> None:
         self._redis = redis
         self._namespace = namespace
-        self._hub = StreamHub(redis)
+        self._hubs = StreamHubs(redis, shards=1)
 
     def start(self) -> None:
-        self._hub.start()
+        self._hubs.start()
 
     async def stop(self) -> None:
-        await self._hub.stop()
-
-    @property
-    def followed(self) -> int:
-        """The pages this gateway pushes to now."""
-        return self._hub.followed
+        await self._hubs.stop()
 
     async def newest_id(self, team_id: str) -> str:
         """The team's newest entry id, "0-0" when it has none: a new page starts after it."""
@@ -73,19 +70,21 @@ class TeamEvents:
     async def frames(self, team_id: str, after: str, *, resumed: bool) -> AsyncIterator[bytes]:
         """The page's stream: an opening frame, then every entry after `after`, as they come."""
         yield _frame(None, json.dumps({"type": "stream.opened", "resumed": resumed}))
-        follower = self._hub.add_follower(team_events_key(self._namespace, team_id), after)
+        key = team_events_key(self._namespace, team_id)
+        hub = self._hubs.for_key(key)
+        follower = hub.add_follower(key, after)
         try:
             while True:
                 await follower.arm(WAIT_S)
                 batch = follower.take()
                 if batch is None:
                     continue
-                self._hub.taken(follower)
+                hub.taken(follower)
                 chunk = b"".join(_entry_frame(raw_id, fields) for raw_id, fields in batch)
                 if chunk:
                     yield chunk
         finally:
-            self._hub.remove_follower(follower)
+            hub.remove_follower(follower)
 
 
 def _entry_frame(raw_id: bytes, fields: list[bytes]) -> bytes:
