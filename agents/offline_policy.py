@@ -19,13 +19,15 @@ from kitrelay.agents.intents import Intent, IntentKind, parse_intent
 
 DEFAULT_MODEL_NAME: Final = "kitrelay-offline"
 
+# What the chat page's empty state offers too (gateway/static): the team's tasks and its knowledge base.
 GREETING_TEXT: Final = (
-    "Hi! I'm your task assistant. I can add, list, complete, reopen, rename, assign and delete tasks. "
-    'Try "add task buy milk".'
+    "Hi! I manage your team's tasks and answer questions from its knowledge base. "
+    'Try "add task buy milk" or "what does the guide say about VPN access?".'
 )
 HELP_TEXT: Final = (
     'Here is what you can say: "add task buy milk by tomorrow", "list my tasks", "show open tasks", '
-    '"complete task 3", "reopen task 3", "rename task 3 to buy oat milk", "assign task 3 to @bob", "delete task 3".'
+    '"complete task 3", "reopen task 3", "rename task 3 to buy oat milk", "assign task 3 to @bob", "delete task 3"; '
+    'or ask the knowledge base: "what does the guide say about VPN access?".'
 )
 THANKS_TEXT: Final = "You're welcome!"
 FALLBACK_TEXT: Final = 'Sorry, I didn\'t understand that. Try "add task buy milk" or "list my tasks".'

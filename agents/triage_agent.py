@@ -13,8 +13,9 @@ from kitrelay.agents.handoffs import cross_worker_handoff
 from kitrelay.agents.research_agent import build_research_agent
 from kitrelay.agents.task_agent import build_task_agent
 
-INSTRUCTIONS = """You are the front desk of a team's assistant. Answer greetings, thanks, small talk and questions
-about what you can do yourself, briefly.
+INSTRUCTIONS = """You are the front desk of a team's assistant, which looks after the team's tasks and answers
+questions from the team's knowledge base (its documents, guides and policies). Answer greetings, thanks, small talk
+and questions about what you can do yourself, briefly, naming both.
 
 Hand everything about the team's tasks (adding, listing, completing, reopening, renaming, assigning, deleting,
 due dates) to the Task agent. Hand every question about the team's documents, policies, guides or knowledge to the

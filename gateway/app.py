@@ -41,7 +41,7 @@ from kitrelay.services.tasks import TaskService
 from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.connections import connect_nats, connect_redis, ensure_turns_stream
 from kitrelay.shared.heap import settle_after_startup
-from kitrelay.shared.redact import redact_url
+from kitrelay.shared.redact import redact_url, redact_urls
 from kitrelay.shared.settings import Settings
 from kitrelay.shared.store.engine import make_engine, make_sessionmaker
 
@@ -81,7 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         nc = await connect_nats(settings, name="kitrelay-gateway")
         js = nc.jetstream()
-        await ensure_turns_stream(js, settings.NAMESPACE)
+        await ensure_turns_stream(js, settings.NAMESPACE, replicas=settings.TURNS_STREAM_REPLICAS)
         redis = await connect_redis(settings)
         engine = make_engine(settings.DATABASE_URL)
         sessions = make_sessionmaker(engine)
@@ -101,7 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
         server = RelayChatKitServer(
             store=store, attachment_store=attachment_store, feedback=FeedbackService(sessions), relay=relay
         )
-        log.info("gateway ready: NATS %s, Redis %s", redact_url(settings.NATS_URL), redact_url(settings.REDIS_URL))
+        log.info("gateway ready: NATS %s, Redis %s", redact_urls(settings.NATS_URL), redact_url(settings.REDIS_URL))
         # What is loaded by now lives as long as the process; the relay's many short-lived objects would otherwise
         # make the garbage collector scan it over and over.
         settle_after_startup()

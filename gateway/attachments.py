@@ -125,8 +125,8 @@ class KitrelayAttachmentStore(AttachmentStore[RequestContext]):
         """Delete the bytes and the knowledge documents made from them.
 
         The metadata row is left to the caller: ChatKitServer calls `Store.delete_attachment` right after this
-        hook, and that call fails with NotFoundError if the row is already gone. Code outside the ChatKit protocol
-        that wants everything removed calls `purge`."""
+        hook (a row already gone is no error there). Code outside the ChatKit protocol that wants everything
+        removed calls `purge`."""
         attachment = await self._store.load_attachment(attachment_id, context)
         team_id = context.identity.team_id
         removed = await self._knowledge.delete_by_attachment(team_id, attachment.id)

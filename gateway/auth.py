@@ -35,6 +35,7 @@ from fastapi import Request
 from jwt.exceptions import InvalidSubjectError
 
 from kitrelay.gateway.errors import ApiError
+from kitrelay.gateway.keys import AuthConfigError, check_secret_strength
 from kitrelay.services.devservers import is_loopback_host
 from kitrelay.shared.messages import Identity
 from kitrelay.shared.settings import Settings
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 
 AuthMode = Literal["dev", "jwt"]
 
-# HS256 keys shorter than the hash are guessable offline from any token (RFC 7518 §3.2).
-MIN_SECRET_BYTES = 32
 # Far beyond any real token; a bigger header is refused before any parsing.
 MAX_TOKEN_CHARS = 8192
 # User and team ids are stored in columns of this width (shared/store/models.py ID_LENGTH).
@@ -71,10 +70,6 @@ _UPLOAD_AUDIENCE = "kitrelay:attachment-upload"
 _UPLOAD_ALGORITHM = "HS256"
 
 _BEARER_HINT = "Send 'Authorization: Bearer <token>'."
-
-
-class AuthConfigError(RuntimeError):
-    """The authentication settings are unusable; the gateway does not start."""
 
 
 def unauthorized(message: str, *, invalid_token: bool = True) -> ApiError:
@@ -385,14 +380,6 @@ def _explain(exc: jwt.InvalidTokenError) -> str:
 
 
 # -- secrets --------------------------------------------------------------------------------------------------------
-
-
-def check_secret_strength(secret: bytes, what: str) -> None:
-    if len(secret) < MIN_SECRET_BYTES:
-        raise AuthConfigError(
-            f"The {what} is {len(secret)} bytes; use at least {MIN_SECRET_BYTES} random bytes, e.g. the output of "
-            "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`."
-        )
 
 
 _process_upload_key = secrets.token_bytes(32)

@@ -8,13 +8,19 @@ import json
 import logging
 from typing import Any
 
+import nats.errors
 from chatkit.store import NotFoundError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+
+from kitrelay.shared.store.engine import is_unavailable as is_database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +111,40 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
 
+# A server the request needs is away (restarting, failing over): the client may try again in a moment.
+RETRY_AFTER_OUTAGE_S = 2
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if (away := _server_away(exc)) is not None:
+        return _away(request, away, exc)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(error_body("internal_error", "Something went wrong on our side."), status_code=500)
+
+
+async def _outage(request: Request, exc: Exception) -> JSONResponse:
+    # The errors an outage raises, mapped here rather than by the catch-all (whose errors Starlette logs again, as
+    # crashes, with their tracebacks): a database failing over is no crash.
+    if (away := _server_away(exc)) is not None:
+        return _away(request, away, exc)
+    return await _unexpected(request, exc)
+
+
+def _away(request: Request, away: str, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: the %s is away (%s)", request.method, request.url.path, away, exc)
+    body = error_body(f"{away}_unavailable", f"The {away} cannot be reached right now; try again shortly.")
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_OUTAGE_S)})
+
+
+def _server_away(exc: Exception) -> str | None:
+    """Which server an unexpected error says is away ("database", "redis", "nats"), if it is an outage."""
+    if is_database_unavailable(exc):
+        return "database"
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return "redis"
+    if isinstance(exc, nats.errors.TimeoutError | nats.errors.ConnectionClosedError | nats.errors.NoServersError):
+        return "nats"
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -117,6 +154,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    for outage in (DBAPIError, OSError, RedisConnectionError, RedisTimeoutError, nats.errors.Error):
+        app.add_exception_handler(outage, _outage)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -9,8 +9,8 @@ from fastapi import FastAPI
 
 from kitrelay.gateway import access_log
 from kitrelay.gateway.app import create_app
-from kitrelay.gateway.auth import AuthConfigError
 from kitrelay.gateway.http_guard import guarded_protocol
+from kitrelay.gateway.keys import AuthConfigError
 from kitrelay.gateway.security import CorsConfigError
 from kitrelay.shared.logging import configure_logging
 from kitrelay.shared.settings import Settings

@@ -25,7 +25,7 @@ from chatkit.types import (
 )
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sse_starlette import ServerSentEvent
 
 from kitrelay.gateway.client import user_input
@@ -37,7 +37,7 @@ from kitrelay.gateway.requests import parse_request, read_body, require_json, re
 from kitrelay.gateway.routes import run_chatkit_request
 from kitrelay.gateway.server import TURN_EFFECT
 from kitrelay.gateway.sse import sse_events, sse_response
-from kitrelay.shared.store.models import ID_LENGTH
+from kitrelay.shared.store.models import ID_LENGTH, as_utc
 
 router = APIRouter(tags=["plain"], dependencies=[Depends(enforce_rate_limit)])
 
@@ -59,6 +59,10 @@ class ChatRequest(BaseModel):
     thread_id: str | None = Field(default=None, max_length=ID_LENGTH, description="Continue this thread.")
 
 
+# ISO 8601 with the offset, always UTC: chatkit stamps the items of a stream with naive local time (datetime.now()).
+UtcTime = Annotated[datetime, AfterValidator(as_utc)]
+
+
 class PlainWidget(BaseModel):
     item_id: str
     widget: dict[str, Any] = Field(description="The ChatKit widget tree, as a ChatKit UI gets it.")
@@ -71,7 +75,7 @@ class PlainMessage(BaseModel):
     id: str
     role: Literal["user", "assistant", "widget"]
     text: str
-    created_at: datetime
+    created_at: UtcTime
     widget: dict[str, Any] | None = None
 
 
@@ -104,7 +108,7 @@ class HistoryPage(BaseModel):
 class ThreadSummary(BaseModel):
     id: str
     title: str | None
-    created_at: datetime
+    created_at: UtcTime
 
 
 class ThreadsPage(BaseModel):

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from redis.exceptions import AskError, ClusterDownError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kitrelay.gateway.xread import XreadConnection
+from kitrelay.shared.connections import cluster_of
 from kitrelay.shared.messages import EntryView, peek_entry, peek_fields
 from kitrelay.shared.names import turn_stream_key
 from kitrelay.shared.settings import AgentKind
@@ -154,9 +156,18 @@ class StreamHub:
     """The gateway process's one reader of turn streams. `start()` in the lifespan, `stop()` at shutdown."""
 
     def __init__(
-        self, redis: aioredis.Redis, *, block_ms: int = HUB_BLOCK_MS, batch: int = HUB_BATCH, tick_s: float = HUB_TICK_S
+        self,
+        redis: aioredis.Redis,
+        *,
+        block_ms: int = HUB_BLOCK_MS,
+        batch: int = HUB_BATCH,
+        tick_s: float = HUB_TICK_S,
+        reconnect: Callable[[], Awaitable[aioredis.Redis]] | None = None,
     ) -> None:
         self._redis = redis
+        # A Redis Cluster's hub (one shard's): the client of the node serving its shard now, asked when its node no
+        # longer answers for it (it died and its replica took over, or the slot moved).
+        self._reconnect = reconnect
         # Every tick, each waiting follower is woken to look at its deadline (see `_Follower`).
         self.tick_s = tick_s
         # A connection of its own: it sits in XREAD BLOCK, and CLIENT UNBLOCK names it. Its XREAD replies are read
@@ -259,6 +270,19 @@ class StreamHub:
     def connected(self) -> bool:
         return self._client_id is not None
 
+    async def _follow_the_slot(self) -> None:
+        """A Redis Cluster hub: read from the node that serves its shard now (the same, or its replica promoted)."""
+        assert self._reconnect is not None
+        try:
+            redis = await self._reconnect()
+        except (RedisError, OSError) as exc:
+            log.warning("finding the node of a shard of turn streams: %s", exc)
+            return
+        if redis is not self._redis:
+            await self._reader.aclose()
+            self._redis = redis
+            self._reader = XreadConnection(redis)
+
     async def _read_forever(self) -> None:
         while True:
             if not self._followers:
@@ -276,13 +300,21 @@ class StreamHub:
                     self._client_id = await self._reader.client_id()
                 self._reading = generation
                 response = _xread_entries(await self._reader.xread(streams, count=self._batch, block_ms=self._block_ms))
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     # redis-py reports a cancelled read as a timeout: this is the hub stopping, not Redis failing.
                     raise asyncio.CancelledError from exc
+                if isinstance(exc, ResponseError) and not _moved(exc):
+                    # Not an outage: Redis refused the read itself. The hub serves every stream of its shard, so it
+                    # does not stop; the turns' own deadlines end them if it goes on.
+                    log.error("reading turn streams: Redis refused the read: %s", exc)
+                    await asyncio.sleep(REDIS_RETRY_S)
+                    continue
                 self._client_id = None
                 self._failures += 1
+                if self._reconnect is not None and (self._failures > 1 or isinstance(exc, ResponseError)):
+                    await self._follow_the_slot()
                 if self._failures == 1:
                     # Most often a connection a Redis restart left dead, found on its first use since: reconnect
                     # at once, or this hub's next turn waits for nothing.
@@ -372,27 +404,78 @@ class StreamHubs:
         block_ms: int = HUB_BLOCK_MS,
         tick_s: float = HUB_TICK_S,
     ) -> None:
-        self._hubs = [StreamHub(redis, block_ms=block_ms, tick_s=tick_s) for _ in range(shards)]
+        self._block_ms = block_ms
+        self._tick_s = tick_s
+        self._cluster = cluster_of(redis)
+        # A single Redis (or Sentinel's primary): `shards` hubs. A Redis Cluster: a hub per shard of turn keys (one
+        # slot, so one XREAD for every followed stream of it: shared/names.py), on a connection to the node that
+        # serves it, made as its first key comes.
+        self._hubs = [] if self._cluster is not None else [self._hub(redis) for _ in range(shards)]
+        self._by_tag: dict[str, StreamHub] = {}
+        self._node_clients: dict[str, aioredis.Redis] = {}
+
+    def _hub(self, redis: aioredis.Redis, tag: str | None = None) -> StreamHub:
+        reconnect = functools.partial(self._node_client, tag, refresh=True) if tag is not None else None
+        return StreamHub(redis, block_ms=self._block_ms, tick_s=self._tick_s, reconnect=reconnect)
 
     def start(self) -> None:
         """Start every hub now (the gateway's lifespan), each with its connection: a hub started by its first
         follower took a connection from the pool on that turn's way to its first event, and the next command
-        opened a new one."""
+        opened a new one. A Redis Cluster's hubs start with their shard's first key."""
         for hub in self._hubs:
             hub.start()
 
     @property
     def connected(self) -> int:
-        return sum(hub.connected for hub in self._hubs)
+        return sum(hub.connected for hub in self._all())
+
+    def _all(self) -> list[StreamHub]:
+        return [*self._hubs, *self._by_tag.values()]
 
     def for_key(self, key: str) -> StreamHub:
-        hub = self._hubs[zlib.crc32(key.encode()) % len(self._hubs)]
+        if self._cluster is None:
+            hub = self._hubs[zlib.crc32(key.encode()) % len(self._hubs)]
+        else:
+            tag = key[key.index("{") + 1 : key.index("}")]
+            hub = self._by_tag.get(tag) or self._by_tag.setdefault(tag, self._hub(self._client_for(tag), tag))
         hub.start()
         return hub
 
+    def _client_for(self, tag: str) -> aioredis.Redis:
+        """A client of the node serving the shard `tag` as primary now (one per node, shared by its hubs)."""
+        assert self._cluster is not None
+        node = self._cluster.get_node_from_key(f"{{{tag}}}")
+        assert node is not None  # the primary that serves the tag's slot
+        client = self._node_clients.get(node.name)
+        if client is None:
+            client = self._node_clients[node.name] = aioredis.Redis(
+                host=node.host,
+                port=int(node.port),
+                username=node.connection_kwargs.get("username"),
+                password=node.connection_kwargs.get("password"),
+                socket_keepalive=True,
+            )
+        return client
+
+    async def _node_client(self, tag: str, *, refresh: bool) -> aioredis.Redis:
+        """`_client_for`, after reading the cluster's map again (a hub's node stopped answering for its shard)."""
+        assert self._cluster is not None
+        if refresh:
+            await self._cluster.nodes_manager.initialize()
+        return self._client_for(tag)
+
     async def stop(self) -> None:
-        for hub in self._hubs:
+        for hub in self._all():
             await hub.stop()
+        for client in self._node_clients.values():
+            await client.aclose()
+
+
+def _moved(exc: ResponseError) -> bool:
+    """A Redis Cluster's answer that the keys are served elsewhere now, or that the cluster is (briefly) down."""
+    return isinstance(exc, AskError | ClusterDownError | TryAgainError) or str(exc).startswith(
+        ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+    )
 
 
 def _xread_entries(response: Any) -> XReadResponse:

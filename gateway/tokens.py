@@ -19,11 +19,14 @@ import hashlib
 import hmac
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 import jwt
 
-from kitrelay.gateway.auth import AuthConfigError, check_secret_strength
-from kitrelay.shared.settings import Settings
+from kitrelay.gateway.keys import AuthConfigError, check_secret_strength
+
+if TYPE_CHECKING:
+    from kitrelay.shared.settings import Settings
 
 DEFAULT_TTL_S = 3600
 MAX_TTL_S = 30 * 24 * 3600

@@ -55,6 +55,8 @@ StopOutcome = Literal["stopping", "cancelled", "already_ended"]
 RelayedFrame = tuple[str | None, str]
 _ITEM_EVENTS = frozenset({"thread.item.added", "thread.item.done"})
 _HIDDEN_ITEMS = frozenset({"hidden_context_item", "sdk_hidden_context"})
+# How often a wait for the thread's running turn looks whether that turn has ended meanwhile.
+ENDED_CHECK_S = 1.0
 # A thread's claim outlives any sane turn; it only matters when a turn died without ending (then it frees itself).
 THREAD_CLAIM_TTL_S = 600
 # A stop that its worker did not confirm in time is asked again, this many times longer, if the turn's newest entry
@@ -216,12 +218,23 @@ class TurnRelay:
             await self._wait_released(turn.thread_id, running)
 
     async def _wait_released(self, thread_id: str, turn_id: str) -> None:
+        ns = self.config.namespace
         deadline = time.monotonic() + self.config.timeouts.idle_s
-        while await active_turn(self._redis, self.config.namespace, thread_id) == turn_id:
-            if time.monotonic() > deadline:
+        looked = time.monotonic()
+        while await active_turn(self._redis, ns, thread_id) == turn_id:
+            now = time.monotonic()
+            if now > deadline:
                 # The running turn went silent without ending: free the thread rather than wait forever.
-                await release_thread(self._redis, self.config.namespace, thread_id, turn_id)
+                await release_thread(self._redis, ns, thread_id, turn_id)
                 return
+            if now - looked >= ENDED_CHECK_S:
+                looked = now
+                # A turn that ended without its release (a Redis Cluster node died between the two writes) frees
+                # the thread now, not after the idle timeout.
+                last = await last_entry(self._redis, ns, turn_id)
+                if last is not None and last.is_terminal:
+                    await release_thread(self._redis, ns, thread_id, turn_id)
+                    return
             await asyncio.sleep(0.1)
 
     async def start(self, turn: TurnRequest, *, user_message: HeldMessage | None = None) -> None:

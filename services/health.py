@@ -82,7 +82,7 @@ async def check_nats(settings: Settings, timeout_s: float) -> str:
     # Not connect_nats(): it reconnects forever, even on the first connect, so a down server would only ever show
     # up here as a timeout. A probe wants the refusal itself, at once.
     nc = await nats.connect(
-        settings.NATS_URL,
+        settings.nats_servers,
         name="kitrelay-health",
         connect_timeout=timeout_s,
         allow_reconnect=False,
@@ -95,7 +95,8 @@ async def check_nats(settings: Settings, timeout_s: float) -> str:
         account = await nc.jetstream(timeout=timeout_s).account_info()
     finally:
         await nc.close()
-    return f"JetStream at {redact(settings.NATS_URL)}, {account.streams} streams"
+    where = ",".join(redact(url) for url in settings.nats_servers)
+    return f"JetStream at {where}, {account.streams} streams"
 
 
 async def check_redis(settings: Settings, timeout_s: float) -> str:

@@ -7,34 +7,30 @@ message and exit code 1 (or Typer's usage error, code 2), never a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import mimetypes
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NamedTuple, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, NamedTuple, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Column, Table
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from rich.table import Table
 
-from kitrelay.services.documents import UnsupportedDocumentError, extract_text, normalize_mime, title_from
-from kitrelay.services.knowledge import DocumentNotFoundError, DocumentRecord, KnowledgeService
-from kitrelay.shared.settings import Settings
-from kitrelay.shared.store.engine import make_engine, make_sessionmaker, read_session
-from kitrelay.shared.store.models import FeedbackRow
+from kitrelay.services.cli_output import console, fail, id_column, print_json_lines, print_table, when
+
+# The machinery of each command (SQLAlchemy, the knowledge service, PDF extraction) is imported when it runs: the
+# `kitrelay` command imports this module to list its commands, and `kitrelay chat` must start fast.
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from kitrelay.services.knowledge import DocumentRecord, KnowledgeService
 
 T = TypeVar("T")
 
 app = typer.Typer(help="A team's knowledge base (what the research agent searches) and feedback.", no_args_is_help=True)
-console = Console()
-errors = Console(stderr=True)
 
 TeamOption = Annotated[str, typer.Option("--team", help="The team whose knowledge base this is.")]
 
@@ -70,6 +66,8 @@ def add(
     title: Annotated[str | None, typer.Option(help="The title (one file only); else its H1 or file name.")] = None,
 ) -> None:
     """Load documents into the team's knowledge base, as an administrator."""
+    from kitrelay.services.documents import title_from
+
     if title is not None and len(paths) > 1:
         raise typer.BadParameter("a title can only be given for a single file", param_hint="--title")
     # Every file is read before any is stored: one unreadable file leaves the knowledge base as it was.
@@ -89,24 +87,30 @@ def add(
         ]
 
     records = _run(store)
-    table = Table(_id_column("id"), "title", "chunks", title=f"added to {escape(team)}")
+    table = Table(id_column("id"), "title", "chunks", title=f"added to {escape(team)}")
     for record in records:
         table.add_row(record.id, escape(record.title), str(record.chunk_count))
-    console.print(table)
+    print_table(table)
 
 
 @app.command("list")
-def list_documents(team: TeamOption) -> None:
+def list_documents(
+    team: TeamOption,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line instead of a table.")] = False,
+) -> None:
     """List the team's documents, newest first."""
 
     async def documents(knowledge: KnowledgeService) -> list[DocumentRecord]:
         return await knowledge.list_documents(team)
 
     records = _run(documents)
+    if as_json:
+        print_json_lines(record.model_dump(mode="json") for record in records)
+        return
     if not records:
         console.print(f"team {escape(team)} has no documents")
         return
-    table = Table(_id_column("id"), "title", "source", "type", "chunks", "bytes", "added")
+    table = Table(id_column("id"), "title", "source", "type", "chunks", "bytes", "added")
     for record in records:
         table.add_row(
             record.id,
@@ -115,9 +119,9 @@ def list_documents(team: TeamOption) -> None:
             record.mime_type,
             str(record.chunk_count),
             str(record.byte_size),
-            _when(record.created_at),
+            when(record.created_at),
         )
-    console.print(table)
+    print_table(table)
 
 
 @app.command()
@@ -138,7 +142,7 @@ def search(
     table = Table("rank", "title", "heading", "snippet")
     for rank, (title, heading, snippet) in enumerate(found, start=1):
         table.add_row(str(rank), escape(title), escape(heading or ""), escape(snippet))
-    console.print(table)
+    print_table(table)
 
 
 @app.command()
@@ -159,6 +163,11 @@ def feedback(
     limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many votes.")] = 50,
 ) -> None:
     """List the feedback the team's users gave on assistant answers, newest first."""
+    from sqlalchemy import select
+
+    from kitrelay.shared.store.engine import read_session
+    from kitrelay.shared.store.models import FeedbackRow
+
     query = select(
         FeedbackRow.user_id, FeedbackRow.thread_id, FeedbackRow.item_id, FeedbackRow.kind, FeedbackRow.created_at
     ).where(FeedbackRow.team_id == team)
@@ -175,35 +184,47 @@ def feedback(
     if not rows:
         console.print(f"no {kind.value + ' ' if kind else ''}feedback for team {escape(team)}")
         return
-    table = Table("user", _id_column("thread"), _id_column("item"), "kind", "when")
+    table = Table("user", id_column("thread"), id_column("item"), "kind", "when")
     for user_id, thread_id, item_id, vote, created_at in rows:
         colour = "green" if vote == FeedbackKind.positive else "red"
-        table.add_row(escape(user_id), thread_id, item_id, f"[{colour}]{vote}[/{colour}]", _when(created_at))
-    console.print(table)
+        table.add_row(escape(user_id), thread_id, item_id, f"[{colour}]{vote}[/{colour}]", when(created_at))
+    print_table(table)
 
 
 def _load(path: Path) -> _LoadedFile:
+    from kitrelay.services.documents import UnsupportedDocumentError, extract_text, normalize_mime
+
     try:
         data = path.read_bytes()
     except OSError as exc:
-        _fail(f"cannot read {path}: {exc.strerror or exc}")
+        fail(f"cannot read {path}: {exc.strerror or exc}")
     guessed, _ = mimetypes.guess_type(path.name)
     mime_type = normalize_mime(guessed or "application/octet-stream", path.name)
     try:
         text = extract_text(data, mime_type=mime_type, filename=path.name)
     except UnsupportedDocumentError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not text.strip():
-        _fail(f"{path} has no text")
+        fail(f"{path} has no text")
     return _LoadedFile(path=path, mime_type=mime_type, text=text, byte_size=len(data))
 
 
 def _run(work: Callable[[KnowledgeService], Awaitable[T]]) -> T:
+    from kitrelay.services.knowledge import KnowledgeService
+
     return _run_sessions(lambda sessions: work(KnowledgeService(sessions)))
 
 
 def _run_sessions(work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]) -> T:
     """Run `work` on the configured database, turning what an operator can get wrong into a message."""
+    import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from kitrelay.services.knowledge import DocumentNotFoundError
+    from kitrelay.shared.settings import Settings
+    from kitrelay.shared.store.engine import make_engine, make_sessionmaker
+
     database_url = Settings().DATABASE_URL
 
     async def run() -> T:
@@ -216,25 +237,11 @@ def _run_sessions(work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T
     try:
         return asyncio.run(run())
     except DocumentNotFoundError as exc:
-        _fail(f"no document {exc.args[0]} in this team")
+        fail(f"no document {exc.args[0]} in this team")
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except (SQLAlchemyError, OSError) as exc:
         # Most likely an unmigrated database or a server that is not there. The driver's own message is the useful
         # part; SQLAlchemy's adds the statement and a link.
         detail = getattr(exc, "orig", None) or exc
-        _fail(f"database error: {detail}. Is DATABASE_URL right, and is the database migrated (kitrelay migrate)?")
-
-
-def _fail(message: str) -> NoReturn:
-    errors.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(1)
-
-
-def _id_column(header: str) -> Column:
-    # Operators copy ids from here: on a narrow terminal an id wraps onto more lines, but is never cut short.
-    return Column(header, no_wrap=False, overflow="fold", min_width=12)
-
-
-def _when(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+        fail(f"database error: {detail}. Is DATABASE_URL right, and is the database migrated (kitrelay migrate)?")

@@ -8,17 +8,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 from pydantic import SecretStr
 from rich.console import Console
 
-from kitrelay.gateway.auth import AuthConfigError, resolve_auth_mode
+from kitrelay.gateway.auth import resolve_auth_mode
 from kitrelay.gateway.dev_signin import dev_sign_in_enabled
+from kitrelay.gateway.keys import AuthConfigError
 from kitrelay.gateway.tokens import mint_sign_in_code, sign_in_link
-from kitrelay.services.devservers import LocalServer, ensure_nats, ensure_redis
-from kitrelay.shared.redact import redact_url
+from kitrelay.services.cli_output import chat_hint
+from kitrelay.services.devservers import LocalServer, ServerName, ensure_nats, ensure_redis
+from kitrelay.shared.redact import redact_url, redact_urls
 from kitrelay.shared.settings import AgentKind, Settings
 from kitrelay.shared.store.engine import migrate
 
@@ -122,6 +125,24 @@ def _stop_on_signal(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _ensure_servers(settings: Settings, data_dir: Path, console: Console, servers: list[LocalServer]) -> None:
+    """NATS and Redis, each reused where one listens or started; appended to `servers` as they come."""
+    kinds: tuple[tuple[Callable[..., LocalServer], str, ServerName, bool], ...] = (
+        (ensure_nats, settings.NATS_URL, "nats", len(settings.nats_servers) > 1),
+        (ensure_redis, settings.REDIS_URL, "redis", bool(settings.redis_sentinels) or settings.REDIS_CLUSTER),
+    )
+    for ensure, url, name, clustered in kinds:
+        if clustered:
+            # A cluster someone else runs (several NATS servers, Redis behind Sentinel or a Redis Cluster).
+            servers.append(LocalServer(name, url, None))
+            console.print(f"[bold]{name}[/]: using the cluster of {redact_urls(url)}")
+            continue
+        server = ensure(url, data_dir=data_dir / name)
+        servers.append(server)
+        how = "started" if server.process else "using the one already listening at"
+        console.print(f"[bold]{name}[/]: {how} {server.url}")
+
+
 def run_all(settings: Settings, *, workers: list[AgentKind], data_dir: Path, console: Console) -> None:
     # SIGTERM (a service manager, `kill`) stops everything as Ctrl-C does, even where SIGINT was inherited ignored.
     signal.signal(signal.SIGTERM, _stop_on_signal)
@@ -132,14 +153,7 @@ def run_all(settings: Settings, *, workers: list[AgentKind], data_dir: Path, con
     servers: list[LocalServer] = []
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for ensure, url, name in (
-            (ensure_nats, settings.NATS_URL, "nats"),
-            (ensure_redis, settings.REDIS_URL, "redis"),
-        ):
-            server = ensure(url, data_dir=data_dir / name)
-            servers.append(server)
-            how = "started" if server.process else "using the one already listening at"
-            console.print(f"[bold]{name}[/]: {how} {server.url}")
+        _ensure_servers(settings, data_dir, console, servers)
         migrate(settings.DATABASE_URL)
         console.print(f"[bold]database[/]: {redact_url(settings.DATABASE_URL)} (migrated)")
 
@@ -162,7 +176,7 @@ def run_all(settings: Settings, *, workers: list[AgentKind], data_dir: Path, con
             # can reach the gateway but not this link. It works once; `kitrelay sign-in-link` makes another.
             link = sign_in_link(url, mint_sign_in_code(signing_secret, settings.SIGN_IN_LINK_TTL_S))
             console.print(f"Sign in (one-time link, for you only): [bold cyan]{link}[/]", soft_wrap=True)
-        console.print(f'Try: kitrelay chat --url {url} "add task buy milk"    Ctrl-C stops everything.\n')
+        console.print(f"Try: {chat_hint(url)}    Ctrl-C stops everything.\n")
         while all(proc.poll() is None for proc in procs.values()):
             time.sleep(0.5)
         name, dead = next((name, proc) for name, proc in procs.items() if proc.poll() is not None)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from kitrelay.services.cli_output import console, errors, fail, print_table
 
 if TYPE_CHECKING:
     from kitrelay.services.tasks import TaskRecord, TaskService
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = typer.Typer(help="A team's tasks (what the task agent and its widgets show).", no_args_is_help=True)
-console = Console()
-errors = Console(stderr=True)
-
 TeamOption = Annotated[str, typer.Option("--team", help="The team whose tasks these are.")]
 ActorOption = Annotated[str, typer.Option("--as", help="Who makes the change, as the team's pages are told.")]
 NumberArgument = Annotated[int, typer.Argument(help="The task's number in its team (shown as #N).", min=1)]
@@ -48,7 +46,7 @@ def list_tasks(team: TeamOption) -> None:
             escape(task.assignee_id or ""),
             task.due_date.isoformat() if task.due_date else "",
         )
-    console.print(table)
+    print_table(table)
 
 
 @app.command()
@@ -123,7 +121,7 @@ def _run(team: str, actor: str, work: Callable[[TaskService, Identity], Awaitabl
     try:
         who = Identity(user_id=actor, team_id=team)
     except ValueError:
-        _fail("--team and --as must not be empty")
+        fail("--team and --as must not be empty")
 
     async def run() -> T:
         engine = make_engine(settings.DATABASE_URL)
@@ -146,14 +144,9 @@ def _run(team: str, actor: str, work: Callable[[TaskService, Identity], Awaitabl
     try:
         return asyncio.run(run())
     except TaskNotFoundError as exc:
-        _fail(f"no task #{exc.args[0]} in team {team}")
+        fail(f"no task #{exc.args[0]} in team {team}")
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except (SQLAlchemyError, OSError) as exc:
         detail = getattr(exc, "orig", None) or exc
-        _fail(f"database error: {detail}. Is DATABASE_URL right, and is the database migrated (kitrelay migrate)?")
-
-
-def _fail(message: str) -> NoReturn:
-    errors.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(1)
+        fail(f"database error: {detail}. Is DATABASE_URL right, and is the database migrated (kitrelay migrate)?")

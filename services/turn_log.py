@@ -98,6 +98,7 @@ class TurnLog:
         ttl_s: int,
         ttl_after_end_s: int,
         agent: AgentKind,
+        replicated: bool = False,
         trace: TraceContext | None = None,
         question: UserMessageItem | None = None,
     ) -> None:
@@ -112,6 +113,8 @@ class TurnLog:
         self._attempt = attempt
         self._ttl_s = ttl_s
         self._ttl_after_end_s = ttl_after_end_s
+        # Redis keeps replicas (Sentinel): a turn's end waits for one (shared/turn_bus.append_end).
+        self._replicated = replicated
         self._trace = trace or TraceContext()
         self._agent = agent
         # Tags what this run saves, and fences it: once a newer attempt supersedes it, it can save nothing more.
@@ -163,6 +166,7 @@ class TurnLog:
                 thread_id=self._thread_id,
                 ttl_after_end_s=self._ttl_after_end_s,
                 before=before,
+                replicated=self._replicated,
             )
         else:
             entry = self._entry(body)

@@ -56,8 +56,9 @@ from kitrelay.shared.agents_tracing import agents_tracing_installed
 from kitrelay.shared.messages import TurnRequest, utcnow
 from kitrelay.shared.settings import AgentKind
 from kitrelay.shared.store.chatkit_store import RunSupersededError, WorkerRun
+from kitrelay.shared.store.engine import is_unavailable as database_unavailable
 from kitrelay.shared.telemetry import current_trace_context
-from kitrelay.shared.turn_bus import RunOpening, open_run, publish_turn
+from kitrelay.shared.turn_bus import RunOpening, open_run, publish_turn, release_thread
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class TurnDeps:
     stream_ttl_s: int
     stream_ttl_after_end_s: int
     max_handoff_hops: int
+    # Redis keeps replicas of every key (Sentinel, a Cluster): a turn's end waits for one.
+    redis_replicated: bool = False
 
 
 def cite(
@@ -159,6 +162,7 @@ def _turn_log(
         attempt=attempt,
         ttl_s=deps.stream_ttl_s,
         ttl_after_end_s=deps.stream_ttl_after_end_s,
+        replicated=deps.redis_replicated,
         # Entries carry this worker's span of the turn, so whoever reads them can join the turn's trace.
         trace=current_trace_context(request.trace),
         agent=request.agent,
@@ -203,7 +207,11 @@ async def run_turn(
         # A redelivered run answers from the conversation as it was before the turn: what the dead attempt saved
         # (a widget, a tool's output, the start of a reply) is removed before anything is read, whether or not
         # the turn's Redis stream survived. From then on the dead attempt, if it lives on, can save nothing.
-        if not _may_run(request, attempt, await claim):
+        opened = await claim
+        if opened == "over":
+            # Its end may have been written without the thread's release (the write that failed): free the thread.
+            await release_thread(deps.redis, deps.namespace, request.thread_id, request.turn_id)
+        if not _may_run(request, attempt, opened):
             return
         with contextlib.suppress(NotFoundError):  # the thread is gone: the opening says so
             removed = await deps.store.supersede_run(
@@ -297,8 +305,8 @@ def _may_run(request: TurnRequest, attempt: int, opened: RunOpening) -> bool:
         return True
     if opened == "stale":
         raise RunNotOpenedError(f"turn {request.turn_id}: a newer attempt than {attempt} of hop {request.hops} runs it")
-    # Over: finished before a lost ack, or given up by the gateway while no worker took it. Later: this hop handed
-    # the turn on and died before its ack.
+    # Over: finished before a lost ack (or before its thread's release: `run_turn` releases it again), or given up by
+    # the gateway while no worker took it. Later: this hop handed the turn on and died before its ack.
     why = "already over" if opened == "over" else "already with a later hop"
     log.info("turn %s is %s; attempt %d of hop %d does not run", request.turn_id, why, attempt, request.hops)
     return False
@@ -443,6 +451,10 @@ async def _run_agent_titled(
             await _title_thread(title, thread, context, turn_log, deps)
             await _hand_off(request, signal.target, turn_log, deps)
             return
+        if database_unavailable(exc):
+            # A tool met the database restarting: the turn is redone once it is back (the tool's writes are
+            # replay-safe), not answered with an error.
+            raise TurnLogWriteError(f"turn {request.turn_id}: the database is away: {exc!r}") from exc
         # The agent, a tool or the model failed: the user gets a clear error (retryable where that may help).
         log.exception("turn %s failed in the agent run", request.turn_id)
         await turn_log.emit(error_event_for(exc))

@@ -1,4 +1,4 @@
-"""The turns of each thread: who asked, which agent kind took it, how it ended, and its trace id."""
+"""The turns of each thread: who asked, which agent kind answered it, how it ended, and its trace id."""
 
 from __future__ import annotations
 
@@ -23,15 +23,16 @@ _COLUMNS = ("id", "thread_id", "team_id", "user_id", "agent", "status", "created
 _VALUES = f"INSERT INTO turns ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + name for name in _COLUMNS)})"
 _TYPED = [bindparam(name, type_=_TURNS.c[name].type) for name in _COLUMNS]
 # The gateway records a turn once its first event is relayed, so a worker may end the turn first (`end_statement`): the
-# record then keeps its end and takes the rest from the gateway's. Plain SQL, since SQLite and PostgreSQL write
-# ON CONFLICT the same way and a statement here is built before its dialect is known.
+# record then keeps its end and takes the rest from the gateway's. `agent` is the kind that answered: the gateway
+# writes the entry agent, the worker that ends the turn (after any handoffs) writes its own kind, and the end wins
+# whichever comes first. Plain SQL, since SQLite and PostgreSQL write ON CONFLICT the same way and a statement here
+# is built before its dialect is known.
 _START_TURN = text(
-    f"{_VALUES} ON CONFLICT (id) DO UPDATE SET agent = excluded.agent, created_at = excluded.created_at, "
-    "trace_id = excluded.trace_id"
+    f"{_VALUES} ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, trace_id = excluded.trace_id"
 ).bindparams(*_TYPED)
 _END_TURN = text(
-    f"{_VALUES} ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at "
-    "WHERE turns.status = 'queued'"
+    f"{_VALUES} ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at, "
+    "agent = excluded.agent WHERE turns.status = 'queued'"
 ).bindparams(*_TYPED)
 # Only the first end counts: a late duplicate (a redelivered run, the gateway giving up) changes nothing.
 _FINISH_TURN = (
@@ -125,7 +126,7 @@ def start_statement(
     identity: Identity, *, turn_id: str, thread_id: str, agent: str, trace_id: str | None = None
 ) -> Statement:
     """`TurnRecords.start` as a statement, for a transaction that writes more (the user's message). A record a
-    worker's end already wrote keeps its end."""
+    worker's end already wrote keeps its end and its agent."""
     row = _row(identity, turn_id=turn_id, thread_id=thread_id, agent=agent, trace_id=trace_id, status="queued")
     return _START_TURN, row
 
@@ -133,9 +134,9 @@ def start_statement(
 def end_statement(
     identity: Identity, *, turn_id: str, thread_id: str, agent: str, trace_id: str | None, status: TurnStatus
 ) -> Statement:
-    """A worker's end of a turn. The gateway's record of the turn may not be committed yet (it is written while
-    the turn is published): then this writes the record, ended, and the gateway's start fills in the rest. Only
-    the first end counts."""
+    """A worker's end of a turn: `agent` is that worker's kind, the one that answered (the turn's last hop). The
+    gateway's record of the turn may not be committed yet (it is written while the turn is published): then this
+    writes the record, ended, and the gateway's start fills in the rest. Only the first end counts."""
     row = _row(identity, turn_id=turn_id, thread_id=thread_id, agent=agent, trace_id=trace_id, status=status)
     return _END_TURN, row
 

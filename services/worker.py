@@ -54,6 +54,7 @@ from kitrelay.shared.telemetry import parent_context, setup_telemetry, tracer
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_S = 1.0
+FETCH_RETRY_S = 0.5
 # How long a turn whose attempt could not be written waits before the next: 1, 2, 4, 8 s, then 8 s each.
 REDELIVERY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
 
@@ -91,7 +92,7 @@ class Worker:
     async def run(self) -> None:
         """Pull and run turns until `stop()` is called, then drain."""
         namespace = self._settings.NAMESPACE
-        await ensure_turns_stream(self._js, namespace)
+        replicas = await ensure_turns_stream(self._js, namespace, replicas=self._settings.TURNS_STREAM_REPLICAS)
         durable = turns_consumer(namespace, self.kind)
         config = ConsumerConfig(
             name=durable,
@@ -103,6 +104,9 @@ class Worker:
             # whose last attempt died with its worker ends with a message to the user.
             max_deliver=self._settings.TURN_MAX_DELIVER + 1,
             max_ack_pending=self._settings.TURN_MAX_ACK_PENDING,
+            # As many copies as its stream: on a cluster, the consumer's state (what is delivered, what is acked)
+            # outlives the loss of a node too.
+            num_replicas=replicas,
         )
         # Created, or brought up to this version's settings: pull_subscribe leaves an existing consumer as it is,
         # and a consumer made by an earlier release would keep its minute-long ack wait.
@@ -128,6 +132,12 @@ class Worker:
                     continue
                 except nats.errors.ConnectionClosedError:
                     break
+                except nats.errors.Error as exc:
+                    # A NATS cluster electing a new leader for the consumer (503), a reconnection under way: the
+                    # turns wait in the stream meanwhile. Anything else is as passing.
+                    log.warning("fetching turns: %r; trying again", exc)
+                    await asyncio.sleep(FETCH_RETRY_S)
+                    continue
                 for msg in msgs:
                     self._spawn(msg)
         finally:
@@ -319,6 +329,7 @@ async def serve(kind: AgentKind, settings: Settings, *, handle_signals: bool = T
         stream_ttl_s=settings.TURN_STREAM_TTL_S,
         stream_ttl_after_end_s=settings.TURN_STREAM_TTL_AFTER_END_S,
         max_handoff_hops=settings.MAX_HANDOFF_HOPS,
+        redis_replicated=settings.redis_is_replicated,
     )
     worker = Worker(kind=kind, nc=nc, agent=agent, deps=deps, settings=settings)
     if handle_signals:

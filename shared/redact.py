@@ -16,3 +16,8 @@ def redact_url(url: str) -> str:
     port = f":{parts.port}" if parts.port is not None else ""
     user = parts.username or ""
     return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
+
+
+def redact_urls(urls: str) -> str:
+    """`redact_url` for each of several comma-separated URLs (a NATS cluster's)."""
+    return ",".join(redact_url(url.strip()) for url in urls.split(","))

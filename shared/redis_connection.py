@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Iterable
 
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 
@@ -32,3 +33,7 @@ class PromptWriteConnection(aioredis.Connection):
                 raise RedisConnectionError("Connection closed by the server while writing") from exc
             raise
         return writer.drain()
+
+
+class PromptWriteSentinelConnection(PromptWriteConnection, SentinelManagedConnection):
+    """The same, for a primary found through Sentinel (it connects to whichever server Sentinel names now)."""

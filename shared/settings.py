@@ -17,8 +17,19 @@ class Settings(BaseSettings):
 
     # Connections. The embedded default is a SQLite file next to where the process runs.
     DATABASE_URL: str = "sqlite+aiosqlite:///./kitrelay.db"
+    # NATS: one server, or the servers of a cluster, comma-separated (a client moves to another when one goes).
     NATS_URL: str = "nats://127.0.0.1:4222"
+    # Replicas of the turns stream and its consumers: 3 on a NATS cluster (a node may go), 1 on one server. A process
+    # creates the streams when they are missing, and never rewrites existing ones (it says what differs).
+    TURNS_STREAM_REPLICAS: int = Field(default=1, ge=1, le=5)
+    # Redis: one server (REDIS_URL), or a primary found through Sentinel (REDIS_SENTINELS, host:port comma-separated,
+    # watching REDIS_SENTINEL_MASTER; REDIS_URL then gives only the database, user and password), or a Redis Cluster
+    # (REDIS_CLUSTER=true; REDIS_URL names any of its nodes).
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
+    REDIS_SENTINELS: str = ""
+    REDIS_SENTINEL_MASTER: str = "kitrelay"
+    REDIS_SENTINEL_PASSWORD: SecretStr | None = None
+    REDIS_CLUSTER: bool = False
     CONNECT_RETRIES: int = Field(default=5, ge=0)
     CONNECT_RETRY_DELAY_S: float = Field(default=1.0, ge=0)
 
@@ -201,6 +212,36 @@ class Settings(BaseSettings):
             return "postgresql+asyncpg://" + value.removeprefix("postgresql://")
         if value.startswith("sqlite:///"):
             return "sqlite+aiosqlite:///" + value.removeprefix("sqlite:///")
+        return value
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """NATS_URL's servers."""
+        return [url.strip() for url in self.NATS_URL.split(",") if url.strip()]
+
+    @property
+    def redis_sentinels(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty when Sentinel is not used."""
+        pairs = []
+        for address in (part.strip() for part in self.REDIS_SENTINELS.split(",")):
+            if address:
+                host, _, port = address.rpartition(":")
+                pairs.append((host.strip("[]") or "127.0.0.1", int(port or 26379)))
+        return pairs
+
+    @property
+    def redis_is_replicated(self) -> bool:
+        """Whether Redis keeps copies of every key elsewhere (Sentinel's replicas, a Cluster's): a turn's end then
+        waits for one copy before its worker acks the turn (shared/turn_bus.append_end)."""
+        return bool(self.redis_sentinels) or self.REDIS_CLUSTER
+
+    @field_validator("REDIS_SENTINELS")
+    @classmethod
+    def _sentinel_addresses(cls, value: str) -> str:
+        for address in (part.strip() for part in value.split(",")):
+            port = address.rpartition(":")[2]
+            if address and not port.isdigit():
+                raise ValueError(f"REDIS_SENTINELS takes host:port pairs, comma-separated (not {address!r})")
         return value
 
     @property

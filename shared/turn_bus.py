@@ -12,12 +12,15 @@ from nats.js.api import PubAck
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import SpanKind
 
+from kitrelay.shared.connections import cluster_of
 from kitrelay.shared.messages import TurnEnd, TurnEntry, TurnRequest, decode_entry, encode_entry
 from kitrelay.shared.names import thread_active_key, turn_run_key, turn_stream_key, turns_subject
 from kitrelay.shared.telemetry import current_trace_context, trace_headers, tracer
 
 # Bounds a runaway turn's stream; a normal turn writes a few hundred entries.
 TURN_STREAM_MAXLEN = 50_000
+# The longest a turn's end waits for a replica to have it (a replica that is down costs each turn's end this).
+END_REPLICA_WAIT_MS = 500
 
 
 async def publish_turn(
@@ -80,9 +83,14 @@ async def append_end(
     thread_id: str,
     ttl_after_end_s: int,
     before: Sequence[TurnEntry] = (),
+    replicated: bool = False,
 ) -> str:
     """Append a turn's terminal entry (after the entries `before` it), shorten its stream's life and release the
-    thread, in one round trip. Returns the terminal entry's id."""
+    thread, in one round trip. Returns the terminal entry's id.
+
+    On a Redis with replicas behind Sentinel (`replicated`), the same round trip waits until a replica has the end
+    too (WAIT, at most END_REPLICA_WAIT_MS): its worker acks the turn next, and an end the primary took to its grave
+    in a failover would leave the turn's clients waiting for an end that never comes."""
     key = turn_stream_key(namespace, entry.turn_id)
     with suppress_instrumentation():
         async with redis.pipeline(transaction=False) as pipe:
@@ -91,6 +99,9 @@ async def append_end(
             # Late readers get a while; memory stays bounded.
             pipe.expire(key, ttl_after_end_s)
             pipe.eval(_RELEASE, 1, thread_active_key(namespace, thread_id), entry.turn_id)
+            if replicated and cluster_of(redis) is None:
+                # A Redis Cluster sends a keyless command to any node, where it would wait for nothing.
+                pipe.execute_command("WAIT", 1, END_REPLICA_WAIT_MS)
             replies = await pipe.execute()
     entry_id = replies[len(before)]
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -140,9 +151,9 @@ return 'open'
 """
 
 # The gateway ends a turn no worker has opened a run of hop ARGV[1] (or later) for: the end entry goes on the
-# stream, the run key says "closed" (so that a run opened later, from a publish JetStream still stores, finds the
-# turn over whatever became of the stream), and the thread is released. 0, and nothing written, when such a run is
-# open: the turn is running, and must not be declared failed.
+# stream, and the run key says "closed" (so that a run opened later, from a publish JetStream still stores, finds
+# the turn over whatever became of the stream). 0, and nothing written, when such a run is open: the turn is
+# running, and must not be declared failed. (Both keys share the turn's hash tag: one Redis Cluster slot.)
 _GIVE_UP = """
 local run = redis.call('GET', KEYS[2])
 if run == 'closed' then return 1 end
@@ -154,7 +165,6 @@ local fields = cjson.decode(ARGV[2])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], 'closed', 'EX', ARGV[4])
-if redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('DEL', KEYS[3]) end
 return 1
 """
 
@@ -183,14 +193,14 @@ async def give_up_turn(
     `unless_running_hop` or later (None: whatever runs). True when the turn is over (now or already)."""
     assert isinstance(entry.body, TurnEnd)
     fields = [part for pair in encode_entry(entry).items() for part in (pair[0].decode(), pair[1])]
-    keys = (
-        turn_stream_key(namespace, entry.turn_id),
-        turn_run_key(namespace, entry.turn_id),
-        thread_active_key(namespace, thread_id or "-"),
-    )
+    keys = (turn_stream_key(namespace, entry.turn_id), turn_run_key(namespace, entry.turn_id))
     hop = "any" if unless_running_hop is None else str(unless_running_hop)
-    args = (hop, json.dumps(fields), ttl_s, closed_ttl_s, TURN_STREAM_MAXLEN, entry.turn_id)
-    return bool(await redis.eval(_GIVE_UP, 3, *keys, *args))
+    args = (hop, json.dumps(fields), ttl_s, closed_ttl_s, TURN_STREAM_MAXLEN)
+    ended = bool(await redis.eval(_GIVE_UP, 2, *keys, *args))
+    if ended and thread_id is not None:
+        # The thread's key is in another slot of a Redis Cluster: released after, only if it still names this turn.
+        await release_thread(redis, namespace, thread_id, entry.turn_id)
+    return ended
 
 
 async def newest_entry_id(redis: aioredis.Redis, namespace: str, turn_id: str) -> str | None:

@@ -62,10 +62,12 @@ class RunningSystem:
         for name in list(self.processes):
             self.stop(name, timeout_s=timeout_s)
 
-    def start_gateway(self, name: str) -> str:
-        """Another gateway process on its own port; returns its base URL once it is healthy."""
+    def start_gateway(self, name: str, env: dict[str, str] | None = None) -> str:
+        """Another gateway process on its own port (and settings of its own in `env`); returns its base URL once it
+        is healthy."""
         port = free_port()
-        self.start(name, "gateway", env={"GATEWAY_PORT": str(port), "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"})
+        own = {"GATEWAY_PORT": str(port), "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", **(env or {})}
+        self.start(name, "gateway", env=own)
         url = f"http://127.0.0.1:{port}"
         self.wait_healthy(name, url)
         return url

@@ -5,6 +5,8 @@
 .venv/bin/python -m benchmarks.chaos --fault worker-kill-text --fault gateway-kill --rounds 2
 .venv/bin/python -m benchmarks.chaos --json chaos.json --keep-logs /tmp/chaos-logs
 .venv/bin/python -m benchmarks.chaos --database-url postgresql+asyncpg://postgres@127.0.0.1:5432/test
+.venv/bin/python -m benchmarks.chaos --topology ha --quick    # a NATS cluster, Redis with Sentinels, PostgreSQL
+.venv/bin/python -m benchmarks.chaos --topology ha-cluster     # the same with a Redis Cluster
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from rich.console import Console
 
 from benchmarks.chaos.client import Conversation, TurnRecord
 from benchmarks.chaos.compare import Reference, TurnJudgement, judge, reference_of
-from benchmarks.chaos.faults import FAULT_KEYS, FAULTS, INJECTORS, Chaos, Injection, NotInjected
+from benchmarks.chaos.faults import FAULT_KEYS, FAULTS, INJECTORS, TOPOLOGY_FAULTS, Chaos, Injection, NotInjected
 from benchmarks.chaos.report import Row, build_rows, print_table, server_recovery
 from benchmarks.chaos.script import VARIANTS
-from benchmarks.chaos.topology import Topology, topology
+from benchmarks.chaos.topology import TOPOLOGIES, Topology, topology
 from benchmarks.stats import machine
 from kitrelay.services.devservers import DevServerError
 
@@ -40,7 +42,14 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every fault (default 3)")
     parser.add_argument("--quick", action="store_true", help="CI mode: one round of each fault, 2 load users")
-    parser.add_argument("--fault", action="append", choices=FAULT_KEYS, help="repeatable; default: every fault")
+    parser.add_argument(
+        "--topology",
+        choices=TOPOLOGIES,
+        default="embedded",
+        help="embedded (default): one NATS, one Redis; ha: a 3-node NATS cluster (R3), Redis with a replica and "
+        "Sentinels, PostgreSQL of its own; ha-cluster: the same with a Redis Cluster",
+    )
+    parser.add_argument("--fault", action="append", choices=FAULT_KEYS, help="repeatable; default: the topology's")
     parser.add_argument("--users", type=int, help="users holding conversations the whole time (default 3; quick 2)")
     parser.add_argument("--token-delay-ms", type=float, default=40.0, help="the offline model's delay per token")
     parser.add_argument("--drain-s", type=float, default=0.5, help="WORKER_DRAIN_TIMEOUT_S of the services")
@@ -195,11 +204,11 @@ def _document(
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    faults = args.fault or list(FAULT_KEYS)
+    faults = args.fault or list(TOPOLOGY_FAULTS[args.topology])
     info = machine()
     console.print(
         f"[bold]kitrelay chaos[/] on {info['cpus']} CPUs ({info['cpu_model']}), load average {info['load_average']}: "
-        f"{args.rounds} round(s) of {len(faults)} faults, {args.users} load users, "
+        f"{args.topology} topology, {args.rounds} round(s) of {len(faults)} faults, {args.users} load users, "
         f"{args.token_delay_ms:g} ms a token"
     )
     started = time.monotonic()
@@ -235,6 +244,7 @@ def _run_all(
                 drain_s=args.drain_s,
                 database_url=args.database_url,
                 extra_env=args.extra_env,
+                kind=args.topology,
             ) as topo:
                 try:
                     rows, injections = asyncio.run(run(topo, args, faults))

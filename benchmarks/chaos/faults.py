@@ -20,6 +20,8 @@ from typing import Any, Literal
 from benchmarks.chaos.client import Conversation, Gateways, Trigger, TurnRecord
 from benchmarks.chaos.script import VARIANTS
 from benchmarks.chaos.topology import GATEWAYS, WORKER_KINDS, Topology
+from kitrelay.shared.names import turn_stream_key
+from tests.clusters import Node, turns_stream_leader
 
 FaultKind = Literal["worker", "gateway", "server"]
 
@@ -42,8 +44,33 @@ FAULTS: tuple[Fault, ...] = (
     Fault("worker-sigterm", "SIGTERM worker past the drain deadline", "worker", 10.0),
     Fault("gateway-kill", "kill -9 gateway mid-stream", "gateway", 5.0),
     Fault("gateway-sigterm", "SIGTERM gateway past the drain deadline", "gateway", 5.0),
+    # The HA topologies' node losses (a node comes back after the outage, as a follower or a replica).
+    Fault("nats-leader-kill", "kill -9 the NATS stream leader", "server", 15.0, "turn sent while it is down"),
+    Fault("nats-follower-kill", "kill -9 a NATS follower", "server", 15.0),
+    Fault(
+        "redis-primary-kill",
+        "kill -9 the Redis primary (Sentinel fails over)",
+        "server",
+        15.0,
+        "turn sent during the Redis failover",
+    ),
+    Fault(
+        "redis-cluster-primary-kill",
+        "kill -9 a Redis Cluster primary",
+        "server",
+        15.0,
+        "turn sent during the Cluster failover",
+    ),
+    Fault("postgres-restart", "PostgreSQL kill -9 + restart", "server", 15.0, "turn sent while it is down"),
 )
 FAULT_KEYS = tuple(f.key for f in FAULTS)
+# What each topology can lose.
+EMBEDDED_FAULTS = FAULT_KEYS[:8]
+TOPOLOGY_FAULTS: dict[str, tuple[str, ...]] = {
+    "embedded": EMBEDDED_FAULTS,
+    "ha": ("nats-leader-kill", "nats-follower-kill", "redis-primary-kill", "postgres-restart"),
+    "ha-cluster": ("nats-leader-kill", "redis-cluster-primary-kill", "postgres-restart"),
+}
 
 
 class NotInjected(Exception):
@@ -121,9 +148,13 @@ class Chaos:
         of each kind."""
         repaired: list[str] = []
         for which, server in (("nats", self.topo.nats), ("redis", self.topo.redis)):
-            if server.process is not None and server.process.poll() is not None:
+            if server is not None and server.process is not None and server.process.poll() is not None:
                 await self.topo.restart_server(which)
                 repaired.append(f"{which}-server")
+        if self.topo.ha is not None:
+            for node in self.topo.ha.dead():
+                await self.topo.restart_node(node)
+                repaired.append(node.name)
         for name in GATEWAYS:
             if name not in self.topo.system.processes:
                 await self.topo.start_gateway(name)
@@ -301,7 +332,65 @@ async def server_restart(chaos: Chaos, injection: Injection, *, which: Literal["
     await outage.turn_ended[0].wait()
 
 
+async def node_loss(
+    chaos: Chaos, injection: Injection, *, pick: Callable[[Chaos, TurnRecord], Awaitable[Node]]
+) -> None:
+    """An HA topology loses a node while the victim streams; a new conversation starts while it is down; the node
+    comes back after the outage (a lost Redis primary only once its replica has taken over, as a replica)."""
+    record = await _arm(chaos, injection, Trigger(0, "text", count=3))
+    node = await pick(chaos, record)
+    # Made (its team seeded in the database) before the node goes: the node may be the database.
+    outage = await chaos.conversation(f"{injection.fault.key}-outage") if injection.fault.outage_label else None
+    injection.fault_at = chaos.topo.kill_node(node)
+    injection.notes.append(f"killed {node.name} while {record.turn_id} streamed; back after {chaos.outage_s:g}s")
+    if outage is not None:
+        outage.tags.add("outage")
+        injection.outage = outage
+        chaos.spawn(outage)
+    await asyncio.sleep(chaos.outage_s)
+    injection.restart_at = await chaos.topo.restart_node(node)
+    await _turn_end(injection)
+    if injection.outage is not None:
+        await injection.outage.turn_ended[0].wait()
+
+
+async def _nats_leader(chaos: Chaos, _: TurnRecord) -> Node:
+    ha = chaos.topo.ha
+    assert ha is not None
+    name = await turns_stream_leader(ha.nats, chaos.topo.system.env["NAMESPACE"])
+    return ha.nats.node(name)
+
+
+async def _nats_follower(chaos: Chaos, record: TurnRecord) -> Node:
+    ha = chaos.topo.ha
+    assert ha is not None
+    leader = await _nats_leader(chaos, record)
+    return next(node for node in ha.nats.nodes if node is not leader and node.running)
+
+
+async def _redis_primary(chaos: Chaos, _: TurnRecord) -> Node:
+    assert chaos.topo.ha is not None and chaos.topo.ha.sentinels is not None
+    return await asyncio.to_thread(chaos.topo.ha.sentinels.primary)
+
+
+async def _cluster_primary(chaos: Chaos, record: TurnRecord) -> Node:
+    """The primary that holds the victim turn's stream: its gateway hub must follow it to the replica."""
+    assert chaos.topo.ha is not None and chaos.topo.ha.redis_cluster is not None and record.turn_id is not None
+    key = turn_stream_key(chaos.topo.system.env["NAMESPACE"], record.turn_id)
+    return await asyncio.to_thread(chaos.topo.ha.redis_cluster.primary_of, key)
+
+
+async def _postgres(chaos: Chaos, _: TurnRecord) -> Node:
+    assert chaos.topo.ha is not None
+    return chaos.topo.ha.postgres.node
+
+
 INJECTORS: dict[str, Callable[[Chaos, Injection], Awaitable[None]]] = {
+    "nats-leader-kill": lambda c, i: node_loss(c, i, pick=_nats_leader),
+    "nats-follower-kill": lambda c, i: node_loss(c, i, pick=_nats_follower),
+    "redis-primary-kill": lambda c, i: node_loss(c, i, pick=_redis_primary),
+    "redis-cluster-primary-kill": lambda c, i: node_loss(c, i, pick=_cluster_primary),
+    "postgres-restart": lambda c, i: node_loss(c, i, pick=_postgres),
     "client-drop": client_drop,
     "worker-kill-tool": lambda c, i: worker_kill(c, i, phase="widget"),
     "worker-kill-text": lambda c, i: worker_kill(c, i, phase="text"),

@@ -1,6 +1,10 @@
 """The topology the chaos runner breaks: its own nats-server and redis-server on free loopback ports, a database of
 its own, two gateways and two workers of each kind, every one a separate process started from local binaries.
 
+The HA topologies (`ha`, `ha-cluster`) put the same services on clusters of their own instead (tests/clusters.py):
+a 3-node NATS cluster with the turns stream at 3 replicas, Redis as a primary, a replica and three Sentinels (`ha`)
+or as a Redis Cluster of three primaries with a replica each (`ha-cluster`), and a PostgreSQL instance of its own.
+
 Everything it starts it stops, in a `finally`: the services with SIGTERM (then SIGKILL), the servers likewise. It
 never touches the NATS, Redis or PostgreSQL other people use, beyond creating (and dropping) one database on a
 PostgreSQL server when asked to with `--database-url`.
@@ -20,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import psutil
 import pytest
@@ -32,12 +37,83 @@ from kitrelay.services.knowledge import KnowledgeService
 from kitrelay.services.tasks import TaskRecord, TaskService
 from kitrelay.shared.messages import Identity
 from kitrelay.shared.store.engine import make_engine, make_sessionmaker, migrate
+from tests.clusters import (
+    NatsCluster,
+    Node,
+    Postgres,
+    RedisCluster,
+    RedisSentinels,
+    start_nats_cluster,
+    start_postgres,
+    start_redis_cluster,
+    start_redis_sentinels,
+)
 from tests.databases import postgres_database
 from tests.system import RunningSystem, running_system
 
 WORKER_KINDS = ("triage", "task", "research")
 GATEWAYS = ("gateway", "gateway-2")
 READY_TIMEOUT_S = 60.0
+TopologyKind = Literal["embedded", "ha", "ha-cluster"]
+TOPOLOGIES: tuple[TopologyKind, ...] = ("embedded", "ha", "ha-cluster")
+SENTINEL_MASTER = "kitrelay"
+
+
+@dataclass
+class HaServers:
+    """The clusters of an HA topology: every node can be lost (`kill`) and brought back (`restart`)."""
+
+    nats: NatsCluster
+    postgres: Postgres
+    sentinels: RedisSentinels | None = None
+    redis_cluster: RedisCluster | None = None
+
+    def env(self) -> dict[str, str]:
+        """The services' settings for these servers."""
+        env = {"NATS_URL": self.nats.url, "TURNS_STREAM_REPLICAS": "3"}
+        if self.sentinels is not None:
+            env |= {
+                # The database of the primary; its address comes from the Sentinels.
+                "REDIS_URL": "redis://127.0.0.1:6379/0",
+                "REDIS_SENTINELS": self.sentinels.sentinel_addresses,
+                "REDIS_SENTINEL_MASTER": self.sentinels.master,
+            }
+        if self.redis_cluster is not None:
+            env |= {"REDIS_URL": self.redis_cluster.url, "REDIS_CLUSTER": "true"}
+        return env
+
+    def dead(self) -> list[Node]:
+        """Nodes a fault left down."""
+        nodes = [*self.nats.nodes, self.postgres.node]
+        if self.sentinels is not None:
+            nodes += self.sentinels.data
+        if self.redis_cluster is not None:
+            nodes += self.redis_cluster.nodes()
+        return [node for node in nodes if not node.running]
+
+    async def restart(self, node: Node) -> None:
+        if node in self.nats.nodes:
+            await asyncio.to_thread(self.nats.restart, node)
+        elif node is self.postgres.node:
+            await asyncio.to_thread(self.postgres.restart)
+        elif self.sentinels is not None and node in self.sentinels.data:
+            await asyncio.to_thread(self.sentinels.restart, node)
+        elif self.redis_cluster is not None:
+            await asyncio.to_thread(self.redis_cluster.restart, node)
+
+    def pids(self) -> list[int]:
+        nodes = [*self.nats.nodes, self.postgres.node]
+        if self.sentinels is not None:
+            nodes += [*self.sentinels.data, *self.sentinels.sentinels]
+        if self.redis_cluster is not None:
+            nodes += self.redis_cluster.nodes()
+        return [node.process.pid for node in nodes if node.process is not None]
+
+    def stop(self) -> None:
+        for group in (self.sentinels, self.redis_cluster, self.nats, self.postgres):
+            if group is not None:
+                with contextlib.suppress(Exception):
+                    group.stop()
 
 
 def service_env(token_delay_ms: float, drain_s: float, secret: str, extra: dict[str, str]) -> dict[str, str]:
@@ -58,12 +134,14 @@ def service_env(token_delay_ms: float, drain_s: float, secret: str, extra: dict[
 class Topology:
     work: Path
     system: RunningSystem
-    nats: LocalServer
-    redis: LocalServer
+    nats: LocalServer | None
+    redis: LocalServer | None
     nats_port: int
     redis_port: int
     database_url: str
     secret: str
+    kind: TopologyKind = "embedded"
+    ha: HaServers | None = None
     gateways: Gateways = field(default_factory=Gateways)
     # Every process this run started (servers included), with its start time: only these may be killed at the end,
     # and only while the pid still names the same process.
@@ -146,7 +224,7 @@ class Topology:
 
     def kill_server(self, which: str) -> float:
         server = self.nats if which == "nats" else self.redis
-        assert server.process is not None
+        assert server is not None and server.process is not None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.process.pid, signal.SIGKILL)
         server.process.wait()
@@ -163,8 +241,21 @@ class Topology:
                 start_redis, port=self.redis_port, data_dir=self.work / "redis", log_file=self.work / "redis-server.log"
             )
         for server in (self.nats, self.redis):
-            if server.process is not None:
+            if server is not None and server.process is not None:
                 self.track(server.process.pid)
+        return time.time()
+
+    def kill_node(self, node: Node) -> float:
+        """kill -9 one node of an HA topology's clusters (its process group), and the moment it was dead."""
+        node.kill()
+        return time.time()
+
+    async def restart_node(self, node: Node) -> float:
+        """The node back, on its port with its data (a lost Redis primary comes back as a replica)."""
+        assert self.ha is not None
+        await self.ha.restart(node)
+        if node.process is not None:
+            self.track(node.process.pid)
         return time.time()
 
     # --- the database, read and seeded directly --------------------------------------------------------------
@@ -216,6 +307,7 @@ def topology(
     drain_s: float,
     database_url: str | None = None,
     extra_env: dict[str, str] | None = None,
+    kind: TopologyKind = "embedded",
 ) -> Iterator[Topology]:
     """Start it all; stop it all on the way out, however the run ends."""
     work.mkdir(parents=True, exist_ok=True)
@@ -223,28 +315,40 @@ def topology(
     nats_port, redis_port = free_port(), free_port()
     servers: list[LocalServer] = []
     holder: list[Topology] = []
+    ha: HaServers | None = None
     try:
         with ExitStack() as stack:
-            nats = start_nats(port=nats_port, data_dir=work / "nats", log_file=work / "nats-server.log")
-            servers.append(nats)
-            redis = start_redis(port=redis_port, data_dir=work / "redis", log_file=work / "redis-server.log")
-            servers.append(redis)
-            url = stack.enter_context(_database(work, database_url))
+            nats: LocalServer | None = None
+            redis: LocalServer | None = None
+            if kind == "embedded":
+                nats = start_nats(port=nats_port, data_dir=work / "nats", log_file=work / "nats-server.log")
+                servers.append(nats)
+                redis = start_redis(port=redis_port, data_dir=work / "redis", log_file=work / "redis-server.log")
+                servers.append(redis)
+                url = stack.enter_context(_database(work, database_url))
+                server_env: dict[str, str] = {}
+            else:
+                ha = start_ha(work, kind)
+                url = ha.postgres.url
+                migrate(url)
+                server_env = ha.env()
             system = stack.enter_context(
                 running_system(
-                    nats_url=nats.url,
-                    redis_url=redis.url,
+                    nats_url=server_env.get("NATS_URL") or (nats.url if nats else ""),
+                    redis_url=server_env.get("REDIS_URL") or (redis.url if redis else ""),
                     namespace=f"chaos{secrets.token_hex(3)}",
                     log_dir=work,
                     database_url=url,
-                    workers=tuple(kind for kind in WORKER_KINDS for _ in range(2)),
-                    extra_env=service_env(token_delay_ms, drain_s, secret, extra_env or {}),
+                    workers=tuple(kind_ for kind_ in WORKER_KINDS for _ in range(2)),
+                    extra_env={**service_env(token_delay_ms, drain_s, secret, extra_env or {}), **server_env},
                 )
             )
-            topo = Topology(work, system, nats, redis, nats_port, redis_port, url, secret)
+            topo = Topology(work, system, nats, redis, nats_port, redis_port, url, secret, kind, ha)
             holder.append(topo)
             topo.track(*(p.pid for p in system.processes.values()))
             topo.track(*(s.process.pid for s in servers if s.process is not None))
+            if ha is not None:
+                topo.track(*ha.pids())
             topo.gateways.set("gateway", system.base_url)
             topo.gateways.set("gateway-2", system.start_gateway("gateway-2"))
             topo.track(system.processes["gateway-2"].pid)
@@ -252,8 +356,31 @@ def topology(
             yield topo
     finally:
         # running_system has stopped the services (SIGTERM, then SIGKILL); the servers may have been restarted.
-        for server in [*servers, *(t for topo in holder for t in (topo.nats, topo.redis))]:
+        for server in [*servers, *(t for topo in holder for t in (topo.nats, topo.redis) if t is not None)]:
             server.stop(timeout_s=5)
+        if ha is not None:
+            ha.stop()
+
+
+def start_ha(work: Path, kind: TopologyKind) -> HaServers:
+    """The clusters of an HA topology, started from local binaries (what started is stopped if another fails)."""
+    started: list[NatsCluster | Postgres | RedisSentinels | RedisCluster] = []
+    try:
+        nats = start_nats_cluster(work / "nats")
+        started.append(nats)
+        postgres = start_postgres(work / "postgres")
+        started.append(postgres)
+        ha = HaServers(nats=nats, postgres=postgres)
+        if kind == "ha":
+            ha.sentinels = start_redis_sentinels(work / "redis", master=SENTINEL_MASTER)
+        else:
+            ha.redis_cluster = start_redis_cluster(work / "redis")
+    except BaseException:
+        for group in started:
+            with contextlib.suppress(Exception):
+                group.stop()
+        raise
+    return ha
 
 
 def _wait_workers_ready(topo: Topology) -> None:

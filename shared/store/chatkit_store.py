@@ -11,6 +11,7 @@ import json
 import operator
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -49,17 +50,24 @@ OWNER_MEMO_SIZE = 10_000
 
 # Whatever context type a caller uses, the store only reads its identity.
 C = TypeVar("C", bound=HasIdentity)
+# What a page holds: threads or items.
+P = TypeVar("P", ThreadMetadata, ThreadItem)
 
 _items: TypeAdapter[ThreadItem] = TypeAdapter(ThreadItem)
 _attachments: TypeAdapter[Attachment] = TypeAdapter(Attachment)
 
+
+# Set while `add_thread_item` writes through `add_thread_items_with`: that write adds, and never replaces, an item.
+# A context variable, so that a concurrent upsert of another task is not affected.
+_ADDING_ONLY: ContextVar[bool] = ContextVar("kitrelay_store_adding_only", default=False)
 
 # A statement and its parameters, for a write that joins another's transaction (`SqlStore.add_thread_item_with`).
 Statement = tuple[Executable, Mapping[str, Any]]
 
 
 class ItemIdConflictError(Exception):
-    """An item id that is already taken by an item of another thread (item ids are unique store-wide)."""
+    """An item id that is already taken (item ids are unique store-wide): by any item, for `add_thread_item`; by an
+    item of another thread, for the writes that replace an item in place."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +176,7 @@ class SqlStore(Store[C]):
             size = _page_size(limit)
             rows = list((await session.execute(query.limit(size + 1))).scalars())
         threads = [_thread_from_row(row) for row in rows[:size]]
-        return Page(data=threads, has_more=len(rows) > size, after=threads[-1].id if threads else None)
+        return make_page(threads, has_more=len(rows) > size)
 
     async def delete_thread(self, thread_id: str, context: C) -> None:
         async with self._sessions() as session, session.begin():
@@ -205,8 +213,20 @@ class SqlStore(Store[C]):
         return thread, page
 
     async def add_thread_item(self, thread_id: str, item: ThreadItem, context: C) -> None:
-        # An upsert: a redelivered turn saves the same item again, and it must keep its place in the thread.
-        await self.add_thread_items_with(thread_id, [item], context)
+        """A new item, last in the thread. An id already taken raises ItemIdConflictError and changes nothing, as
+        in the SDK's own store: ChatKitServer adds every item a `respond` reports done, and one that reports an
+        existing id again (a responder re-sending an item still pending after its answer was saved) must not
+        replace what was saved. Replacing an item is `save_item`.
+
+        kitrelay's own writers call `add_thread_items_with`, an upsert, instead: the user's message is saved by
+        whichever of the gateway and the worker comes first, and a redelivered turn saves its items again. This
+        write goes through it too, marked as adding only, since subclasses watch every item write there
+        (services/turn_store.py)."""
+        adding = _ADDING_ONLY.set(True)
+        try:
+            await self.add_thread_items_with(thread_id, [item], context)
+        finally:
+            _ADDING_ONLY.reset(adding)
 
     async def save_item(self, thread_id: str, item: ThreadItem, context: C) -> None:
         await self.add_thread_items_with(thread_id, [item], context)
@@ -214,9 +234,9 @@ class SqlStore(Store[C]):
     async def add_thread_item_with(
         self, thread_id: str, item: ThreadItem, context: C, also: Sequence[Statement]
     ) -> None:
-        """`add_thread_item`, with more writes in the same transaction: all of them are saved, or none. A write
-        transaction costs more than its statements (SQLite's lock, the session, the commit): a turn's last item
-        and the turn's end go in one."""
+        """One item, written as `add_thread_items_with` does (an upsert), with more writes in the same transaction:
+        all of them are saved, or none. A write transaction costs more than its statements (SQLite's lock, the
+        session, the commit): a turn's last item and the turn's end go in one."""
         await self.add_thread_items_with(thread_id, [item], context, also)
 
     async def add_thread_items_with(
@@ -229,17 +249,24 @@ class SqlStore(Store[C]):
         run: WorkerRun | None = None,
     ) -> None:
         """Several items, in this order, and more writes, in one transaction. Each is an upsert: an item already
-        saved keeps its place in the thread. Every item write of the store comes through here.
+        saved keeps its place in the thread, and its content is replaced. kitrelay's turns write through here (the
+        worker's turn log, the gateway's held user message), since their writes repeat: the user's message is saved
+        by the gateway or the worker, whichever comes first, and a redelivered turn saves its items again. Every
+        item write of the store but `add_thread_item` comes through here.
 
         A worker's `run` tags the items it saves (never a user's message, which is the user's, whoever saves it)
         and is fenced: RunSupersededError, nothing written, once a newer run of the turn has superseded it."""
         rows = [_item_row(thread_id, item, None if isinstance(item, UserMessageItem) else run) for item in items]
+        adding_only = _ADDING_ONLY.get()
         async with self._sessions() as session, session.begin():
             await self._require_owned(session, thread_id, context)
             if run is not None:
                 await _check_run(session, thread_id, run)
-            # seq and thread_id stay as first written; an id taken in another thread is never overwritten.
-            stmt = _upsert(session, ThreadItemRow, update=("type", "created_at", "data"), only_if=_same_thread)
+            if adding_only:
+                stmt = _insert_new(session, ThreadItemRow)
+            else:
+                # seq and thread_id stay as first written; an id taken in another thread is never overwritten.
+                stmt = _upsert(session, ThreadItemRow, update=("type", "created_at", "data"), only_if=_same_thread)
             for values in rows:
                 try:
                     saved = (await session.execute(stmt, values)).first()
@@ -248,7 +275,8 @@ class SqlStore(Store[C]):
                     raise NotFoundError(f"Thread {thread_id} not found") from exc
                 if saved is None:
                     # Raised inside the transaction: the writes that came along are rolled back with it.
-                    raise ItemIdConflictError(f"Item id {values['id']} is already used by another thread")
+                    taken_by = "an item" if adding_only else "an item of another thread"
+                    raise ItemIdConflictError(f"Item id {values['id']} is already used by {taken_by}")
             for statement, parameters in also:
                 await session.execute(statement, parameters)
 
@@ -337,15 +365,15 @@ class SqlStore(Store[C]):
         return _attachments.validate_json(data)
 
     async def delete_attachment(self, attachment_id: str, context: C) -> None:
+        """Delete the metadata of one of the team's attachments. Deleting one that is not there (never saved,
+        already deleted, or another team's) does nothing, as in the SDK's own store: ChatKitServer calls this
+        after the attachment store has deleted the bytes, and a retried `attachments.delete` must get as far."""
         async with self._sessions() as session, session.begin():
-            stmt = (
-                delete(AttachmentRow)
-                .where(AttachmentRow.id == attachment_id, AttachmentRow.team_id == context.identity.team_id)
-                .returning(AttachmentRow.id)
+            await session.execute(
+                delete(AttachmentRow).where(
+                    AttachmentRow.id == attachment_id, AttachmentRow.team_id == context.identity.team_id
+                )
             )
-            deleted = (await session.execute(stmt)).first()
-        if deleted is None:
-            raise NotFoundError(f"Attachment {attachment_id} not found")
 
     # -- worker runs ----------------------------------------------------------------------------------------------
 
@@ -475,8 +503,7 @@ async def _own_thread_with_items(
         raise NotFoundError(f"Thread {thread_id} not found")
     datas = [row.item for row in rows if row.item is not None]
     items = [_item_from_json(data) for data in datas[:size]]
-    page: Page[ThreadItem] = Page(data=items, has_more=len(datas) > size, after=items[-1].id if items else None)
-    return _thread_from_row(rows[0]), page
+    return _thread_from_row(rows[0]), make_page(items, has_more=len(datas) > size)
 
 
 async def _require_thread(session: AsyncSession, thread_id: str, context: HasIdentity) -> None:
@@ -506,7 +533,13 @@ async def _items_page_after(
     query = select(ThreadItemRow.data).where(ThreadItemRow.thread_id == thread_id, beyond).order_by(order)
     rows = list((await session.execute(query.limit(size + 1))).scalars())
     items = [_item_from_json(data) for data in rows[:size]]
-    return Page(data=items, has_more=len(rows) > size, after=items[-1].id if items else None)
+    return make_page(items, has_more=len(rows) > size)
+
+
+def make_page(data: list[P], *, has_more: bool) -> Page[P]:
+    """A page of a listing: `after`, the cursor of the next page, is the last id shown when there is more, else
+    None (as the SDK's own store and its tests have it)."""
+    return Page(data=data, has_more=has_more, after=data[-1].id if has_more and data else None)
 
 
 def _thread_from_row(row: ThreadRow | Row[str, datetime] | Row[tuple[str, datetime, str | None]]) -> ThreadMetadata:
@@ -550,6 +583,17 @@ def _upsert_statement(
         set_={name: stmt.excluded[name] for name in update},
         where=only_if(stmt.excluded),
     ).returning(returned)
+
+
+def _insert_new(session: AsyncSession, model: type[ThreadItemRow]) -> ReturningInsert[Any]:
+    """INSERT ... ON CONFLICT (id) DO NOTHING RETURNING the row's seq: no row back when the id is taken."""
+    return _insert_new_statement(session.get_bind().dialect.name, model)
+
+
+@functools.cache
+def _insert_new_statement(dialect: str, model: type[ThreadItemRow]) -> ReturningInsert[Any]:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(model).on_conflict_do_nothing(index_elements=["id"]).returning(model.seq)
 
 
 def _same_owner(new: ColumnCollection[str, Any]) -> ColumnElement[bool]:

@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext import asyncio as sa_asyncio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from kitrelay.shared.store import sqlite_driver
 
+# Alembic is imported only where the schema is migrated or checked: every gateway and worker process imports this
+# module, and Alembic (with Mako and Pygments) adds a twentieth of a second to each start.
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_POOL_TIMEOUT_S = 30.0
+# How long `migrate` waits for the database server to answer before saying it cannot be reached.
+CONNECT_TIMEOUT_S = 5.0
 # The execution option `read_session` and `read_connection` set on their connection.
 _READ_ONLY = "kitrelay_read_only"
 
@@ -110,6 +118,8 @@ async def read_connection(sessions: async_sessionmaker[AsyncSession]) -> AsyncIt
 
 def alembic_config(database_url: str) -> Config:
     """An Alembic config for the packaged migrations, aimed at `database_url`."""
+    from alembic.config import Config  # noqa: PLC0415 (see TYPE_CHECKING above)
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolation: a URL-encoded password may contain '%'.
@@ -117,20 +127,110 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+class DatabaseUnreachableError(ConnectionError):
+    """The database cannot be connected to: refused, no such host, no answer in time, or the server turned the
+    credentials or the database name down. The message says where (never the password) and why, in one line."""
+
+
+async def check_reachable(database_url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Connect to the database once, or raise DatabaseUnreachableError within `timeout_s`."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        await asyncio.to_thread(_open_sqlite, url)
+        return
+    engine = make_engine(database_url)
+    try:
+        async with asyncio.timeout(timeout_s), engine.connect():
+            pass
+    except TimeoutError:
+        raise DatabaseUnreachableError(_unreachable(url, f"no answer within {timeout_s:g} s")) from None
+    except (OSError, SQLAlchemyError) as exc:
+        # The driver's own words are the useful part; SQLAlchemy's wrapper adds the statement and a link.
+        reason = getattr(exc, "orig", None) or exc
+        words = " ".join(str(reason).split()) or type(reason).__name__
+        raise DatabaseUnreachableError(_unreachable(url, words)) from None
+    finally:
+        await engine.dispose()
+
+
+def _open_sqlite(url: URL) -> None:
+    if url.database in (None, "", ":memory:"):
+        return
+    try:
+        # What migrating does first: it creates the file when it is not there yet.
+        sqlite3.connect(url.database).close()
+    except sqlite3.Error as exc:
+        raise DatabaseUnreachableError(_unreachable(url, str(exc))) from None
+
+
+def _unreachable(url: URL, reason: str) -> str:
+    if url.get_backend_name() == "sqlite":
+        return f"cannot open the database file {url.database}: {reason}"
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    return f"cannot connect to the database at {where} ({url.render_as_string(hide_password=True)}): {reason}"
+
+
 def migrate(database_url: str) -> None:
     """Bring the schema up to date (`alembic upgrade head`). Blocks until done; async code should prefer
-    `migrate_async`, which does not block its event loop."""
+    `migrate_async`, which does not block its event loop. A database that cannot be reached raises
+    DatabaseUnreachableError within CONNECT_TIMEOUT_S, before Alembic starts."""
+    from alembic import command  # noqa: PLC0415 (see TYPE_CHECKING above)
+
     config = alembic_config(database_url)
+
+    def upgrade() -> None:
+        asyncio.run(check_reachable(database_url))
+        command.upgrade(config, "head")
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        command.upgrade(config, "head")
+        upgrade()
         return
     # env.py runs its own event loop, which cannot start on a thread that already runs one.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kitrelay-migrate") as pool:
-        pool.submit(command.upgrade, config, "head").result()
+        pool.submit(upgrade).result()
 
 
 async def migrate_async(database_url: str) -> None:
     """`migrate` from async code. Alembic drives its own event loop, so it runs in a thread."""
     await asyncio.to_thread(migrate, database_url)
+
+
+# What a database that is restarting or failing over raises, whatever the driver: the connection was refused,
+# closed under a statement, or the server is starting up or shutting down.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08001", "08003", "08004", "08006"})
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached now (raised through SQLAlchemy: its error, or what caused
+    it): worth answering 503 and trying again, not a failure of the request itself."""
+    seen: BaseException | None = exc
+    through_sqlalchemy = False
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, DBAPIError):
+            if seen.connection_invalidated:
+                return True
+            through_sqlalchemy = True
+        if through_sqlalchemy and _says_unavailable(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__ or getattr(seen, "orig", None)
+    return False
+
+
+def _says_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | socket.gaierror):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        # SQLite's OperationalError also says "no such table" or "syntax error": only a locked or unopenable file is
+        # an outage.
+        return any(word in str(exc) for word in ("locked", "unable to open", "disk I/O"))
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate in _UNAVAILABLE_SQLSTATES:
+        return True
+    name = type(exc).__name__
+    if name in ("ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError"):
+        return True
+    return name == "InterfaceError" and "connection is closed" in str(exc)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -50,6 +51,7 @@ from openai.types.responses import (
 )
 from pydantic import TypeAdapter
 
+import kitrelay.gateway
 from kitrelay.agents.offline_model import OfflineModel, OfflineModelProvider, split_tokens
 from kitrelay.agents.offline_policy import (
     FALLBACK_TEXT,
@@ -374,6 +376,19 @@ async def test_triage_answers_greetings_itself(team: Team) -> None:
     assert result.last_agent is team.triage
     assert tool_calls(result) == []
     assert result.final_output == GREETING_TEXT
+
+
+@pytest.mark.asyncio
+async def test_the_greeting_offers_tasks_and_the_knowledge_base_and_what_it_suggests_works(team: Team) -> None:
+    """The chat page's empty state offers the team's tasks and its knowledge base; so does the greeting, and each
+    thing it suggests saying reaches the agent that can do it."""
+    assert "knowledge base" in GREETING_TEXT
+    suggested = re.findall(r'"([^"]+)"', GREETING_TEXT)
+    page = (Path(kitrelay.gateway.__file__).parent / "static" / "index.html").read_text()
+    assert suggested[1] in page, "the same question as the page suggests"
+
+    answered_by = [(await Runner.run(team.triage, text, run_config=CONFIG)).last_agent for text in suggested]
+    assert answered_by == [team.task, team.research]
 
 
 @pytest.mark.asyncio

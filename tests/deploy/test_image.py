@@ -111,6 +111,8 @@ def test_the_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # pip passes the build backend's warnings on even with --quiet; `make install` would print them too.
+    assert "Warning" not in result.stderr, result.stderr[-3000:]
     [wheel] = (tmp_path / "dist").glob("kitrelay-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         packaged = set(archive.namelist())
@@ -120,5 +122,7 @@ def test_the_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
         for path in (ROOT / folder).rglob("*"):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix in {".py", ".ini", ".mako"}:
                 expected.add(f"{prefix}/{path.relative_to(ROOT / folder).as_posix()}")
+    # And the browser pages the gateway serves (gateway/web.py).
+    expected |= {f"kitrelay/gateway/static/{page.name}" for page in (ROOT / "gateway" / "static").iterdir()}
     missing = sorted(expected - packaged)
     assert not missing, f"the image would lack {missing}"

@@ -1,5 +1,6 @@
 """Redis Cluster shards by hash slot, and a command or transaction over keys of two slots fails there. Every Redis key
-of one turn (and of one thread) carries the turn's (thread's) id in braces, so they share one slot."""
+of one thread carries the thread's id in braces, and every key of one turn its shard's tag, so each group shares one
+slot; the streams of one shard share it too, so that a gateway reads them in one XREAD."""
 
 from __future__ import annotations
 
@@ -31,13 +32,18 @@ def test_keys_of_one_owner_share_a_hash_slot(owner: str) -> None:
         assert names.turn_stream_key in functions
     for owner_id in IDS:
         keys = [function("kitrelay", owner_id) for function in functions]
+        tag = names.turn_key_tag(owner_id) if owner == "turn" else f"{{{owner_id}}}"
         for key in keys:
-            assert f"{{{owner_id}}}" in key, f"{key} has no hash tag"
+            assert tag in key, f"{key} has no hash tag"
         assert len({key_slot(key.encode()) for key in keys}) == 1, keys
         # The namespace is outside the tag: two deployments' keys of the same id may land anywhere, same slot.
-        assert key_slot(keys[0].encode()) == key_slot(owner_id.encode())
+        assert key_slot(keys[0].encode()) == key_slot(tag.strip("{}").encode())
 
 
-def test_different_turns_spread_over_slots() -> None:
-    slots = {key_slot(names.turn_stream_key("kitrelay", f"turn_{i:05d}").encode()) for i in range(200)}
-    assert len(slots) > 150, "the tag is the turn id, not a constant that would put every turn on one shard"
+def test_turns_spread_over_the_shards_and_a_shards_streams_share_a_slot() -> None:
+    streams = [names.turn_stream_key("kitrelay", f"turn_{i:05d}") for i in range(2000)]
+    slots = {key_slot(key.encode()) for key in streams}
+    assert len(slots) == names.TURN_KEY_SHARDS, "every shard is used, each its own slot"
+    # A Redis Cluster of three primaries splits the 16,384 slots in three ranges: every primary gets turns.
+    thirds = {slot * 3 // 16384 for slot in slots}
+    assert thirds == {0, 1, 2}

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from kitrelay.gateway.client import ChatKitClient, StreamEvent
 from tests.e2e.chat_view import collect, progress_lines
-from tests.system import RunningSystem, running_system
+from tests.system import RunningSystem
 
 ONBOARDING = b"""# Onboarding guide
 
@@ -28,20 +28,12 @@ Salaries are paid on the 25th of each month.
 """
 
 
-@pytest.fixture(scope="module")
-def agents_system(
-    nats_url: str, redis_url: str, namespace: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningSystem]:
-    """One gateway, one triage, two task and one research worker: five processes sharing NATS, Redis, SQLite."""
-    workdir = tmp_path_factory.mktemp("agents")
-    with running_system(
-        nats_url=nats_url,
-        redis_url=redis_url,
-        namespace=f"{namespace}ag",
-        log_dir=workdir,
-        workers=("triage", "task", "task", "research"),
-    ) as running:
-        yield running
+@pytest.fixture
+def agents_system(system: RunningSystem) -> RunningSystem:
+    """One gateway, one triage, two task and one research worker: five processes sharing NATS, Redis, SQLite (the
+    session's system, tests/conftest.py; other tests' turns run on it too)."""
+    assert [name for name in system.processes if name.startswith("worker-task")] == ["worker-task", "worker-task-2"]
+    return system
 
 
 @pytest.fixture

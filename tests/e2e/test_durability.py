@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from kitrelay.agents.offline_policy import GREETING_TEXT
 from kitrelay.gateway.client import ChatKitClient, StreamEvent
 from kitrelay.services.turn_log import STOPPED_MARK
+from kitrelay.shared.names import turn_stream_key
 from tests.e2e.chat_view import assistant_texts, collect, progress_lines, until_text
 from tests.system import RunningSystem, running_system
 
@@ -180,7 +181,7 @@ async def test_a_finished_turn_expires_from_redis_on_its_own(
     durable: RunningSystem, http: httpx.AsyncClient, redis_url: str
 ) -> None:
     events = await collect(ChatKitClient(http).create_thread("hi"))
-    key = f"{durable.env['NAMESPACE']}:turn:{{{turn_of(events)}}}:events"
+    key = turn_stream_key(durable.env["NAMESPACE"], turn_of(events))
     redis = aioredis.Redis.from_url(redis_url)
     try:
         ttl = await redis.ttl(key)

@@ -18,6 +18,7 @@ from kitrelay.shared.store.engine import migrate
 from tests.databases import sqlite_url
 from tests.e2e.chat_view import progress_lines
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
+from tests.polling import until_read
 from tests.system import RunningSystem, running_system
 
 SPAN_KIND_SERVER, SPAN_KIND_CLIENT, SPAN_KIND_PRODUCER, SPAN_KIND_CONSUMER = 2, 3, 4, 5
@@ -105,9 +106,19 @@ async def _converse(base_url: str) -> tuple[list[StreamEvent], dict, str]:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         events = [e async for e in ChatKitClient(http).create_thread("add task write report")]
         thread_id = events[0].data["thread"]["id"]
-        turns = (await http.get(f"/threads/{thread_id}/turns")).json()["data"]
-        assert len(turns) == 1, turns
-        return events, turns[0], (await http.get("/metrics")).text
+
+        async def ended() -> bool:
+            # The stream's end goes out before the worker's end of the record commits.
+            return [turn["status"] for turn in await turn_records(http, thread_id)] == ["completed"]
+
+        await until_read(ended, True)
+        [record] = await turn_records(http, thread_id)
+        return events, record, (await http.get("/metrics")).text
+
+
+async def turn_records(http: httpx.AsyncClient, thread_id: str) -> list[dict]:
+    data: list[dict] = (await http.get(f"/threads/{thread_id}/turns")).json()["data"]
+    return data
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +129,8 @@ def turn(traced: tuple[RunningSystem, OtlpReceiver, dict[str, int]]) -> TracedTu
     [turn_id] = [e.turn_id for e in events if e.turn_id]
     trace_id = record["trace_id"]
     assert record["id"] == turn_id and trace_id and len(trace_id) == 32
+    # The agent that answered: triage handed the turn to task.
+    assert record["agent"] == "task"
     assert record["trace_url"] == f"http://localhost:16686/trace/{trace_id}"
 
     def complete(spans: list[ReceivedSpan]) -> bool:

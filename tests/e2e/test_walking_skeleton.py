@@ -1,4 +1,4 @@
-"""The walking skeleton, tried as a user would: gateway and task worker as separate processes, real NATS, Redis and
+"""The walking skeleton, tried as a user would: gateway and workers as separate processes, real NATS, Redis and
 database, a scripted conversation over HTTP + SSE."""
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def system(
     namespace: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningSystem]:
-    """The same system on the embedded default (SQLite) and on PostgreSQL."""
+    """The same system on the embedded default (SQLite) and on PostgreSQL: the gateway, and the triage and task
+    workers the conversation needs (each worker process costs seconds to start)."""
     workdir = tmp_path_factory.mktemp(f"skeleton-{request.param}")
     with fresh_database(request.param, workdir, pg_url) as database_url:
         migrate(database_url)
@@ -49,6 +50,7 @@ def system(
             database_url=database_url,
             namespace=f"{namespace}sk{request.param[:2]}",
             log_dir=workdir,
+            workers=("triage", "task"),
         ) as running:
             yield running
 
@@ -154,38 +156,31 @@ async def test_gateway_and_worker_are_separate_processes(system: RunningSystem, 
     assert "published" in system.log("gateway")
 
 
-async def test_no_worker_for_the_turn_gives_a_clear_error(
+async def test_turns_nobody_takes_time_out_with_a_clear_error_and_a_late_worker_does_not_answer(
     nats_url: str, redis_url: str, namespace: str, tmp_path: Path
 ) -> None:
+    """One gateway (starting one costs seconds) for each kind of turn nobody takes: the entry agent's, then a
+    handoff's."""
     with running_system(
         nats_url=nats_url,
         redis_url=redis_url,
         namespace=f"{namespace}nw",
         log_dir=tmp_path,
         workers=(),
-        extra_env={"TURN_START_TIMEOUT_S": "1"},
-    ) as lonely:
-        async with httpx.AsyncClient(base_url=lonely.base_url, timeout=30) as http:
-            events = await collect(ChatKitClient(http).create_thread("add task nobody hears"))
-    errors = [e.data for e in events if e.type == "error"]
-    assert len(errors) == 1
-    assert "No triage worker" in errors[0]["message"]
-    assert errors[0]["allow_retry"] is True
-
-
-async def test_a_handoff_nobody_takes_times_out_and_a_late_worker_does_not_answer(
-    nats_url: str, redis_url: str, namespace: str, tmp_path: Path
-) -> None:
-    with running_system(
-        nats_url=nats_url,
-        redis_url=redis_url,
-        namespace=f"{namespace}ho",
-        log_dir=tmp_path,
-        workers=("triage",),
-        extra_env={"HANDOFF_TIMEOUT_S": "1"},
-    ) as half:
-        async with httpx.AsyncClient(base_url=half.base_url, timeout=30) as http:
+        extra_env={"TURN_START_TIMEOUT_S": "1", "HANDOFF_TIMEOUT_S": "1"},
+    ) as system:
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as http:
             client = ChatKitClient(http)
+            # No worker at all: the gateway gives up on the turn.
+            events = await collect(client.create_thread("add task nobody hears"))
+            errors = [e.data for e in events if e.type == "error"]
+            assert len(errors) == 1
+            assert "No triage worker" in errors[0]["message"]
+            assert errors[0]["allow_retry"] is True
+
+            # A triage worker, but no task worker: the handoff times out.
+            system.start("worker-triage", "worker", "--agent", "triage")
+            await until_a_worker_answers(client)
             events = await collect(client.create_thread("add task nobody takes this"))
             errors = [e.data for e in events if e.type == "error"]
             assert [e["message"] for e in errors] == [
@@ -194,10 +189,20 @@ async def test_a_handoff_nobody_takes_times_out_and_a_late_worker_does_not_answe
             assert progress_lines(events) == ["Handing over to Task…"]
 
             # A task worker that starts later finds the turn over and leaves it alone.
-            half.start("worker-task", "worker", "--agent", "task")
+            system.start("worker-task", "worker", "--agent", "task")
             deadline = asyncio.get_running_loop().time() + 20
-            while "is already over" not in half.log("worker-task"):
-                assert asyncio.get_running_loop().time() < deadline, half.log("worker-task")
+            while "is already over" not in system.log("worker-task"):
+                assert asyncio.get_running_loop().time() < deadline, system.log("worker-task")
                 await asyncio.sleep(0.1)
             thread = await client.get_thread(events[0].data["thread"]["id"])
     assert [item["type"] for item in thread["items"]["data"]] == ["user_message"]
+
+
+async def until_a_worker_answers(client: ChatKitClient, timeout_s: float = 60) -> None:
+    """Until a greeting gets a reply: a worker just started takes turns once it has loaded."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        events = await collect(client.create_thread("hello"))
+        if not [e for e in events if e.type == "error"]:
+            return
+        assert asyncio.get_running_loop().time() < deadline, [e.data for e in events]

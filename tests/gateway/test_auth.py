@@ -22,7 +22,6 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from kitrelay.gateway.app import create_app
 from kitrelay.gateway.auth import (
     UPLOAD_TOKEN_HEADER,
-    AuthConfigError,
     Authenticator,
     mint_upload_token,
     resolve_auth_mode,
@@ -30,6 +29,7 @@ from kitrelay.gateway.auth import (
 )
 from kitrelay.gateway.client import user_input
 from kitrelay.gateway.errors import ApiError
+from kitrelay.gateway.keys import AuthConfigError
 from kitrelay.gateway.tokens import DevTokenError, mint_dev_token, mint_token
 from kitrelay.shared.messages import Identity
 from kitrelay.shared.settings import Settings

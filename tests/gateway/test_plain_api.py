@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -57,7 +58,9 @@ async def chat_sse(http: httpx.AsyncClient, who: Identity, body: Any) -> list[tu
 async def thread_ids(http: httpx.AsyncClient, who: Identity) -> list[str]:
     response = await http.get(f"/chat/{who.user_id}/history")
     assert response.status_code == 200, response.text
-    return [thread["id"] for thread in response.json()["data"]]
+    threads = response.json()["data"]
+    assert all(in_utc(thread["created_at"]) for thread in threads), threads
+    return [thread["id"] for thread in threads]
 
 
 async def all_pages(http: httpx.AsyncClient, who: Identity, thread_id: str, *, limit: int) -> list[dict[str, Any]]:
@@ -89,6 +92,7 @@ async def test_json_reply_names_the_task_and_carries_its_widget(
     assert "buy milk" in json.dumps(widget["widget"])
     roles = [item["role"] for item in body["items"]]
     assert roles[0] == "user" and body["items"][0]["text"] == "add task buy milk"
+    assert all(in_utc(item["created_at"]) for item in body["items"]), body["items"]
     assert "assistant" in roles and "widget" in roles
     assert body["items"][roles.index("widget")]["id"] == widget["item_id"]
 
@@ -137,6 +141,7 @@ async def test_sse_streams_deltas_then_done_and_a_follow_up_shares_the_thread(
     assert ids[second_user:] == [item["id"] for item in listed["items"]]
     created = [m["created_at"] for m in messages]
     assert created == sorted(created)
+    assert all(in_utc(moment) for moment in created), created
 
     # Pages: two at a time, following `after`, give the same messages.
     paged = await all_pages(http, who, thread_id, limit=2)
@@ -338,6 +343,11 @@ async def all_threads(http: httpx.AsyncClient, who: Identity) -> list[str]:
         if not page["has_more"]:
             return ids
         after = page["after"]
+
+
+def in_utc(moment: str) -> bool:
+    """An ISO 8601 time that says its offset, and it is UTC's."""
+    return datetime.fromisoformat(moment).utcoffset() == timedelta(0)
 
 
 # -- the translation on its own, on the event shapes a redelivered or replaced reply produces -----------------------

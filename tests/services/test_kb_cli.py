@@ -6,6 +6,7 @@ The commands run their own event loop (`asyncio.run`), so these tests are synchr
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -171,6 +172,42 @@ def test_list_shows_the_teams_documents(database_url: str, files: Path) -> None:
     assert "lunch" not in output
 
     assert "team nobody has no documents" in assert_ok(invoke("list", "--team", "nobody"))
+
+
+def test_list_piped_gives_whole_rows_and_json_gives_every_field(
+    database_url: str, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Piped (to `grep`, a file), the table is as wide as its rows, not cut at 80 columns; `--json` is for scripts."""
+    monkeypatch.delenv("COLUMNS")
+    title = "The onboarding guide for new members of the platform team, second edition"
+    assert_ok(invoke("add", str(files / "guide.md"), "--team", "acme", "--title", title))
+    [guide] = documents(database_url, "acme")
+
+    output = assert_ok(invoke("list", "--team", "acme"))
+    [row] = [line for line in output.splitlines() if guide.id in line]
+    assert title in row
+    assert guide.created_at.strftime("%Y-%m-%d %H:%M:%S UTC") in row
+    assert row.rstrip().endswith("│"), "the right border is there"
+    assert len(row) > 80
+
+    listed = assert_ok(invoke("list", "--team", "acme", "--json"))
+    [document] = [json.loads(line) for line in listed.splitlines()]
+    assert document == guide.model_dump(mode="json")
+    assert document["created_at"].endswith("Z") or document["created_at"].endswith("+00:00")
+    assert assert_ok(invoke("list", "--team", "nobody", "--json")) == ""
+
+
+def test_the_readmes_example_document_ships_and_answers_the_readmes_question(database_url: str) -> None:
+    """A fresh clone follows the README literally: `kitrelay kb add docs/guide.md`, then the question it asks."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    [path] = re.findall(r"kitrelay kb add (\S+) --team local-team", readme)
+    [question] = re.findall(r'kitrelay chat "(what does the guide say[^"]*)"', readme)
+    assert (root / path).is_file(), f"the README loads {path}"
+
+    assert_ok(invoke("add", str(root / path), "--team", "local-team"))
+    found = assert_ok(invoke("search", question, "--team", "local-team", "--limit", "1"))
+    assert re.search(r"│\s*1\s*│\s*Team guide\s*│\s*VPN access\s*│", found), found
 
 
 def test_search_shows_ranked_hits(database_url: str, files: Path) -> None:

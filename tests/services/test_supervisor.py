@@ -117,6 +117,17 @@ def wait_up(url: str, proc: subprocess.Popen[bytes], cwd: Path) -> None:
     raise AssertionError(f"kitrelay up did not come up:\n{(cwd / 'up.log').read_text()}")
 
 
+def banner_line(cwd: Path, starts: str) -> str:
+    """The line of `kitrelay up`'s banner that starts with `starts`, once printed (a little after /healthz)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        lines = [line for line in (cwd / "up.log").read_text().splitlines() if line.startswith(starts)]
+        if lines:
+            return lines[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no {starts!r} in:\n{(cwd / 'up.log').read_text()}")
+
+
 def threads(url: str, token: str) -> httpx.Response:
     return httpx.post(
         f"{url}/chatkit",
@@ -196,6 +207,15 @@ def test_up_signs_people_in_with_a_secret_that_survives_a_restart(
         [(_, fresh_code)] = LINK.findall(fresh.stdout)
         assert redeem(url, fresh_code).status_code == 200
         first_secret = secret_file.read_text()
+        # Piped, as under `make run | tee`: each line of the banner whole, not wrapped at 80 columns, and a chat
+        # command that runs from here (the venv's kitrelay, unless PATH finds it).
+        assert banner_line(tmp_path, "kitrelay is up at ").endswith(
+            f"(chat in a browser there; ChatKit: {url}/chatkit)"
+        )
+        hint = banner_line(tmp_path, "Try: ")
+        command = hint.removeprefix("Try: ").split(" chat ")[0]
+        assert f' chat --url {url} "add task buy milk"' in hint
+        assert shutil.which(command, path=env["PATH"]) or (tmp_path / command).exists(), hint
     with kitrelay_up(tmp_path, env) as proc:
         wait_up(url, proc, tmp_path)
         assert secret_file.read_text() == first_secret

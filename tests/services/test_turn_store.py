@@ -110,8 +110,9 @@ async def test_the_sdk_reread_of_the_newest_items_is_answered_without_the_databa
     assert [item.id for item in page.data] == ids(thread_id, *newest)
     assert page.has_more is more
     assert page.after == ids(thread_id, newest[-1])[0]
-    # The same page as the database gives.
-    assert page == await super(TurnStore, store).load_thread_items(thread_id, None, 2, "desc", context)
+    # The same items as the database gives (the read-ahead sets its own `after` cursor).
+    from_database = await super(TurnStore, store).load_thread_items(thread_id, None, 2, "desc", context)
+    assert (page.data, page.has_more) == (from_database.data, from_database.has_more)
 
 
 async def test_what_the_reread_returns_is_a_copy(

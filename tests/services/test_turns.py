@@ -50,7 +50,8 @@ async def test_a_turn_record_is_whole_and_ended_whichever_write_comes_first(
         await turns.record(statement)
 
     record = await turns.get(ALICE, turn_id)
-    assert (record.status, record.agent, record.thread_id, record.trace_id) == ("failed", "triage", thread_id, "a" * 32)
+    # The agent that answered (triage handed the turn to task), not the entry agent.
+    assert (record.status, record.agent, record.thread_id, record.trace_id) == ("failed", "task", thread_id, "a" * 32)
     assert record.ended_at is not None
     # The gateway's time of the start, not the worker's of the end.
     assert record.created_at == start[1]["created_at"]

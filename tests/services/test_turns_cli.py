@@ -66,6 +66,16 @@ def test_lists_a_threads_turns_with_their_trace_ids(database_url: str) -> None:
     assert "http" not in result.output, "no dashboard configured: no links"
 
 
+def test_piped_rows_are_whole(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Piped, Rich would cut the table at 80 columns: part of the started, ended and trace id columns, and the border.
+    monkeypatch.delenv("COLUMNS")
+    result = runner.invoke(app, ["turns", "thr_1"])
+    assert result.exit_code == 0, result.output
+    [first] = [line for line in result.output.splitlines() if "turn_1" in line]
+    assert TRACE_ID in first and first.count(" UTC") == 2
+    assert first.rstrip().endswith("│")
+
+
 def test_json_lines_with_dashboard_links(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRACE_DASHBOARD_URL", "http://localhost:16686/trace/{trace_id}")
     result = runner.invoke(app, ["turns", "thr_1", "--json"])

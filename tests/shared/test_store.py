@@ -201,7 +201,8 @@ async def test_load_threads_pages_through_the_callers_threads(store: SqlStore, o
         page = await store.load_threads(limit=2, after=after, order=order, context=context)
         pages += 1
         assert len(page.data) == (2 if pages < 3 else 1)
-        assert page.after == page.data[-1].id
+        # The next page's cursor; the last page has none (as the SDK's own store).
+        assert page.after == (page.data[-1].id if pages < 3 else None)
         seen += [t.id for t in page.data]
         if not page.has_more:
             break
@@ -278,15 +279,43 @@ async def test_delete_thread_deletes_its_items(store: SqlStore, db_sessions: asy
 # -- items ------------------------------------------------------------------------------------------------------------
 
 
-async def test_add_thread_item_is_an_upsert_that_keeps_the_items_place(store: SqlStore) -> None:
+async def test_add_thread_item_refuses_an_id_already_used_and_keeps_what_was_saved(store: SqlStore) -> None:
+    """ChatKitServer adds every item a `respond` reports done: one that reports an item again (the SDK's own test
+    re-sends a structured input still pending after its answer was saved) must not replace the saved item."""
+    context = new_context()
+    thread, other = await new_thread(store, context), await new_thread(store, context)
+    answered = assistant_message(thread.id, "answered")
+    await store.add_thread_item(thread.id, answered, context)
+
+    for thread_id in (thread.id, other.id):
+        with pytest.raises(ItemIdConflictError):
+            await store.add_thread_item(
+                thread_id, assistant_message(thread_id, "pending", item_id=answered.id), context
+            )
+
+    assert text_of(await store.load_item(thread.id, answered.id, context)) == "answered"
+    assert [i.id for i in (await store.load_thread_items(thread.id, None, 10, "asc", context)).data] == [answered.id]
+    assert (await store.load_thread_items(other.id, None, 10, "asc", context)).data == []
+    # Replacing an item on purpose is save_item.
+    await store.save_item(thread.id, assistant_message(thread.id, "edited", item_id=answered.id), context)
+    assert text_of(await store.load_item(thread.id, answered.id, context)) == "edited"
+
+
+async def test_add_thread_items_with_is_an_upsert_that_keeps_the_items_place(store: SqlStore) -> None:
+    """kitrelay's own writer: the gateway and the worker both save the user's message, whichever comes first, and a
+    redelivered turn saves its items again."""
     context = new_context()
     thread = await new_thread(store, context)
     a, b, c = (user_message(thread.id, name) for name in ("a", "b", "c"))
     for item in (a, b, c):
         await store.add_thread_item(thread.id, item, context)
 
-    # A redelivered turn saves `a` again, changed.
-    await store.add_thread_item(thread.id, user_message(thread.id, "a, again", item_id=a.id), context)
+    # A redelivered turn saves `a` again, changed, and the item after it.
+    await store.add_thread_items_with(
+        thread.id,
+        [user_message(thread.id, "a, again", item_id=a.id), user_message(thread.id, "b", item_id=b.id)],
+        context,
+    )
 
     page = await store.load_thread_items(thread.id, None, 10, "asc", context)
     assert [i.id for i in page.data] == [a.id, b.id, c.id]
@@ -323,7 +352,7 @@ async def test_load_thread_items_pages_with_an_item_cursor(store: SqlStore, orde
     pages = await all_pages(store, thread.id, order, 3, context)
     assert [[i.id for i in p.data] for p in pages] == [expected[0:3], expected[3:6], expected[6:7]]
     assert [p.has_more for p in pages] == [True, True, False]
-    assert [p.after for p in pages] == [expected[2], expected[5], expected[6]]
+    assert [p.after for p in pages] == [expected[2], expected[5], None]
 
     # `after` means strictly after that item, in the requested order.
     middle = await store.load_thread_items(thread.id, expected[3], 10, order, context)
@@ -575,11 +604,12 @@ async def test_attachments_round_trip_within_the_team_only(store: SqlStore) -> N
 
     for attempt in (
         store.load_attachment(file.id, outsider),
-        store.delete_attachment(file.id, outsider),
         store.save_attachment(file.model_copy(update={"name": "hijacked.txt"}), outsider),
     ):
         with pytest.raises(NotFoundError):
             await attempt
+    # Another team's delete does nothing, as it does for an attachment that does not exist.
+    await store.delete_attachment(file.id, outsider)
     assert await store.load_attachment(file.id, uploader) == file
 
     # Saved again once its message lands in a thread.
@@ -588,10 +618,24 @@ async def test_attachments_round_trip_within_the_team_only(store: SqlStore) -> N
     assert await store.load_attachment(file.id, uploader) == in_thread
 
     await store.delete_attachment(file.id, teammate)
-    for attempt in (store.load_attachment(file.id, uploader), store.delete_attachment(file.id, uploader)):
-        with pytest.raises(NotFoundError):
-            await attempt
+    with pytest.raises(NotFoundError):
+        await store.load_attachment(file.id, uploader)
     assert await store.load_attachment(image.id, uploader) == image
+
+
+async def test_deleting_an_attachment_again_or_one_never_saved_does_nothing(store: SqlStore) -> None:
+    """ChatKitServer deletes the bytes, then the metadata: a retried `attachments.delete` must get past the
+    metadata that the first attempt already deleted (or that was never saved)."""
+    context = new_context()
+    file = FileAttachment(id=new_id("atc"), name="notes.txt", mime_type="text/plain")
+    await store.save_attachment(file, context)
+
+    await store.delete_attachment(file.id, context)
+    await store.delete_attachment(file.id, context)
+    await store.delete_attachment(new_id("atc"), context)
+
+    with pytest.raises(NotFoundError):
+        await store.load_attachment(file.id, context)
 
 
 # -- concurrency ------------------------------------------------------------------------------------------------------

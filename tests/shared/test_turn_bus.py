@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import HandoffEntry, TurnEnd, TurnEntry
-from kitrelay.shared.names import thread_active_key
+from kitrelay.shared.names import thread_active_key, turn_stream_key
 from kitrelay.shared.turn_bus import append_entry, claim_thread, give_up_turn, last_entry, open_run
 
 TTL_S = 60
@@ -71,7 +71,7 @@ async def test_a_turn_given_up_before_any_run_never_opens(redis: aioredis.Redis,
     assert await redis.get(thread_active_key(ns, thread)) is None, "the thread is free for the next message"
     assert await open_run(redis, ns, turn, hop=0, attempt=1, ttl_s=TTL_S) == "over"
     # Even once the stream itself is gone (expired, or Redis lost it), the closed run key still says so.
-    await redis.delete(f"{ns}:turn:{{{turn}}}:events")
+    await redis.delete(turn_stream_key(ns, turn))
     assert await open_run(redis, ns, turn, hop=0, attempt=1, ttl_s=TTL_S) == "over"
 
 
