@@ -3,7 +3,7 @@ shows it (no model call); "Refresh" draws a list afresh."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Literal
 
@@ -95,18 +95,21 @@ async def handle_task_action(
             copy_text=task_copy_text(task),
         )
         yield ThreadItemDoneEvent(item=item)
-    for event in await redraw_thread(context, first=sender.id if sender is not None else None):
+    for event in await redraw_thread(context, first=sender):
         yield event
 
 
-async def redraw_thread(context: TurnContext, *, first: str | None = None) -> list[ThreadStreamEvent]:
+async def redraw_thread(context: TurnContext, *, first: WidgetItem | None = None) -> list[ThreadStreamEvent]:
     """`thread.item.replaced` for every task widget of the turn's thread that a change made look different (the
-    widget item `first` first: the one clicked). The worker's turn log saves each, so a reload agrees."""
-    widgets: Sequence[ThreadItem] = (
-        await context.widgets.load_widget_items(context.thread_id, context) if context.widgets is not None else []
+    widget item `first` first: the one clicked, redrawn even where the thread's widgets cannot be read). The
+    worker's turn log saves each, so a reload agrees."""
+    widgets: list[ThreadItem] = (
+        list(await context.widgets.load_widget_items(context.thread_id, context)) if context.widgets is not None else []
     )
+    if first is not None and all(item.id != first.id for item in widgets):
+        widgets.insert(0, first)
     changed = await redraw(widgets, context.tasks, context.identity)
-    order = sorted(changed, key=lambda item_id: item_id != first)
+    order = sorted(changed, key=lambda item_id: first is None or item_id != first.id)
     return [ThreadItemReplacedEvent(item=changed[item_id]) for item_id in order]
 
 

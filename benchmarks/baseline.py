@@ -78,6 +78,7 @@ class InProcessServer(ChatKitServer[BaselineContext]):
             thread_id=thread.id,
             tasks=self._tasks,
             knowledge=self._knowledge,
+            widgets=self._agent_store,
         )
 
     async def respond(
