@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -36,7 +36,7 @@ def tasks(db_sessions: async_sessionmaker[AsyncSession], redis: aioredis.Redis, 
 
 
 async def published(redis: aioredis.Redis, namespace: str, team_id: str) -> list[dict[str, Any]]:
-    entries = await redis.xrange(team_events_key(namespace, team_id))
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(team_events_key(namespace, team_id)))
     return [json.loads(fields[EVENT_FIELD.encode()]) for _, fields in entries]
 
 

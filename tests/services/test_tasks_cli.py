@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -40,7 +41,9 @@ def changes(redis_url: str, namespace: str, team: str) -> list[tuple[str, str, s
     async def read() -> list[tuple[str, str, str]]:
         client = aioredis.Redis.from_url(redis_url)
         try:
-            entries = await client.xrange(team_events_key(namespace, team))
+            entries = cast(
+                list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(team_events_key(namespace, team))
+            )
         finally:
             await client.aclose()
         events = [json.loads(fields[EVENT_FIELD.encode()]) for _, fields in entries]
