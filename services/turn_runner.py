@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import redis.asyncio as aioredis
-from agents import Agent, ModelProvider, RunConfig, Runner
+from agents import Agent, ModelProvider, OpenAIProvider, RunConfig, Runner
 from chatkit.agents import AgentContext, stream_agent_response
 from chatkit.store import NotFoundError
 from chatkit.types import (
@@ -40,7 +40,6 @@ from nats.js import JetStreamContext
 from kitrelay.agents.context import TurnContext
 from kitrelay.agents.converter import KitrelayConverter
 from kitrelay.agents.handoffs import StopsAtHandoff, find_handoff
-from kitrelay.agents.offline_model import OfflineModelProvider
 from kitrelay.agents.providers import error_event_for
 from kitrelay.agents.registry import action_handler, kind_of
 from kitrelay.agents.stream_ids import with_real_ids
@@ -251,7 +250,9 @@ async def run_turn(
 
 def _title_task(thread: ThreadMetadata, history: list[ThreadItem], deps: TurnDeps) -> asyncio.Task[str | None] | None:
     """A thread's first message, answered by a real model: its title is asked for beside the run."""
-    if isinstance(deps.provider, OfflineModelProvider):
+    # A real model is an OpenAI-compatible endpoint (agents/providers.py); the offline model, or a scripted one in
+    # a test, writes no titles.
+    if not isinstance(deps.provider, OpenAIProvider):
         return None
     messages = [item for item in history if isinstance(item, UserMessageItem)]
     if len(messages) != 1:

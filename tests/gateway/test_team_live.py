@@ -85,11 +85,16 @@ def widgets(events_: list[StreamEvent]) -> list[dict[str, Any]]:
     return [e.data["item"] for e in events_ if e.type == "thread.item.done" and e.data["item"]["type"] == "widget"]
 
 
-async def test_the_event_stream_needs_a_token(jwt_system: RunningSystem) -> None:
+async def test_the_event_stream_needs_a_token_and_a_well_formed_last_event_id(jwt_system: RunningSystem) -> None:
     async with httpx.AsyncClient(base_url=jwt_system.base_url, timeout=10) as http:
         response = await http.get("/events")
     assert response.status_code == 401
     assert response.json()["error"]
+    async with caller(jwt_system, new_user()) as who:
+        for bad in ("yesterday", "1-2-3", "$", "1" * 300):
+            refused = await who.http.get("/events", headers={"Last-Event-ID": bad})
+            assert refused.status_code == 400, (bad, refused.status_code)
+            assert refused.json()["error"] and refused.json()["message"]
 
 
 async def test_a_team_gets_its_own_task_changes_and_resumes_after_the_last_one(jwt_system: RunningSystem) -> None:
