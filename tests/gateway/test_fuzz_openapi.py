@@ -86,4 +86,4 @@ def test_the_openapi_schema_finds_no_server_error(api_schema: Any, mode: Generat
         fuzzed.append(operation.label)
     assert "POST /chatkit" in fuzzed
     if mode == GenerationMode.POSITIVE:
-        assert fuzzed == [operation.label for operation in operations]
+        assert fuzzed == [operation.label for operation in operations if operation.path not in ENDLESS]
