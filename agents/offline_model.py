@@ -121,14 +121,22 @@ def _response_usage(input_tokens: int, output_tokens: int) -> ResponseUsage:
 class OfflineModel(Model):
     """Answers without a network: see `decide` for the behaviour.
 
-    `token_delay_s` sleeps before each streamed text delta to imitate a real model's pace in load tests;
-    0 never sleeps at all, not even `sleep(0)`, so tests and benchmarks of the plumbing stay fast."""
+    `first_token_s` sleeps before each answer's first output (its text or its tool call), as a real model's time
+    to first token; `token_delay_s` sleeps before each streamed text delta to imitate its pace in load tests. 0
+    never sleeps at all, not even `sleep(0)`, so tests and benchmarks of the plumbing stay fast."""
 
-    def __init__(self, *, token_delay_s: float = 0.0, name: str = DEFAULT_MODEL_NAME) -> None:
-        if token_delay_s < 0:
-            raise ValueError("token_delay_s must be >= 0")
+    def __init__(
+        self, *, token_delay_s: float = 0.0, first_token_s: float = 0.0, name: str = DEFAULT_MODEL_NAME
+    ) -> None:
+        if token_delay_s < 0 or first_token_s < 0:
+            raise ValueError("token_delay_s and first_token_s must be >= 0")
         self.token_delay_s = token_delay_s
+        self.first_token_s = first_token_s
         self.name = name
+
+    async def _first_token(self) -> None:
+        if self.first_token_s > 0:
+            await asyncio.sleep(self.first_token_s)
 
     def _decide(
         self,
@@ -142,7 +150,7 @@ class OfflineModel(Model):
     @contextmanager
     def _span(self, tracing: ModelTracing, items: Sequence[Mapping[str, Any]]) -> Iterator[Span[GenerationSpanData]]:
         # A custom model gets no generation span from the runner; open one so traces show each model call.
-        config = {"token_delay_s": self.token_delay_s}
+        config = {"token_delay_s": self.token_delay_s, "first_token_s": self.first_token_s}
         with generation_span(model=self.name, model_config=config, disabled=tracing.is_disabled()) as span:
             if tracing.include_data():
                 span.span_data.input = list(items)
@@ -176,6 +184,7 @@ class OfflineModel(Model):
     ) -> ModelResponse:
         items = as_items(input)
         decision = self._decide(input, model_settings, tools, handoffs)
+        await self._first_token()
         with self._span(tracing, items) as span:
             item = _output_item(decision)
             input_tokens, output_tokens = _usage_counts(system_instructions, items, decision)
@@ -240,6 +249,7 @@ class OfflineModel(Model):
                 response=self._response(response_id, created_at, [], None),
                 sequence_number=next(sequence),
             )
+            await self._first_token()
             if isinstance(item, ResponseFunctionToolCall):
                 for event in self._stream_call(item, sequence):
                     yield event
@@ -338,14 +348,17 @@ class OfflineModelProvider(ModelProvider):
     """Hands out offline models whatever name an agent asks for, so agents configured with a real model name
     (`gpt-4o-mini`) run offline unchanged; the name is kept for traces."""
 
-    def __init__(self, *, token_delay_s: float = 0.0) -> None:
-        if token_delay_s < 0:
-            raise ValueError("token_delay_s must be >= 0")
+    def __init__(self, *, token_delay_s: float = 0.0, first_token_s: float = 0.0) -> None:
+        if token_delay_s < 0 or first_token_s < 0:
+            raise ValueError("token_delay_s and first_token_s must be >= 0")
         self.token_delay_s = token_delay_s
+        self.first_token_s = first_token_s
 
     @override
     def get_model(self, model_name: str | None) -> OfflineModel:
-        return OfflineModel(token_delay_s=self.token_delay_s, name=model_name or DEFAULT_MODEL_NAME)
+        return OfflineModel(
+            token_delay_s=self.token_delay_s, first_token_s=self.first_token_s, name=model_name or DEFAULT_MODEL_NAME
+        )
 
 
 __all__ = ["OfflineModel", "OfflineModelProvider", "split_tokens"]

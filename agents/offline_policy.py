@@ -271,7 +271,9 @@ def _handoff_call(intent: Intent, handoffs: Sequence[Handoff[Any, Any]]) -> Tool
     elif intent.kind is IntentKind.QUESTION:
         keyword = "research"
     else:
-        return None
+        # Small talk, help and what nobody understands belong to the front desk: a specialist that a thread stayed
+        # with hands them back to triage (which is offered no handoff to itself, so it answers them).
+        keyword = "triage"
     for handoff in handoffs:
         if keyword in handoff.tool_name.lower():
             arguments = fill_arguments(handoff.input_json_schema, _slot_values(intent))

@@ -166,7 +166,9 @@ def model_provider(settings: Settings) -> ModelProvider:
                 settings.LLM_PROVIDER,
                 _missing(settings),
             )
-        return OfflineModelProvider(token_delay_s=settings.OFFLINE_TOKEN_DELAY_MS / 1000)
+        return OfflineModelProvider(
+            token_delay_s=settings.OFFLINE_TOKEN_DELAY_MS / 1000, first_token_s=settings.OFFLINE_FIRST_TOKEN_MS / 1000
+        )
     log.info(
         "model provider: %s (%s) at %s",
         settings.llm_provider,

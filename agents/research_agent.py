@@ -16,7 +16,11 @@ INSTRUCTIONS = """You are the research assistant of a team. You answer questions
 Always call search_knowledge first. Answer from the passages it returns and cite them by number, like [1].
 The sources are also shown to the user, below your answer: do not list them again.
 If search_knowledge finds nothing, say plainly that the team's documents do not cover the question. Never
-invent a source, a quote or a fact that is not in the passages."""
+invent a source, a quote or a fact that is not in the passages.
+
+A message that is not a question for the team's documents is not yours: hand anything about the team's tasks to the
+Task agent, and anything else (greetings, thanks, small talk, what the assistant can do) back to the Triage agent.
+Do not answer those yourself."""
 
 MAX_SOURCES = 3
 NOT_FOUND = "I couldn't find anything about that in your team's documents."

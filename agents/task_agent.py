@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Literal
 
-from agents import Agent, RunContextWrapper, function_tool
+from agents import Agent, RunContextWrapper, StopAtTools, function_tool
 from chatkit.agents import AgentContext
 
 from kitrelay.agents.context import TurnContext, turn_context
@@ -19,7 +19,11 @@ delete the team's tasks, and set due dates.
 IMPORTANT: when list_tasks or add_task has run, do NOT restate or format the tasks yourself: they are already
 shown to the user in a widget. Say one short sentence such as "Here are your tasks."
 For the other changes, confirm in one short sentence what was done, naming the task.
-If a task number does not exist, say so plainly. Never invent task numbers."""
+If a task number does not exist, say so plainly. Never invent task numbers.
+
+A message that is not about the team's tasks is not yours: hand a question about the team's documents, policies or
+guides to the Research agent, and anything else (greetings, thanks, small talk, what the assistant can do) back to
+the Triage agent. Do not answer those yourself."""
 
 Ctx = RunContextWrapper[AgentContext[TurnContext]]
 
@@ -198,13 +202,20 @@ async def set_due_date(ctx: Ctx, task_id: int, due_date: str | None) -> str:
 
 
 TASK_TOOLS = [add_task, list_tasks, complete_task, reopen_task, delete_task, rename_task, assign_task, set_due_date]
+# Tools whose widget is the answer, their one-line result its caption: the run ends with them (no model call to
+# restate what the widget shows; the turn runner sends the line as the reply, agents/tool_answers.py).
+WIDGET_ANSWER_TOOLS = ["add_task", "list_tasks"]
 
 
-def build_task_agent() -> Agent[AgentContext[TurnContext]]:
-    """The model is not set here: the worker's RunConfig supplies the provider (offline or a real one)."""
+def build_task_agent(*, widget_tools_answer: bool = True) -> Agent[AgentContext[TurnContext]]:
+    """The model is not set here: the worker's RunConfig supplies the provider (offline or a real one).
+    `widget_tools_answer` False: the model is called again after a widget tool, to write the reply's line."""
     return Agent[AgentContext[TurnContext]](
         name="Task",
         instructions=INSTRUCTIONS,
         handoff_description="Adds, lists, completes, reopens, renames, assigns and deletes the team's tasks.",
         tools=list(TASK_TOOLS),
+        tool_use_behavior=StopAtTools(stop_at_tool_names=WIDGET_ANSWER_TOOLS)
+        if widget_tools_answer
+        else "run_llm_again",
     )

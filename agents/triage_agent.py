@@ -26,5 +26,9 @@ def build_triage_agent() -> Agent[AgentContext[TurnContext]]:
     return Agent[AgentContext[TurnContext]](
         name="Triage",
         instructions=INSTRUCTIONS,
+        handoff_description=(
+            "Answers greetings, thanks, small talk and questions about what the assistant can do; takes back any "
+            "message that is about neither the team's tasks nor its documents."
+        ),
         handoffs=[cross_worker_handoff(build_task_agent()), cross_worker_handoff(build_research_agent())],
     )

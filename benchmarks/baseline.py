@@ -39,6 +39,7 @@ from kitrelay.agents.handoffs import StopsAtHandoff
 from kitrelay.agents.providers import model_for, model_provider
 from kitrelay.agents.registry import action_handler, build_agent, kind_of
 from kitrelay.agents.stream_ids import with_real_ids
+from kitrelay.agents.tool_answers import with_tool_answer
 from kitrelay.gateway.process import process_parsed
 from kitrelay.gateway.requests import parse_request
 from kitrelay.services.knowledge import KnowledgeService
@@ -69,7 +70,12 @@ class InProcessServer(ChatKitServer[BaselineContext]):
         self._knowledge = KnowledgeService(sessions)
         self._settings = settings
         self._provider = model_provider(settings)
-        self._agents = {kind: build_agent(kind) for kind in ("triage", "task", "research")}
+        # The same agents as the workers: a run that ends at a widget tool ends there in both designs (it is the
+        # agent's definition, not the deployment's).
+        self._agents = {
+            kind: build_agent(kind, widget_tools_answer=settings.WIDGET_TOOLS_ANSWER)
+            for kind in ("triage", "task", "research")
+        }
 
     def _turn_context(self, thread: ThreadMetadata, context: BaselineContext) -> TurnContext:
         return TurnContext(
@@ -100,9 +106,13 @@ class InProcessServer(ChatKitServer[BaselineContext]):
                 ),
             )
             run = StopsAtHandoff(result)
-            events = with_real_ids(
-                stream_agent_response(agent_context, run.streamed()),
-                lambda: self._agent_store.generate_item_id("message", thread, turn),
+            events = with_tool_answer(
+                with_real_ids(
+                    stream_agent_response(agent_context, run.streamed()),
+                    lambda: self._agent_store.generate_item_id("message", thread, turn),
+                ),
+                result,
+                agent_context,
             )
             async for event in events:
                 new_id = functools.partial(self._agent_store.generate_item_id, "message", thread, turn)

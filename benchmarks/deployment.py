@@ -140,10 +140,12 @@ def kitrelay_deployment(
     workers: tuple[str, ...] = ("triage", "task", "research"),
     feeder_args: list[str] | None = None,
     pg_server: str | None = None,
+    name: str = "kitrelay",
 ) -> Iterator[Deployment]:
     """The embedded default: one gateway and `workers` as separate processes (tests/system.py, as `kitrelay up`
     runs them) on a fresh SQLite and a namespace of their own, removed afterwards. With `feeder_args`, the stream
-    feeder (benchmarks/feeder.py) takes the triage worker's place."""
+    feeder (benchmarks/feeder.py) takes the triage worker's place. `name` tells it from another kitrelay deployment
+    of the same run (other settings)."""
     namespace = f"bench{secrets.token_hex(4)}"
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -169,21 +171,23 @@ def kitrelay_deployment(
                     start_new_session=True,
                 )
                 system.processes["feeder"] = feeder  # stopped with the rest
-            yield Deployment("kitrelay", system.base_url, {name: p.pid for name, p in system.processes.items()})
+            yield Deployment(name, system.base_url, {process: p.pid for process, p in system.processes.items()})
     finally:
         cleanup_nats_namespace(nats_url, namespace)
         cleanup_redis_namespace(redis_url, namespace)
 
 
 @contextmanager
-def baseline_deployment(*, work_dir: Path, env: dict[str, str], pg_server: str | None = None) -> Iterator[Deployment]:
+def baseline_deployment(
+    *, work_dir: Path, env: dict[str, str], pg_server: str | None = None, name: str = "baseline"
+) -> Iterator[Deployment]:
     """benchmarks/baseline.py in its own process on its own fresh database."""
     work_dir.mkdir(parents=True, exist_ok=True)
     with fresh_database(work_dir / "baseline.db", pg_server) as database_url:
-        yield from _baseline(work_dir, env, database_url)
+        yield from _baseline(work_dir, env, database_url, name)
 
 
-def _baseline(work_dir: Path, env: dict[str, str], database_url: str) -> Iterator[Deployment]:
+def _baseline(work_dir: Path, env: dict[str, str], database_url: str, name: str) -> Iterator[Deployment]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.baseline", "--port", str(port)],
@@ -195,7 +199,7 @@ def _baseline(work_dir: Path, env: dict[str, str], database_url: str) -> Iterato
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc, work_dir / "baseline.log", name="baseline")
-        yield Deployment("baseline", url, {"baseline": proc.pid})
+        yield Deployment(name, url, {"baseline": proc.pid})
     finally:
         proc.terminate()
         try:

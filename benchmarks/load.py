@@ -5,9 +5,11 @@ against the in-process baseline (benchmarks/baseline.py), with the figures side 
     .venv/bin/python -m benchmarks.load --scenario latency --scenario throughput --token-delay-ms 30
     .venv/bin/python -m benchmarks.load --url http://127.0.0.1:8000 --scenario throughput   # a running deployment
 
-Scenarios: `latency` (1 user, no token delay), `throughput` (50 users, no token delay), `streams` (2,000 open
-streams on one gateway, 50 ms per token, fed by benchmarks/feeder.py), `relay` (events/s one gateway relays, fed
-as fast as the feeder writes). See benchmarks/README.md for what each one measures and drives.
+Scenarios: `latency` (1 user, no token delay), `throughput` (50 users, no token delay), `first_token` (1 user, a
+model's time to first token imitated: sticky routing against "always triage"), `model` (model calls, tokens and
+cost per message, counted by a local OpenAI-compatible server), `streams` (2,000 open streams on one gateway, 50 ms
+per token, fed by benchmarks/feeder.py), `relay` (events/s one gateway relays, fed as fast as the feeder writes).
+See benchmarks/README.md for what each one measures and drives.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,9 +48,21 @@ from benchmarks.deployment import (
 from benchmarks.feeder import HOLD_TIMEOUT_S
 from benchmarks.stats import RunResult, machine
 from benchmarks.users import SseUser, TurnSample, conversation, create_request, new_session
+from tests.fakes.openai_server import FakeOpenAIServer, running_fake_openai
 
-SCENARIOS = ("latency", "throughput", "streams", "relay")
+SCENARIOS = ("latency", "throughput", "first_token", "model", "streams", "relay")
 TURNS_PER_CONVERSATION = 5
+# "Today's" design in the side-by-side runs: every message starts at triage (and, for the model calls, the model
+# writes the line after a widget tool), as before issue 33.
+ALWAYS_TRIAGE = {"STICKY_ROUTING": "false"}
+BEFORE_33 = {"STICKY_ROUTING": "false", "WIDGET_TOOLS_ANSWER": "false"}
+# Targets (issue 33).
+LATENCY_LIMIT_MS = 3.0
+THROUGHPUT_RATIO = 1.3
+CPU_RATIO = 1.2
+FIRST_TOKEN_RATIO = 0.6
+MODEL_CALLS_RATIO = 0.7
+FAKE_KEY = "bench-key"
 # Hundreds of turns at once on 2 cores queue for longer than a turn's default start and handoff deadlines: that
 # is backpressure (KEDA adds workers in a cluster), not what is measured here. The stream feeder holds every turn
 # until all of its scenario's streams are open (up to feeder.HOLD_TIMEOUT_S): their start deadline outlasts that.
@@ -86,15 +101,24 @@ def _progress() -> Progress:
 
 
 async def drive_conversations(
-    target: Deployment, *, scenario: str, users: int, conversations: int, turn_timeout_s: float
+    target: Deployment,
+    *,
+    scenario: str,
+    users: int,
+    conversations: int,
+    turn_timeout_s: float,
+    warmed: Callable[[], None] | None = None,
 ) -> RunResult:
-    """`users` users at once, each holding `conversations` conversations one after another."""
+    """`users` users at once, each holding `conversations` conversations one after another (`warmed` is called
+    once the unmeasured warm-up conversation is over)."""
     async with new_session(users + 10) as http:
         # Not measured: the first turn of each kind pays for imports, caches and connection set-up.
         warm = SseUser(http, target.base_url, turn_timeout_s=turn_timeout_s)
         warm_samples = await conversation(warm, "warm-up")
         if failed := [s.error for s in warm_samples if s.error]:
             raise RuntimeError(f"{target.name} warm-up failed: {failed[0]}")
+        if warmed is not None:
+            warmed()
         monitor = ProcessMonitor(target.pids)
         with _progress() as progress:
             task = progress.add_task(f"{target.name} {scenario}", total=users * conversations * TURNS_PER_CONVERSATION)
@@ -244,12 +268,18 @@ def _env(token_delay_ms: float, log_level: str) -> dict[str, str]:
 
 @contextmanager
 def _deployment(
-    args: argparse.Namespace, work: Path, name: str, *, feeder_args: list[str] | None = None
+    args: argparse.Namespace,
+    work: Path,
+    name: str,
+    *,
+    feeder_args: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
+    deployment: str = "kitrelay",
 ) -> Iterator[Deployment]:
     if args.url:
-        yield Deployment("kitrelay", args.url)
+        yield Deployment(deployment, args.url)
         return
-    env = _env(args.token_delay_ms, args.log_level)
+    env = {**_env(args.token_delay_ms, args.log_level), **(extra_env or {})}
     with local_servers(args.nats, args.redis, work / "servers") as (nats_url, redis_url):
         workers: tuple[str, ...] = ("triage", "task", "research") if feeder_args is None else ()
         with kitrelay_deployment(
@@ -260,8 +290,9 @@ def _deployment(
             workers=workers,
             feeder_args=feeder_args,
             pg_server=args.pg,
-        ) as deployment:
-            yield deployment
+            name=deployment,
+        ) as started:
+            yield started
 
 
 def run_conversation_scenarios(args: argparse.Namespace, work: Path, scenarios: list[str]) -> list[RunResult]:
@@ -292,12 +323,124 @@ def run_conversation_scenarios(args: argparse.Namespace, work: Path, scenarios: 
     return [RunResult.pooled(parts) for parts in runs.values()]
 
 
-def _baseline(args: argparse.Namespace, work: Path) -> contextlib.AbstractContextManager[Deployment]:
+def _baseline(
+    args: argparse.Namespace, work: Path, extra_env: dict[str, str] | None = None, folder: str = "baseline"
+) -> contextlib.AbstractContextManager[Deployment]:
     if args.baseline_url:
         return _nullcontext(Deployment("baseline", args.baseline_url))
-    return baseline_deployment(
-        work_dir=work / "baseline", env=_env(args.token_delay_ms, args.log_level), pg_server=args.pg
+    env = {**_env(args.token_delay_ms, args.log_level), **(extra_env or {})}
+    return baseline_deployment(work_dir=work / folder, env=env, pg_server=args.pg)
+
+
+def _in_turn(args: argparse.Namespace, targets: list[Deployment], scenario: str, conversations: int) -> list[RunResult]:
+    """One user's `conversations` against each target, `--rounds` times, each target first in turn; pooled."""
+    runs: dict[str, list[RunResult]] = {}
+    for round_no in range(args.rounds):
+        shift = round_no % len(targets)
+        for target in targets[shift:] + targets[:shift]:
+            result = uvloop.run(
+                drive_conversations(
+                    target, scenario=scenario, users=1, conversations=conversations, turn_timeout_s=args.turn_timeout_s
+                )
+            )
+            runs.setdefault(result.deployment, []).append(result)
+    return [RunResult.pooled(parts) for parts in runs.values()]
+
+
+def run_first_token_scenario(args: argparse.Namespace, work: Path) -> list[RunResult]:
+    """One user, the offline model waiting `--first-token-ms` before each answer's first output, as a real model's
+    time to first token: kitrelay with sticky routing and kitrelay with every message at triage (the switch that
+    restores it), side by side in one run, and the baseline."""
+    delay = {"OFFLINE_FIRST_TOKEN_MS": f"{args.first_token_ms:g}"}
+    with contextlib.ExitStack() as stack:
+        targets = [
+            stack.enter_context(_deployment(args, work, "first-token", extra_env=delay)),
+            stack.enter_context(
+                _deployment(
+                    args, work, "first-token-triage", extra_env={**delay, **ALWAYS_TRIAGE}, deployment="kitrelay-triage"
+                )
+            ),
+        ]
+        if not args.no_baseline:
+            targets.append(stack.enter_context(_baseline(args, work, delay, "first-token-baseline")))
+        return _in_turn(args, targets, "first_token", args.first_token_conversations)
+
+
+def run_model_scenario(args: argparse.Namespace, work: Path) -> list[RunResult]:
+    """Model calls, tokens and cost per user message: each deployment's agents talk to a local OpenAI-compatible
+    server of their own (the Responses API, as with OpenAI), which answers as the offline model would and counts
+    every call with the tokens it would be billed. kitrelay, kitrelay as before issue 33 (every message at triage,
+    the model writing the line after a widget tool), and the baseline."""
+    config = tomllib.loads(args.config.read_text())
+    prices: dict[str, dict[str, float]] = config["prices"]
+    kinds: dict[str, str] = config["model_scenario"]
+    variants = [("kitrelay", {}, False), ("kitrelay-before", BEFORE_33, False)]
+    if not args.no_baseline:
+        variants.append(("baseline", {}, True))
+    results: list[RunResult] = []
+    for name, settings, in_process in variants:
+        with running_fake_openai(api_key=FAKE_KEY) as fake:
+            env = {
+                "LLM_PROVIDER": "openai",
+                "OPENAI_API_KEY": FAKE_KEY,
+                "OPENAI_BASE_URL": fake.base_url,
+                "TRIAGE_MODEL": kinds["triage"],
+                "TASK_MODEL": kinds["task"],
+                "RESEARCH_MODEL": kinds["research"],
+                **settings,
+            }
+            started = (
+                _baseline(args, work, env, f"model-{name}")
+                if in_process
+                else _deployment(args, work, f"model-{name}", extra_env=env, deployment=name)
+            )
+            with started as target:
+                counted_from = 0
+
+                def warmed(server: FakeOpenAIServer = fake) -> None:
+                    nonlocal counted_from
+                    counted_from = len(server.answered)
+
+                result = uvloop.run(
+                    drive_conversations(
+                        target,
+                        scenario="model",
+                        users=1,
+                        conversations=args.model_conversations,
+                        turn_timeout_s=args.turn_timeout_s,
+                        warmed=warmed,
+                    )
+                )
+            result.extra.update(model_figures(fake, counted_from, result.samples, prices))
+        results.append(result)
+    return results
+
+
+def model_figures(
+    fake: FakeOpenAIServer, since: int, samples: list[TurnSample], prices: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    calls = fake.answered[since:]
+    messages = sum(1 for s in samples if s.kind != "widget_action" and s.error is None)
+    unpriced = sorted({call.model for call in calls if call.model not in prices})
+    dollars = (
+        sum(
+            call.input_tokens * prices[call.model]["input"] + call.output_tokens * prices[call.model]["output"]
+            for call in calls
+            if call.model in prices
+        )
+        / 1_000_000
     )
+    per = 1 / messages if messages else float("nan")
+    return {
+        "messages": messages,
+        "model_calls": len(calls),
+        "model_calls_per_message": round(len(calls) * per, 3),
+        "input_tokens_per_message": round(sum(c.input_tokens for c in calls) * per, 1),
+        "output_tokens_per_message": round(sum(c.output_tokens for c in calls) * per, 1),
+        "cost_per_1000_messages_usd": round(dollars * per * 1000, 4),
+        "models": sorted({call.model for call in calls}),
+        **({"unpriced_models": unpriced} if unpriced else {}),
+    }
 
 
 @contextmanager
@@ -332,19 +475,54 @@ def evaluate(summaries: list[dict[str, Any]]) -> list[Target]:
     by = {(s["deployment"], s["scenario"]): s for s in summaries}
     targets: list[Target] = []
     if (k := by.get(("kitrelay", "latency"))) and (b := by.get(("baseline", "latency"))):
-        limit = b["first_event_ms_p50"] + 3
+        limit = b["first_answer_ms_p50"] + LATENCY_LIMIT_MS
         targets.append(
             Target(
                 "latency",
-                "time to first event p50 <= baseline + 3 ms",
-                f"{k['first_event_ms_p50']:.2f} ms vs limit {limit:.2f} ms",
-                k["errors"] == 0 and k["first_event_ms_p50"] <= limit,
+                f"time to first answer event p50 <= baseline + {LATENCY_LIMIT_MS:g} ms",
+                f"{k['first_answer_ms_p50']:.2f} ms vs limit {limit:.2f} ms",
+                k["errors"] == 0 and k["first_answer_ms_p50"] <= limit,
             )
         )
     if (k := by.get(("kitrelay", "throughput"))) and (b := by.get(("baseline", "throughput"))):
         ratio = k["turns_per_s"] / b["turns_per_s"] if b["turns_per_s"] else 0.0
         targets.append(
-            Target("throughput", "turns/s >= 1.0x baseline", f"{ratio:.2f}x", k["errors"] == 0 and ratio >= 1.0)
+            Target(
+                "throughput",
+                f"turns/s >= {THROUGHPUT_RATIO:g}x baseline",
+                f"{ratio:.2f}x",
+                k["errors"] == 0 and ratio >= THROUGHPUT_RATIO,
+            )
+        )
+        cpu = k["cpu_ms_per_turn_all"] / b["cpu_ms_per_turn_all"] if b["cpu_ms_per_turn_all"] else float("inf")
+        targets.append(
+            Target(
+                "throughput",
+                f"CPU per turn, gateway + workers <= {CPU_RATIO:g}x baseline",
+                f"{k['cpu_ms_per_turn_all']:.1f} vs {b['cpu_ms_per_turn_all']:.1f} ms ({cpu:.2f}x)",
+                cpu <= CPU_RATIO,
+            )
+        )
+    if (k := by.get(("kitrelay", "first_token"))) and (t := by.get(("kitrelay-triage", "first_token"))):
+        sticky, always = k["follow_up_first_answer_ms_p50"], t["follow_up_first_answer_ms_p50"]
+        ratio = sticky / always
+        targets.append(
+            Target(
+                "first_token",
+                f"follow-up messages: first answer event p50 <= {FIRST_TOKEN_RATIO:g}x always-triage",
+                f"{sticky:.0f} vs {always:.0f} ms ({ratio:.2f}x)",
+                k["errors"] == 0 and ratio <= FIRST_TOKEN_RATIO,
+            )
+        )
+    if (k := by.get(("kitrelay", "model"))) and (t := by.get(("kitrelay-before", "model"))):
+        ratio = k["model_calls_per_message"] / t["model_calls_per_message"]
+        targets.append(
+            Target(
+                "model",
+                f"model calls per user message <= {MODEL_CALLS_RATIO:g}x before issue 33",
+                f"{k['model_calls_per_message']:.2f} vs {t['model_calls_per_message']:.2f} ({ratio:.2f}x)",
+                k["errors"] == 0 and ratio <= MODEL_CALLS_RATIO,
+            )
         )
     if k := by.get(("kitrelay", "streams")):
         kb = k.get("gateway_kb_per_open_stream", float("inf"))
@@ -378,11 +556,25 @@ _ROWS = (
     ("errors", "errors", "{:.0f}"),
     ("time to first event p50 (ms)", "first_event_ms_p50", "{:.2f}"),
     ("time to first event p99 (ms)", "first_event_ms_p99", "{:.2f}"),
+    ("time to first answer event p50 (ms)", "first_answer_ms_p50", "{:.2f}"),
+    ("time to first answer event p99 (ms)", "first_answer_ms_p99", "{:.2f}"),
+    ("follow-ups: first answer event p50 (ms)", "follow_up_first_answer_ms_p50", "{:.2f}"),
+    ("follow-ups: first event p50 (ms)", "follow_up_first_event_ms_p50", "{:.2f}"),
     ("time between events p99 (ms)", "event_gap_ms_p99", "{:.2f}"),
     ("turn duration p50 (ms)", "turn_ms_p50", "{:.1f}"),
     ("turn duration p99 (ms)", "turn_ms_p99", "{:.1f}"),
     ("turns/s", "turns_per_s", "{:.2f}"),
     ("events/s (client)", "events_per_s", "{:.0f}"),
+    ("CPU ms per turn, all processes", "cpu_ms_per_turn_all", "{:.1f}"),
+)
+_MODEL_ROWS = (
+    ("user messages", "messages", "{:.0f}"),
+    ("model calls", "model_calls", "{:.0f}"),
+    ("model calls per message", "model_calls_per_message", "{:.2f}"),
+    ("input tokens per message", "input_tokens_per_message", "{:.0f}"),
+    ("output tokens per message", "output_tokens_per_message", "{:.0f}"),
+    ("cost per 1,000 messages (USD)", "cost_per_1000_messages_usd", "{:.4f}"),
+    ("first answer event p50 (ms)", "first_answer_ms_p50", "{:.1f}"),
 )
 
 
@@ -425,10 +617,34 @@ def _scenario_table(k: dict[str, Any], b: dict[str, Any] | None) -> Table:
     return table
 
 
+def _side_by_side(title: str, runs: list[dict[str, Any]], rows: tuple[tuple[str, str, str], ...]) -> Table:
+    """Several deployments of one scenario, a column each (first_token, model)."""
+    table = Table(title=title)
+    table.add_column("")
+    for run in runs:
+        table.add_column(run["deployment"], justify="right")
+    for label, key, fmt in rows:
+        table.add_row(label, *[_fmt(fmt, run.get(key)) for run in runs])
+    table.add_row(
+        "CPU ms/turn", *[", ".join(f"{n} {p['cpu_ms_per_turn']}" for n, p in run["processes"].items()) for run in runs]
+    )
+    return table
+
+
 def print_report(summaries: list[dict[str, Any]], targets: list[Target]) -> None:
     for scenario in SCENARIOS:
         k = next((s for s in summaries if s["scenario"] == scenario and s["deployment"] == "kitrelay"), None)
         b = next((s for s in summaries if s["scenario"] == scenario and s["deployment"] == "baseline"), None)
+        if scenario in ("first_token", "model"):
+            runs = [s for s in summaries if s["scenario"] == scenario]
+            if runs:
+                title = (
+                    "first_token: 1 user, a model's time to first token imitated"
+                    if scenario == "first_token"
+                    else "model: calls and tokens per user message, counted by a local OpenAI-compatible server"
+                )
+                console.print(_side_by_side(title, runs, _ROWS[2:8] if scenario == "first_token" else _MODEL_ROWS))
+            continue
         if k is not None:
             console.print(_scenario_table(k, b))
     targets_table = Table(title="targets")
@@ -449,6 +665,14 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--conversations", type=int, default=2, help="throughput: conversations per user")
     parser.add_argument("--latency-conversations", type=int, default=20, help="latency: conversations of the user")
     parser.add_argument("--token-delay-ms", type=float, default=0.0, help="the offline model's per-token delay")
+    parser.add_argument(
+        "--first-token-ms", type=float, default=300.0, help="first_token: the offline model's time to first token"
+    )
+    parser.add_argument("--first-token-conversations", type=int, default=4, help="first_token: conversations a round")
+    parser.add_argument("--model-conversations", type=int, default=5, help="model: conversations counted")
+    parser.add_argument(
+        "--config", type=Path, default=Path(__file__).with_name("config.toml"), help="model prices (model scenario)"
+    )
     parser.add_argument("--streams", type=int, default=2000, help="streams: open streams")
     parser.add_argument("--stream-tokens", type=int, default=600, help="streams: deltas per reply")
     parser.add_argument("--stream-token-delay-ms", type=float, default=50.0)
@@ -514,6 +738,13 @@ def main(argv: list[str] | None = None) -> int:
         conversational = [s for s in scenarios if s in ("latency", "throughput")]
         if conversational:
             results += run_conversation_scenarios(args, work, conversational)
+        side_by_side = [s for s in scenarios if s in ("first_token", "model")]
+        if side_by_side and args.url:
+            console.print("first_token and model start deployments of their own: left out with --url")
+        elif "first_token" in side_by_side:
+            results += run_first_token_scenario(args, work)
+        if "model" in side_by_side and not args.url:
+            results += run_model_scenario(args, work)
         for scenario in (s for s in scenarios if s in ("streams", "relay")):
             results.append(run_stream_scenario(args, work, scenario))
     summaries = [r.summary() for r in results]

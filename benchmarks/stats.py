@@ -75,6 +75,9 @@ class RunResult:
     def summary(self) -> dict[str, Any]:
         ok = [s for s in self.samples if s.error is None]
         firsts = [s.first_event_s for s in ok if s.first_event_s is not None]
+        answers = [s.first_answer_s for s in ok if s.first_answer_s is not None]
+        follow_ups = [s.first_answer_s for s in ok if s.follow_up and s.first_answer_s is not None]
+        follow_up_events = [s.first_event_s for s in ok if s.follow_up and s.first_event_s is not None]
         gaps = self.gaps_s if self.gaps_s is not None else [g for s in ok for g in s.gaps_s]
         durations = [s.duration_s for s in ok]
         turns = len(self.samples)
@@ -102,6 +105,10 @@ class RunResult:
             "events_per_s": round(events / self.wall_s, 1) if self.wall_s else None,
             "first_event_ms_p50": ms(percentile(firsts, 0.5)),
             "first_event_ms_p99": ms(percentile(firsts, 0.99)),
+            "first_answer_ms_p50": ms(percentile(answers, 0.5)),
+            "first_answer_ms_p99": ms(percentile(answers, 0.99)),
+            "follow_up_first_answer_ms_p50": ms(percentile(follow_ups, 0.5)),
+            "follow_up_first_event_ms_p50": ms(percentile(follow_up_events, 0.5)),
             "event_gap_ms_p50": ms(percentile(gaps, 0.5)),
             "event_gap_ms_p90": ms(percentile(gaps, 0.9)),
             "event_gap_ms_p99": ms(percentile(gaps, 0.99)),
@@ -112,6 +119,13 @@ class RunResult:
                 kind: ms(percentile([s.first_event_s for s in ok if s.kind == kind and s.first_event_s], 0.5))
                 for kind in sorted({s.kind for s in ok})
             },
+            "by_kind_first_answer_ms_p50": {
+                kind: ms(percentile([s.first_answer_s for s in ok if s.kind == kind and s.first_answer_s], 0.5))
+                for kind in sorted({s.kind for s in ok})
+            },
+            "cpu_ms_per_turn_all": round(sum(u.cpu_s for u in self.usage.values()) * 1000 / turns, 3)
+            if turns
+            else None,
             "processes": processes,
             **self.extra,
             **({"rounds": [_round_figures(run.summary()) for run in self.rounds]} if self.rounds else {}),
@@ -119,7 +133,16 @@ class RunResult:
 
 
 def _round_figures(summary: dict[str, Any]) -> dict[str, Any]:
-    keys = ("turns", "errors", "turns_per_s", "first_event_ms_p50", "first_event_ms_p99", "turn_ms_p50")
+    keys = (
+        "turns",
+        "errors",
+        "turns_per_s",
+        "first_event_ms_p50",
+        "first_event_ms_p99",
+        "first_answer_ms_p50",
+        "follow_up_first_answer_ms_p50",
+        "turn_ms_p50",
+    )
     cpu = {name: figures["cpu_ms_per_turn"] for name, figures in summary["processes"].items()}
     return {**{key: summary[key] for key in keys}, "cpu_ms_per_turn": cpu}
 

@@ -2,8 +2,9 @@
 streams read without parsing their events use a bare asyncio protocol and httptools' response parser instead).
 
 A user holds conversations: create a thread by adding a task, add another, list the tasks (a widget), click a
-task in that widget (`threads.custom_action`), and ask research a question. Every turn is timed: time to its first
-agent event, the gaps between its events, its duration.
+task in that widget (`threads.custom_action`), and ask research a question: four messages and a click. Every turn
+is timed: time to its first agent event and to its answer's first event, the gaps between its events, its
+duration.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ class TurnSample:
     kind: str
     started: float  # monotonic, when the request went out
     first_event_s: float | None = None
+    # To the first frame of the answer: the first that is neither the opening nor a progress line ("Handing over
+    # to Task…"). The seed's design shows no line at a handoff (the SDK's handoffs make no ChatKit event): this is
+    # what both designs' users wait for.
+    first_answer_s: float | None = None
+    # A message on a thread that already has an answer (not the thread's first, not a widget click).
+    follow_up: bool = False
     duration_s: float = 0.0
     gaps_s: list[float] = field(default_factory=list)
     events: int = 0
@@ -245,6 +252,8 @@ class _TurnReader:
             if event.get("type") == "error" and sample.error is None:
                 sample.error = f"error event: {event.get('message')}"
             sample.events += 1
+            if sample.first_answer_s is None and event.get("type") != "progress_update":
+                sample.first_answer_s = now - sample.started
             if self.last is None:
                 sample.first_event_s = now - sample.started
             else:
@@ -341,9 +350,11 @@ async def conversation(user: SseUser, label: str) -> list[TurnSample]:
     if not ok(sample) or thread_id is None:
         return samples
     sample, _ = await user.turn("add_task", _send(thread_id, f"add task review {label}"))
+    sample.follow_up = True
     if not ok(sample):
         return samples
     sample, events = await user.turn("list_tasks", _send(thread_id, "list my tasks"))
+    sample.follow_up = True
     if not ok(sample):
         return samples
     click = _find_click(events)
@@ -359,6 +370,7 @@ async def conversation(user: SseUser, label: str) -> list[TurnSample]:
     if not ok(sample):
         return samples
     sample, _ = await user.turn("research", _send(thread_id, RESEARCH_QUESTION))
+    sample.follow_up = True
     ok(sample)
     return samples
 

@@ -190,3 +190,17 @@ def error_frame_with_message(frame: bytes) -> bytes:
     event = json.loads(frame.removeprefix(b"data: "))
     event["message"] = STREAM_ERROR_MESSAGE if event.get("allow_retry") else STREAM_ERROR_MESSAGE_NO_RETRY
     return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+
+def outage_frame(exc: Exception) -> bytes | None:
+    """The SSE error event for a stream that met an outage, in words; None when `exc` is no outage."""
+    away = _server_away(exc)
+    if away is None:
+        return None
+    event = {
+        "type": "error",
+        "code": "stream.error",
+        "message": f"The {away} cannot be reached right now, so this could not be done. Please try again shortly.",
+        "allow_retry": True,
+    }
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"

@@ -49,6 +49,7 @@ HUB_TICK_S = 1.0
 # `StreamHubs`). More hubs hand out smaller replies in turn: with 2,000 streams at 20 events/s each, a stream's
 # longest gaps (p99) were 100-120 ms with 4 hubs, 98 with 8, 90 with 16, 91 with 32 (benchmarks/README.md).
 HUB_SHARDS = 16
+HUB_STOP_TIMEOUT_S = 5.0
 
 
 class TurnTimeoutError(Exception):
@@ -196,13 +197,15 @@ class StreamHub:
             self._ticker = asyncio.create_task(self._tick_forever(), name="turn stream hub ticks")
 
     async def stop(self) -> None:
-        for task in (self._task, self._waking, self._ticker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        tasks = [task for task in (self._task, self._waking, self._ticker) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Not waited for past a bound: redis-py may take a cancellation for a lost connection and try again.
+            await asyncio.wait(tasks, timeout=HUB_STOP_TIMEOUT_S)
         self._task = self._ticker = None
-        await self._reader.aclose()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._reader.aclose(), HUB_STOP_TIMEOUT_S)
 
     async def _tick_forever(self) -> None:
         while True:
@@ -465,10 +468,10 @@ class StreamHubs:
         return self._client_for(tag)
 
     async def stop(self) -> None:
-        for hub in self._all():
-            await hub.stop()
+        await asyncio.gather(*(hub.stop() for hub in self._all()))
         for client in self._node_clients.values():
-            await client.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.aclose(), HUB_STOP_TIMEOUT_S)
 
 
 def _moved(exc: ResponseError) -> bool:

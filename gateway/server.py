@@ -39,7 +39,8 @@ from kitrelay.services.feedback import FeedbackService
 from kitrelay.shared.messages import TurnRequest, WidgetAction
 from kitrelay.shared.metrics import TIME_TO_FIRST_EVENT, TURNS_IN_FLIGHT
 from kitrelay.shared.names import action_agent
-from kitrelay.shared.store.chatkit_store import thread_metadata
+from kitrelay.shared.settings import AgentKind
+from kitrelay.shared.store.chatkit_store import thread_metadata, thread_route
 from kitrelay.shared.telemetry import tracer
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
         relay: TurnRelay,
     ) -> None:
         super().__init__(store, attachment_store)
+        self._threads = store
         self._feedback = feedback
         self.relay = relay
 
@@ -73,13 +75,19 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
             turn_id=context.turn_id_for(thread.id),
             thread_id=thread.id,
             identity=context.identity,
-            agent=self.relay.config.entry_agent,
+            agent=self._route(thread_route(thread)),
             user_item_id=input_user_message.id if input_user_message else None,
             thread=thread_metadata(thread),
             user_item=input_user_message,
         )
-        async for event in self._run(turn, context):
+        async for event in self._run(turn, context, routed=True):
             yield event
+
+    def _route(self, route: AgentKind | None) -> AgentKind:
+        """Where a message goes: the kind that answered the thread's last message (sticky routing), else the
+        entry agent (a new thread, or one whose last answer came from no agent)."""
+        config = self.relay.config
+        return route if config.sticky_routing and route is not None else config.entry_agent
 
     async def action(
         self, thread: ThreadMetadata, action: Action[str, Any], sender: WidgetItem | None, context: RequestContext
@@ -100,7 +108,11 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
         async for event in self._run(turn, context):
             yield event
 
-    async def _run(self, turn: TurnRequest, context: RequestContext) -> AsyncIterator[ThreadStreamEvent]:
+    async def _run(
+        self, turn: TurnRequest, context: RequestContext, *, routed: bool = False
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        """Admit, hand over and relay `turn`. A `routed` turn (a message, not a widget action) that had to wait for
+        the thread's previous turn goes where that turn left the thread's route."""
         context.relay_active = True
         # The root of the turn's trace on this side (under the HTTP request's span): the span is made current only
         # around code that does not yield, since a generator may resume in another context.
@@ -115,8 +127,10 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
         )
         handed_over = False
         try:
+            waited = False
             try:
                 async for waiting in self.relay.admit(turn, ahead=context.claim_ahead):
+                    waited = True
                     yield waiting
             except TurnRejectedError:
                 span.set_status(Status(StatusCode.ERROR, "rejected: the thread is busy"))
@@ -127,6 +141,14 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
                 await self.relay.not_started(turn, context.take_held(), "Redis stayed away")
                 yield ErrorEvent(code="custom", message=str(exc), allow_retry=True)
                 return
+            if routed and waited and self.relay.config.sticky_routing:
+                # The route was read before the previous turn ended, which may have changed it.
+                turn.agent = self._route(await self._threads.route_of(turn.thread_id, context))
+                span.set_attribute("kitrelay.agent", turn.agent)
+            if routed:
+                span.set_attribute(
+                    "kitrelay.routed", "entry" if turn.agent == self.relay.config.entry_agent else "thread"
+                )
             held = context.take_held()
             try:
                 with trace.use_span(span, end_on_exit=False):

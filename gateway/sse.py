@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from kitrelay.gateway.context import RelayedFrames, RequestContext
-from kitrelay.gateway.errors import error_frame_with_message
+from kitrelay.gateway.errors import error_frame_with_message, outage_frame
 from kitrelay.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,13 @@ async def _opening(result: StreamingResult, context: RequestContext) -> AsyncGen
         try:
             async for frame in result:
                 frames.put_nowait(error_frame_with_message(frame))
+        except Exception as exc:
+            if (frame := outage_frame(exc)) is None:
+                raise
+            # A server the SDK needed is away (the database restarting): the stream, already answered 200, ends
+            # with an error event that says so, rather than being cut.
+            log.warning("a ChatKit stream's opening met an outage: %r", exc)
+            frames.put_nowait(frame)
         finally:
             # A user's message no turn took (refused, or the SDK failed before the turn started) is still saved,
             # and a claim no turn took is given back: every stream that can hold one runs here.

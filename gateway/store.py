@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from kitrelay.agents.task_views import redraw_in_place
 from kitrelay.gateway.context import HeldMessage, RequestContext
 from kitrelay.services.tasks import TaskService
-from kitrelay.shared.store.chatkit_store import SqlStore
+from kitrelay.shared.settings import AgentKind
+from kitrelay.shared.store.chatkit_store import SqlStore, thread_route
 
 
 class GatewayStore(SqlStore[RequestContext]):
@@ -44,6 +45,10 @@ class GatewayStore(SqlStore[RequestContext]):
             seen = context.threads[thread_id] = await super().load_thread(thread_id, context)
         # A copy each time: the SDK changes the thread it gets (its title, its status) before saving it.
         return seen.model_copy(deep=True)
+
+    async def route_of(self, thread_id: str, context: RequestContext) -> AgentKind | None:
+        """The thread's route as stored now (not as this request first read it)."""
+        return thread_route(await super().load_thread(thread_id, context))
 
     async def save_thread(self, thread: ThreadMetadata, context: RequestContext) -> None:
         context.threads.pop(thread.id, None)

@@ -117,6 +117,8 @@ class RelayConfig:
     watch_ttl_s: float
     cancel_confirm_s: float
     closed_ttl_s: int = 3600
+    # A thread's next message goes to the kind that answered its last (Settings.STICKY_ROUTING).
+    sticky_routing: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RelayConfig:
@@ -135,6 +137,7 @@ class RelayConfig:
             watch_ttl_s=settings.DETACHED_GRACE_S,
             cancel_confirm_s=settings.CANCEL_CONFIRM_TIMEOUT_S,
             closed_ttl_s=settings.TURN_STREAM_TTL_S,
+            sticky_routing=settings.STICKY_ROUTING,
         )
 
 

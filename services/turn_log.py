@@ -8,9 +8,11 @@ time takes the whole queue as one entry (a pack). A model slower than a write ge
 a fast model (or a busy worker) gets a write per round trip instead of one per token. Every other event first
 waits for the queue to be written, so the stream keeps the order the agent produced.
 
-A finished reply or widget (`thread.item.done`/`replaced` of an assistant message or a widget) is held until the
-next event: it is then saved and published as usual, but when the turn ends instead, it is saved in the same
-transaction as the turn's end and published in the same round trip, a write transaction less per turn.
+A finished reply or widget (`thread.item.done`/`replaced`) is held until the next event: it is then saved and
+published as usual, but when the turn ends instead, it is saved in the same transaction as the turn's end and
+published in the same round trip, a write transaction less per turn. Hidden items (a tool's result the model reads
+on later turns) are saved, never published (no client is shown them), with the held item before them (a widget and
+its tool's result: one transaction) or with the next write.
 
 The user's message the turn answers (`question`) is saved with the first write of every hop to the store, before
 anything the hop writes, and at the latest with the turn's end. The gateway saves it too, once this worker has
@@ -33,6 +35,7 @@ from chatkit.types import (
     AssistantMessageContent,
     AssistantMessageContentPartTextDelta,
     AssistantMessageItem,
+    HiddenContextItem,
     SDKHiddenContextItem,
     ThreadItem,
     ThreadItemAddedEvent,
@@ -42,7 +45,6 @@ from chatkit.types import (
     ThreadItemUpdatedEvent,
     ThreadStreamEvent,
     UserMessageItem,
-    WidgetItem,
 )
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Status, StatusCode
@@ -75,6 +77,14 @@ STOPPED_NOTE = "The user stopped the previous reply before it was finished."
 # At most this many updates in one entry: a bound on what a relay holds and a client gets in one chunk. A model
 # that outruns its writes by more waits for the write in flight.
 PACK_MAX_EVENTS = 64
+
+
+def _shown(
+    events: Sequence[ThreadItemDoneEvent | ThreadItemReplacedEvent],
+) -> list[ThreadItemDoneEvent | ThreadItemReplacedEvent]:
+    """What a client is sent of these: hidden context (a tool's result for the model's later turns, the note that a
+    reply was stopped) is saved, never shown, so it never goes on the stream (the relay would drop it)."""
+    return [event for event in events if not isinstance(event.item, HiddenContextItem | SDKHiddenContextItem)]
 
 
 class TurnLogWriteError(Exception):
@@ -127,8 +137,8 @@ class TurnLog:
         # Item updates not yet written, and the one task writing them.
         self._outbox: list[ThreadItemUpdatedEvent] = []
         self._writing: asyncio.Task[None] | None = None
-        # A finished item neither saved nor published yet (see the module's docstring).
-        self._held: ThreadItemDoneEvent | ThreadItemReplacedEvent | None = None
+        # Finished items neither saved nor published yet (see the module's docstring).
+        self._held: list[ThreadItemDoneEvent | ThreadItemReplacedEvent] = []
         # The user's message, until this hop's first write to the store has saved it.
         self._question = question
         self.ended = False
@@ -149,13 +159,13 @@ class TurnLog:
             raise TurnLogWriteError(f"turn {self._turn_id}: {type(exc).__name__}: {exc}") from exc
 
     async def _append(
-        self, body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd, *, after: ChatKitEntry | None = None
+        self, body: ChatKitEntry | PackEntry | HandoffEntry | TurnEnd, *, after: Sequence[ChatKitEntry] = ()
     ) -> str:
-        """Append an entry (a turn's end may come `after` one more event, in the same round trip)."""
+        """Append an entry (a turn's end may come `after` more events, in the same round trip)."""
         if isinstance(body, TurnEnd):
             before = []
-            if after is not None:
-                before.append(self._entry(after))
+            for earlier in after:
+                before.append(self._entry(earlier))
                 self._seq += 1
                 self.events += 1
             # With the stream's shorter expiry and the thread's release, in the same round trip.
@@ -214,7 +224,8 @@ class TurnLog:
             self._writing = asyncio.create_task(self._write_outbox(), name=f"turn {self._turn_id} updates")
 
     async def _emit(self, event: ThreadStreamEvent) -> None:
-        await self._release_held()
+        if not isinstance(event, ThreadItemDoneEvent | ThreadItemReplacedEvent):
+            await self._release_held()
         if isinstance(event, ThreadItemUpdatedEvent):
             if isinstance(event.update, AssistantMessageContentPartTextDelta):
                 self._add_text(event.item_id, event.update.content_index, event.update.delta)
@@ -222,19 +233,18 @@ class TurnLog:
             return
         await self.flush()
         match event:
-            case (
-                ThreadItemDoneEvent(item=AssistantMessageItem() | WidgetItem())
-                | ThreadItemReplacedEvent(item=AssistantMessageItem() | WidgetItem())
-            ):
-                # Saved and published with whatever comes next: the turn's end, most often.
+            case ThreadItemDoneEvent() | ThreadItemReplacedEvent():
+                # Saved and published with whatever comes next: the turn's end, most often. A shown item is never
+                # held behind another (a model may take seconds to say more); hidden ones (never published) join
+                # the next write, and a tool's hidden result saves with the widget it follows, at once.
                 self._pending.pop(event.item.id, None)
-                self._held = event
+                hidden = not _shown([event])
+                if not hidden and _shown(self._held):
+                    await self._release_held()
+                self._held.append(event)
+                if hidden and _shown(self._held):
+                    await self._release_held()
                 return
-            case ThreadItemDoneEvent():
-                await self._save([event.item])
-                self._pending.pop(event.item.id, None)
-            case ThreadItemReplacedEvent():
-                await self._save([event.item])
             case ThreadItemRemovedEvent():
                 await self._save([])
                 await self._store.delete_thread_item(self._thread_id, event.item_id, context=self._context)
@@ -244,21 +254,24 @@ class TurnLog:
         await self._append(ChatKitEntry(event=event))
 
     async def _release_held(self) -> None:
-        """Save and publish the held item, as any other: something comes after it."""
-        if (held := self._held) is None:
+        """Save the held items (one transaction) and publish them: something else comes after them."""
+        if not (held := self._held):
             return
-        self._held = None
-        await self._save([held.item])
-        await self._append(ChatKitEntry(event=held))
+        self._held = []
+        await self._save([event.item for event in held])
+        for event in _shown(held):
+            await self._append(ChatKitEntry(event=event))
 
-    async def _save(self, items: list[ThreadItem], also: Sequence[Statement] = ()) -> None:
-        """Upsert `items` (and run `also`) in one transaction, after the user's message if this hop has not saved
-        it yet. Nothing to write, and the message saved already: no transaction at all."""
+    async def _save(
+        self, items: list[ThreadItem], also: Sequence[Statement] = (), route: AgentKind | None = None
+    ) -> None:
+        """Upsert `items` (and run `also`, and set the thread's `route`) in one transaction, after the user's message
+        if this hop has not saved it yet. Nothing to write, and the message saved already: no transaction at all."""
         question = [self._question] if self._question is not None else []
-        if not (question or items or also):
+        if not (question or items or also or route):
             return
         await self._store.add_thread_items_with(
-            self._thread_id, [*question, *items], self._context, also, run=self._run
+            self._thread_id, [*question, *items], self._context, also, run=self._run, route=route
         )
         self._question = None
 
@@ -330,12 +343,15 @@ class TurnLog:
         await self.emit(ThreadItemDoneEvent(item=note))
         return await self.end("cancelled", error=reason)
 
-    async def end(self, status: TurnStatus, error: str | None = None, *, record: bool = True) -> str:
+    async def end(
+        self, status: TurnStatus, error: str | None = None, *, record: bool = True, route: AgentKind | None = None
+    ) -> str:
         """End the turn: on its stream, and in its record unless `record` is False (a thread that is gone takes
-        no record: its turns went with it)."""
+        no record: its turns went with it). `route`: the thread's next message goes to this kind from now on,
+        written with the turn's last item (before the end reaches the client, which may then send the next)."""
         with self._writes():
             await self.flush()
-        held, self._held = self._held, None
+        held, self._held = self._held, []
         ended = end_statement(
             self._context.identity,
             turn_id=self._turn_id,
@@ -344,19 +360,21 @@ class TurnLog:
             trace_id=trace_id_of(self._trace.traceparent),
             status=status,
         )
-        if held is None:
+        if not held:
             # On the stream first: whatever the store then says, the client gets the end (and a redelivery of
             # the turn finds it over).
             entry_id = await self._append(TurnEnd(status=status, error=error))
-            if self._question is not None:
-                await self._save([], also=[ended] if record else [])  # the user's message, with the record
+            if self._question is not None or route is not None:
+                # The user's message (if no write saved it yet) and the route, with the record.
+                await self._save([], also=[ended] if record else [], route=route)
             elif record:
                 await self._turns.record(ended)
         else:
             # The last item (after the user's message, if nothing saved it yet) and the turn's end: one
             # transaction, then one round trip to Redis.
-            await self._save([held.item], also=[ended] if record else [])
-            entry_id = await self._append(TurnEnd(status=status, error=error), after=ChatKitEntry(event=held))
+            await self._save([event.item for event in held], also=[ended] if record else [], route=route)
+            shown = [ChatKitEntry(event=event) for event in _shown(held)]
+            entry_id = await self._append(TurnEnd(status=status, error=error), after=shown)
         self.ended = True
         log.info("turn %s ended: %s after %d entries (%d events)", self._turn_id, status, self._seq, self.events)
         self._count(status)
@@ -364,6 +382,8 @@ class TurnLog:
         span.set_attribute("kitrelay.turn.status", status)
         span.set_attribute("kitrelay.turn.entries", self._seq)
         span.set_attribute("kitrelay.turn.events", self.events)
+        if route is not None:
+            span.set_attribute("kitrelay.thread.route", route)
         if status == "failed":
             span.set_status(Status(StatusCode.ERROR, error or "failed"))
         return entry_id

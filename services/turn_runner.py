@@ -45,6 +45,7 @@ from kitrelay.agents.registry import action_handler, kind_of
 from kitrelay.agents.stream_ids import with_real_ids
 from kitrelay.agents.task_views import has_task_widgets, redraw
 from kitrelay.agents.titles import generate_title
+from kitrelay.agents.tool_answers import with_tool_answer
 from kitrelay.agents.widgets import document_source, sources_copy_text, sources_widget
 from kitrelay.services.knowledge import KnowledgeService, SearchHit
 from kitrelay.services.tasks import TaskService
@@ -54,7 +55,7 @@ from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.agents_tracing import agents_tracing_installed
 from kitrelay.shared.messages import TurnRequest, utcnow
 from kitrelay.shared.settings import AgentKind
-from kitrelay.shared.store.chatkit_store import RunSupersededError, WorkerRun
+from kitrelay.shared.store.chatkit_store import RunSupersededError, WorkerRun, thread_route
 from kitrelay.shared.store.engine import is_unavailable as database_unavailable
 from kitrelay.shared.telemetry import current_trace_context
 from kitrelay.shared.turn_bus import RunOpening, open_run, publish_turn, release_thread
@@ -417,10 +418,15 @@ async def _run_agent_titled(
 
     async def relay_events() -> None:
         run = StopsAtHandoff(result)
-        # Chat-completions models give every message the id "__fake_id__": each gets a real one here.
-        events = with_real_ids(
-            stream_agent_response(agent_context, run.streamed()),
-            lambda: deps.store.generate_item_id("message", thread, context),
+        # Chat-completions models give every message the id "__fake_id__": each gets a real one here. A run that
+        # ended at a widget tool gets the tool's line as its reply.
+        events = with_tool_answer(
+            with_real_ids(
+                stream_agent_response(agent_context, run.streamed()),
+                lambda: deps.store.generate_item_id("message", thread, context),
+            ),
+            result,
+            agent_context,
         )
         new_item_id = functools.partial(deps.store.generate_item_id, "message", thread, context)
         async for event in events:
@@ -462,7 +468,8 @@ async def _run_agent_titled(
         await turn_log.end("failed", error=type(exc).__name__)
         return
     await _title_thread(title, thread, context, turn_log, deps)
-    await turn_log.end("completed")
+    # This kind answered: the thread's next message comes straight here (written only when that changes).
+    await turn_log.end("completed", route=request.agent if thread_route(thread) != request.agent else None)
 
 
 async def dead_letter(request: TurnRequest, *, attempt: int, deps: TurnDeps, reason: str) -> None:

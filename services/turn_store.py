@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from chatkit.types import Page, ThreadItem, ThreadMetadata, UserMessageItem
 
 from kitrelay.agents.context import TurnContext
+from kitrelay.shared.settings import AgentKind
 from kitrelay.shared.store.chatkit_store import SqlStore, Statement, WorkerRun
-from kitrelay.shared.store.models import as_utc
 
 
 class TurnStore(SqlStore[TurnContext]):
@@ -59,10 +59,11 @@ class TurnStore(SqlStore[TurnContext]):
         also: Sequence[Statement] = (),
         *,
         run: WorkerRun | None = None,
+        route: AgentKind | None = None,
     ) -> None:
         # Every item write of the store (add, save, add with) comes through here.
         context.newest_items.pop(thread_id, None)
-        await super().add_thread_items_with(thread_id, items, context, also, run=run)
+        await super().add_thread_items_with(thread_id, items, context, also, run=run, route=route)
 
     async def supersede_run(self, thread_id: str, run: WorkerRun, context: TurnContext) -> list[str]:
         context.newest_items.pop(thread_id, None)
@@ -78,13 +79,13 @@ class TurnStore(SqlStore[TurnContext]):
 
 
 def _with_item(page: Page[ThreadItem], item: ThreadItem, limit: int) -> Page[ThreadItem]:
-    """A page of newest items (newest first) with `item` in its place by creation time, if it is not there yet;
-    still at most `limit` items."""
+    """A page of newest items (newest first) with the turn's message `item` as its newest, if it is not there yet;
+    still at most `limit` items. Every hop saves the message before anything it writes (services/turn_log.py), so
+    when it is missing, everything the page holds came before it: the previous turns, even those whose items were
+    made after the message (it waited for them: DOUBLE_TEXT_POLICY=enqueue)."""
     if any(known.id == item.id for known in page.data):
         return page
-    created = as_utc(item.created_at)
-    at = next((n for n, known in enumerate(page.data) if as_utc(known.created_at) <= created), len(page.data))
-    data = [*page.data[:at], item, *page.data[at:]]
+    data = [item, *page.data]
     has_more = page.has_more or len(data) > limit
     data = data[:limit]
     return Page(data=data, has_more=has_more, after=data[-1].id if data else None)

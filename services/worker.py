@@ -309,7 +309,7 @@ async def serve(kind: AgentKind, settings: Settings, *, handle_signals: bool = T
     """The worker process: connect, run until SIGTERM/SIGINT, drain, close in reverse order."""
     if settings.WORKER_METRICS_PORT:
         serve_metrics(settings.WORKER_METRICS_PORT)
-    agent = build_agent(kind)
+    agent = build_agent(kind, widget_tools_answer=settings.WIDGET_TOOLS_ANSWER)
     nc = await connect_nats(settings, name=f"kitrelay-worker-{kind}")
     redis = await connect_redis(settings)
     engine = make_engine(settings.DATABASE_URL)

@@ -130,9 +130,9 @@ def _cluster(settings: Settings, options: dict[str, Any]) -> aioredis.Redis:
         settings.REDIS_URL,
         health_check_interval=options["health_check_interval"],
         socket_keepalive=True,
-        # A failover moves slots: ask the cluster again for its map, a few times, before failing a command.
-        cluster_error_retry_attempts=REDIS_CLUSTER_RETRIES,
-        retry=options["retry"],
+        # A failover moves slots: the cluster's map is read again, and the command retried, a few times (backing
+        # off) before it fails.
+        retry=Retry(ExponentialBackoff(cap=REDIS_RETRY_CAP_S, base=REDIS_RETRY_BASE_S), REDIS_CLUSTER_RETRIES),
     )
     # Every command kitrelay sends a single Redis (keyed commands, pipelines, scripts whose keys share a hash tag)
     # a Redis Cluster takes too; the few that must reach one node (a stream hub's reads) ask for it

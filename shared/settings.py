@@ -39,8 +39,11 @@ class Settings(BaseSettings):
     # Gateway.
     GATEWAY_HOST: str = "127.0.0.1"
     GATEWAY_PORT: int = 8000
-    # The agent kind that receives every new turn (triage once it exists).
+    # The agent kind that receives a new thread's first message (and every message when STICKY_ROUTING is off).
     ENTRY_AGENT: AgentKind = "triage"
+    # A thread's next message goes straight to the agent kind that answered its last one (kept with the thread in
+    # the store); off: every message starts at ENTRY_AGENT again, one agent run and model call more per message.
+    STICKY_ROUTING: bool = True
     # How long the gateway waits for a turn's first event before telling the client no worker took it.
     TURN_START_TIMEOUT_S: float = Field(default=30.0, gt=0)
     # How long the relay waits between two events of a running turn before giving up on it.
@@ -105,6 +108,9 @@ class Settings(BaseSettings):
     # Handoffs: a turn is handed from agent to agent at most this many times; the next kind must take it in time.
     MAX_HANDOFF_HOPS: int = Field(default=2, ge=0)
     HANDOFF_TIMEOUT_S: float = Field(default=15.0, gt=0)
+    # A tool whose widget is the answer (add_task, list_tasks) ends the agent's run, its own one-line result the
+    # reply; off: the model is called again to write that line.
+    WIDGET_TOOLS_ANSWER: bool = True
 
     # Durability. What happens to a turn whose clients all went away: "finish" it (and save it), or "cancel" it
     # when nobody re-attached within DETACHED_GRACE_S.
@@ -138,6 +144,9 @@ class Settings(BaseSettings):
     OPENAI_API_KEY: str | None = None
     OPENAI_DEFAULT_MODEL: str = "gpt-4o-mini"
     OFFLINE_TOKEN_DELAY_MS: float = Field(default=0.0, ge=0)
+    # The offline model waits this long before each answer's first token or tool call, as a real model's time to
+    # first token (OFFLINE_TOKEN_DELAY_MS then paces the rest).
+    OFFLINE_FIRST_TOKEN_MS: float = Field(default=0.0, ge=0)
     # Real providers (agents/providers.py). OpenAI speaks the Responses API; Gemini and any OpenAI-compatible
     # server (vLLM, Ollama, LiteLLM, ...) speak chat completions. OPENAI_BASE_URL points the OpenAI client at a
     # proxy; unset means api.openai.com.

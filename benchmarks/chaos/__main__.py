@@ -29,6 +29,7 @@ from rich.console import Console
 from benchmarks.chaos.client import Conversation, TurnRecord
 from benchmarks.chaos.compare import Reference, TurnJudgement, judge, reference_of
 from benchmarks.chaos.faults import FAULT_KEYS, FAULTS, INJECTORS, TOPOLOGY_FAULTS, Chaos, Injection, NotInjected
+from benchmarks.chaos.replicas import measure as measure_replicas_cost
 from benchmarks.chaos.report import Row, build_rows, print_table, server_recovery
 from benchmarks.chaos.script import VARIANTS
 from benchmarks.chaos.topology import TOPOLOGIES, Topology, topology
@@ -50,6 +51,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "Sentinels, PostgreSQL of its own; ha-cluster: the same with a Redis Cluster",
     )
     parser.add_argument("--fault", action="append", choices=FAULT_KEYS, help="repeatable; default: the topology's")
+    parser.add_argument(
+        "--replicas-turns",
+        type=int,
+        help="HA topologies: greetings each at R3 and R1 for the cost of three stream replicas (default 30; 0: none)",
+    )
     parser.add_argument("--users", type=int, help="users holding conversations the whole time (default 3; quick 2)")
     parser.add_argument("--token-delay-ms", type=float, default=40.0, help="the offline model's delay per token")
     parser.add_argument("--drain-s", type=float, default=0.5, help="WORKER_DRAIN_TIMEOUT_S of the services")
@@ -67,6 +73,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     args.users = args.users if args.users is not None else (2 if args.quick else 3)
+    if args.replicas_turns is None:
+        args.replicas_turns = 0 if args.topology == "embedded" or args.quick else 30
     args.tail_s = args.tail_s if args.tail_s is not None else (3.0 if args.quick else 8.0)
     try:
         args.extra_env = dict(item.split("=", 1) for item in args.env)
@@ -179,7 +187,9 @@ def _document(
     return {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": info,
-        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "replicas_cost"},
+        # HA topologies: time to first event with the turns stream at R3 and at R1, side by side.
+        "replicas_cost": getattr(args, "replicas_cost", None),
         "rows": [row.summary() for row in rows],
         "injections": [
             {
@@ -248,6 +258,18 @@ def _run_all(
             ) as topo:
                 try:
                     rows, injections = asyncio.run(run(topo, args, faults))
+                    if args.replicas_turns and topo.ha is not None:
+                        console.print("the cost of three stream replicas…")
+                        cost = measure_replicas_cost(
+                            topo, turns=args.replicas_turns, token_delay_ms=args.token_delay_ms, drain_s=args.drain_s
+                        )
+                        console.print(cost.line(), highlight=False)
+                        args.replicas_cost = {
+                            "turns": cost.turns,
+                            "r3_p50_ms": round(cost.r3_p50_ms, 2),
+                            "r1_p50_ms": round(cost.r1_p50_ms, 2),
+                            "cost_ms": round(cost.cost_ms, 2),
+                        }
                 finally:
                     own = dict(topo.started)
         finally:

@@ -45,7 +45,9 @@ FAULTS: tuple[Fault, ...] = (
     Fault("gateway-kill", "kill -9 gateway mid-stream", "gateway", 5.0),
     Fault("gateway-sigterm", "SIGTERM gateway past the drain deadline", "gateway", 5.0),
     # The HA topologies' node losses (a node comes back after the outage, as a follower or a replica).
-    Fault("nats-leader-kill", "kill -9 the NATS stream leader", "server", 15.0, "turn sent while it is down"),
+    Fault(
+        "nats-leader-kill", "kill -9 the NATS stream leader", "server", 15.0, "turn sent while the NATS leader is down"
+    ),
     Fault("nats-follower-kill", "kill -9 a NATS follower", "server", 15.0),
     Fault(
         "redis-primary-kill",
@@ -61,7 +63,7 @@ FAULTS: tuple[Fault, ...] = (
         15.0,
         "turn sent during the Cluster failover",
     ),
-    Fault("postgres-restart", "PostgreSQL kill -9 + restart", "server", 15.0, "turn sent while it is down"),
+    Fault("postgres-restart", "PostgreSQL kill -9 + restart", "server", 15.0, "turn sent while PostgreSQL is down"),
 )
 FAULT_KEYS = tuple(f.key for f in FAULTS)
 # What each topology can lose.

@@ -124,6 +124,9 @@ def service_env(token_delay_ms: float, drain_s: float, secret: str, extra: dict[
         "AUTH_MODE": "jwt",
         "JWT_SECRET": secret,
         "OFFLINE_TOKEN_DELAY_MS": f"{token_delay_ms:g}",
+        # The faults strike the long add mid-text: its line is written by the model after the task tool (by default
+        # the tool's own line, whole, ends the run at once: nothing to strike in the middle of).
+        "WIDGET_TOOLS_ANSWER": "false",
         "WORKER_DRAIN_TIMEOUT_S": f"{drain_s:g}",
         "LOG_LEVEL": "INFO",
         **extra,

@@ -19,7 +19,21 @@ from typing import Any, TypeVar
 from chatkit.store import NotFoundError, Store, StoreItemType
 from chatkit.types import Attachment, Page, ThreadItem, ThreadMetadata, UserMessageItem, WidgetItem
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, Executable, Row, Select, and_, asc, bindparam, delete, desc, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Row,
+    Select,
+    and_,
+    asc,
+    bindparam,
+    delete,
+    desc,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
@@ -29,6 +43,7 @@ from sqlalchemy.sql.expression import ColumnCollection
 
 from kitrelay.shared.context import HasIdentity
 from kitrelay.shared.ids import new_id
+from kitrelay.shared.settings import AGENT_KINDS, AgentKind
 from kitrelay.shared.store.engine import read_connection, read_session
 from kitrelay.shared.store.models import AttachmentRow, ThreadItemRow, ThreadRow, TurnRunRow, as_utc
 
@@ -63,6 +78,17 @@ _ADDING_ONLY: ContextVar[bool] = ContextVar("kitrelay_store_adding_only", defaul
 
 # A statement and its parameters, for a write that joins another's transaction (`SqlStore.add_thread_item_with`).
 Statement = tuple[Executable, Mapping[str, Any]]
+
+# A thread's route: the agent kind that answered its last message, where its next message goes (sticky routing).
+# It lives in the thread's metadata, which ChatKit keeps on the server (never sent to a client, never set by one):
+# the worker that answered writes it with the turn's end, every gateway replica reads it with the thread.
+ROUTE_KEY = "kitrelay_route"
+
+
+def thread_route(thread: ThreadMetadata) -> AgentKind | None:
+    """The kind that answered the thread's last message (None: a new thread, or one no agent has answered yet)."""
+    route = thread.metadata.get(ROUTE_KEY)
+    return next((kind for kind in AGENT_KINDS if kind == route), None)
 
 
 class ItemIdConflictError(Exception):
@@ -144,9 +170,15 @@ class SqlStore(Store[C]):
             "user_id": identity.user_id,
             "created_at": metadata.created_at,
             "updated_at": datetime.now(UTC),
-            "data": metadata.model_dump_json(),
         }
         async with self._sessions() as session, session.begin():
+            # The route is the workers' to write (`add_thread_items_with`): a thread read before a turn ended and
+            # saved after it (a title, a rename) keeps the route that turn wrote.
+            stored = (await session.execute(_THREAD_DATA, {"thread_id": metadata.id})).scalar_one_or_none()
+            route = _route_in(stored) if stored is not None else None
+            if route is not None and metadata.metadata.get(ROUTE_KEY) != route:
+                metadata.metadata = {**metadata.metadata, ROUTE_KEY: route}
+            values["data"] = metadata.model_dump_json()
             # created_at is left out of the update: a thread keeps the time of its first save.
             stmt = _upsert(session, ThreadRow, update=("updated_at", "data"), only_if=_same_owner)
             saved = (await session.execute(stmt, values)).first()
@@ -247,6 +279,7 @@ class SqlStore(Store[C]):
         also: Sequence[Statement] = (),
         *,
         run: WorkerRun | None = None,
+        route: AgentKind | None = None,
     ) -> None:
         """Several items, in this order, and more writes, in one transaction. Each is an upsert: an item already
         saved keeps its place in the thread, and its content is replaced. kitrelay's turns write through here (the
@@ -255,7 +288,8 @@ class SqlStore(Store[C]):
         item write of the store but `add_thread_item` comes through here.
 
         A worker's `run` tags the items it saves (never a user's message, which is the user's, whoever saves it)
-        and is fenced: RunSupersededError, nothing written, once a newer run of the turn has superseded it."""
+        and is fenced: RunSupersededError, nothing written, once a newer run of the turn has superseded it.
+        `route` becomes the thread's route (`thread_route`), in the same transaction."""
         rows = [_item_row(thread_id, item, None if isinstance(item, UserMessageItem) else run) for item in items]
         adding_only = _ADDING_ONLY.get()
         async with self._sessions() as session, session.begin():
@@ -279,6 +313,8 @@ class SqlStore(Store[C]):
                     raise ItemIdConflictError(f"Item id {values['id']} is already used by {taken_by}")
             for statement, parameters in also:
                 await session.execute(statement, parameters)
+            if route is not None:
+                await _set_route(session, thread_id, route)
 
     async def load_item(self, thread_id: str, item_id: str, context: C) -> ThreadItem:
         return _item_from_json((await self._own_item(thread_id, item_id, context, ThreadItemRow.data)).data)
@@ -435,6 +471,29 @@ async def _check_run(session: AsyncSession, thread_id: str, run: WorkerRun) -> N
     newest = (await session.execute(_NEWEST_RUN, {"turn_id": run.turn_id})).first()
     if newest is not None and tuple(newest) > run.order:
         raise RunSupersededError(f"turn {run.turn_id}: run {run.order} was superseded by run {tuple(newest)}")
+
+
+# Read under the thread's row lock on PostgreSQL (the one item writes take, `_lock_runs_of`); SQLite's write
+# transaction holds its one lock already.
+_THREAD_DATA = select(ThreadRow.data).where(ThreadRow.id == bindparam("thread_id")).with_for_update(key_share=True)
+_SET_THREAD_DATA = update(ThreadRow).where(ThreadRow.id == bindparam("thread_id")).values(data=bindparam("new_data"))
+
+
+def _route_in(data: str) -> AgentKind | None:
+    metadata = json.loads(data).get("metadata")
+    route = metadata.get(ROUTE_KEY) if isinstance(metadata, dict) else None
+    return next((kind for kind in AGENT_KINDS if kind == route), None)
+
+
+async def _set_route(session: AsyncSession, thread_id: str, route: AgentKind) -> None:
+    """The thread's route, changed in its stored metadata alone (whatever else a gateway saved meanwhile stays)."""
+    stored = (await session.execute(_THREAD_DATA, {"thread_id": thread_id})).scalar_one_or_none()
+    if stored is None:
+        return  # deleted meanwhile: its items' writes refuse the turn anyway
+    data = json.loads(stored)
+    metadata = data.get("metadata")
+    data["metadata"] = {**(metadata if isinstance(metadata, dict) else {}), ROUTE_KEY: route}
+    await session.execute(_SET_THREAD_DATA, {"thread_id": thread_id, "new_data": json.dumps(data)})
 
 
 def _owned_by(context: HasIdentity) -> ColumnElement[bool]:

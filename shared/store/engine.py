@@ -214,9 +214,22 @@ def is_unavailable(exc: BaseException) -> bool:
             if seen.connection_invalidated:
                 return True
             through_sqlalchemy = True
-        if through_sqlalchemy and _says_unavailable(seen):
+        # A connection refused while the pool connects comes through SQLAlchemy unwrapped.
+        if (through_sqlalchemy or _raised_by_the_database_layer(seen)) and _says_unavailable(seen):
             return True
         seen = seen.__cause__ or seen.__context__ or getattr(seen, "orig", None)
+    return False
+
+
+_DATABASE_MODULES = ("sqlalchemy.", "asyncpg.", "aiosqlite.", "kitrelay.shared.store.")
+
+
+def _raised_by_the_database_layer(exc: BaseException) -> bool:
+    traceback = exc.__traceback__
+    while traceback is not None:
+        if str(traceback.tb_frame.f_globals.get("__name__", "")).startswith(_DATABASE_MODULES):
+            return True
+        traceback = traceback.tb_next
     return False
 
 

@@ -747,6 +747,39 @@ async def test_token_delay_paces_the_text() -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("answer", ["text", "tool call"])
+async def test_first_token_delay_comes_before_an_answers_first_output(
+    monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    """As a real model's time to first token: the response opens at once, its text or its tool call comes after
+    the delay, the rest at the token pace."""
+    order: list[str] = []
+    real_sleep = asyncio.sleep
+
+    async def noting_sleep(seconds: float) -> None:
+        order.append(f"sleep {seconds:g}")
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", noting_sleep)
+    model = OfflineModel(first_token_s=0.3, token_delay_s=0.01)
+    text = "delete task 2" if answer == "tool call" else "hi"
+    stream = model.stream_response(
+        None, text, ModelSettings(), list(task_tools(Calls())), None, [], ModelTracing.DISABLED
+    )
+    async for event in stream:
+        order.append(event.type)
+
+    first_output = order.index("response.output_item.added")
+    assert order[:first_output] == ["response.created", "response.in_progress", "sleep 0.3"]
+    if answer == "text":
+        assert order.count("sleep 0.01") == len(split_tokens(GREETING_TEXT))
+    provider = OfflineModelProvider(first_token_s=0.3)
+    assert provider.get_model(None).first_token_s == 0.3
+    with pytest.raises(ValueError, match="first_token_s"):
+        OfflineModel(first_token_s=-1)
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize(("delay", "sleeps"), [(0.0, 0), (0.001, 10)])
 async def test_zero_delay_never_sleeps(monkeypatch: pytest.MonkeyPatch, delay: float, sleeps: int) -> None:
     seen: list[float] = []

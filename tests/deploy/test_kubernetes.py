@@ -462,3 +462,46 @@ def test_workers_wait_for_the_schema_and_the_job_migrates(resources: list[Resour
     [job] = of_kind(resources, "Job")
     [container] = job["spec"]["template"]["spec"]["containers"]
     assert check_kitrelay_args(container["args"]) == "migrate"
+
+
+def test_workers_are_scraped_on_the_port_they_serve_metrics_on(
+    overlay: str, resources: list[Resource], config: dict[str, str]
+) -> None:
+    secrets = secret_values(overlay, resources)
+    workers = [d for d in kitrelay_deployments(resources) if worker_kind(d) is not None]
+    assert len(workers) == len(AGENT_KINDS)
+    for deployment in workers:
+        name = deployment["metadata"]["name"]
+        [main] = [c for c in containers(deployment, init=False) if is_kitrelay(c)]
+        env = {e["name"]: e["value"] for e in main.get("env", []) if "value" in e}
+        port = effective_settings({**config, **secrets, **env}).WORKER_METRICS_PORT
+        assert port, f"{name} serves no metrics: WORKER_METRICS_PORT is unset"
+        # The annotations a Prometheus discovering pods reads (kubernetes_sd_configs, role: pod).
+        notes = deployment["spec"]["template"]["metadata"].get("annotations", {})
+        assert notes.get("prometheus.io/scrape") == "true", f"{name} is not scraped"
+        assert notes.get("prometheus.io/port") == str(port), f"{name} is scraped on another port than {port}"
+        assert notes.get("prometheus.io/path") == "/metrics", name
+        declared = {p["containerPort"]: p.get("name") for p in main.get("ports", [])}
+        assert declared.get(port) == "metrics", f"{name} declares ports {declared}, not metrics on {port}"
+
+
+# The Bitnami Redis chart's Sentinels watch this master set unless told otherwise (its sentinel.masterSet).
+BITNAMI_MASTER_SET = "mymaster"
+SENTINEL_PORT = 26379
+
+
+def test_prod_has_the_turns_stream_on_three_nats_nodes_and_redis_behind_sentinels() -> None:
+    resources = render("prod")
+    settings = effective_settings({**config_values(resources), **secret_values("prod", resources)})
+    assert settings.TURNS_STREAM_REPLICAS == 3, "a turns stream on one NATS node dies with it"
+    sentinels = settings.redis_sentinels
+    assert len(sentinels) >= 3, f"REDIS_SENTINELS names {sentinels}: Redis would stand alone"
+    for host, port in sentinels:
+        # Redis lives in its own namespace: only a fully qualified name resolves from kitrelay's.
+        assert host.endswith(".svc.cluster.local"), f"{host} is not a fully qualified name"
+        assert port == SENTINEL_PORT, host
+    assert len({host for host, _ in sentinels}) == len(sentinels), "each Sentinel once"
+    assert settings.REDIS_SENTINEL_MASTER == BITNAMI_MASTER_SET, "the master set the chart's Sentinels watch"
+    # The chart's Sentinels ask for the password too (auth.sentinel), and REDIS_URL gives the primary's.
+    assert settings.REDIS_SENTINEL_PASSWORD is not None
+    assert urlsplit(settings.REDIS_URL).password

@@ -31,8 +31,10 @@ from tests.e2e.chat_view import collect, visible_items
 from tests.system import RunningSystem, running_system
 
 # A reply long enough (80 ms a token) to break things in its middle; the default ack wait (a dead worker's turn is
-# delivered again this long after its last heartbeat).
-ENV = {"OFFLINE_TOKEN_DELAY_MS": "80", "TURN_START_TIMEOUT_S": "30"}
+# delivered again this long after its last heartbeat). The task agent's model writes the line after its widget tool
+# (by default the tool's own line ends the run at once): a tool that has run, then a long reply still being written,
+# is the moment these faults must strike.
+ENV = {"OFFLINE_TOKEN_DELAY_MS": "80", "TURN_START_TIMEOUT_S": "30", "WIDGET_TOOLS_ANSWER": "false"}
 WORDS = " ".join(f"w{n}" for n in range(40))
 
 

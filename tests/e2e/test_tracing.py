@@ -262,3 +262,30 @@ def test_json_logs_carry_the_turn_thread_and_trace_ids(turn: TracedTurn) -> None
 def metric_value(text: str, name: str) -> float:
     [line] = [line for line in text.splitlines() if line.startswith(f"{name} ")]
     return float(line.split()[1])
+
+
+def test_the_thread_route_shows_in_the_trace(
+    turn: TracedTurn, traced: tuple[RunningSystem, OtlpReceiver, dict[str, int]]
+) -> None:
+    """The task worker that answered set the thread's route; the next message went by it, straight to task."""
+    task = one(turn.spans, "kitrelay-worker-task", "process task turn")
+    assert task.attributes.get("kitrelay.thread.route") == "task"
+    assert one(turn.spans, "kitrelay-gateway", "relay turn").attributes.get("kitrelay.routed") == "entry"
+
+    async def follow_up() -> str:
+        async with httpx.AsyncClient(base_url=turn.system.base_url, timeout=30) as http:
+            events = [e async for e in ChatKitClient(http).send(turn.thread_id, "list my tasks")]
+        assert progress_lines(events) == []
+        return next(e.turn_id for e in events if e.turn_id)
+
+    turn_id = asyncio.run(follow_up())
+
+    def routed(spans: list[ReceivedSpan]) -> bool:
+        return any(s.attributes.get("kitrelay.turn_id") == turn_id and s.name == "process task turn" for s in spans)
+
+    spans = [s for s in traced[1].wait_for(routed) if s.attributes.get("kitrelay.turn_id") == turn_id]
+    relay = next(s for s in spans if s.name == "relay turn")
+    assert (relay.attributes.get("kitrelay.routed"), relay.attributes.get("kitrelay.agent")) == ("thread", "task")
+    assert {s.service for s in spans} == {"kitrelay-gateway", "kitrelay-worker-task"}, "triage never saw it"
+    # Unchanged, so not written again.
+    assert "kitrelay.thread.route" not in next(s for s in spans if s.name == "process task turn").attributes

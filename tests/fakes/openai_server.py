@@ -11,7 +11,8 @@ compatibility endpoint or a vLLM server. Its "model" is kitrelay's offline polic
 request's messages and tools are turned back into the Responses-style items and SDK tools it reads, so the fake
 calls the same tools and hands off to the same agents the offline model would. It checks requests the way the
 real APIs do (the roles and content types each format allows, tool outputs answering earlier calls, the API key)
-and answers 400/401 with OpenAI's error body otherwise. Every request is recorded for assertions.
+and answers 400/401 with OpenAI's error body otherwise. Every request is recorded for assertions, and every call it
+answered with the tokens it would be billed (`answered`: the benchmark's model-cost figures count them).
 
 Faults for outage tests: `fail_next` (an HTTP status, e.g. 429 or 500), `hang_next` (no answer at all),
 `stall_next` (a stream that starts, then sends only keep-alive comments and never finishes).
@@ -65,6 +66,27 @@ class RecordedRequest:
     def text(self) -> str:
         """Everything the request sent, as one string (for "the model saw X" assertions)."""
         return json.dumps(self.body.get("input") or self.body.get("messages"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class AnsweredCall:
+    """One model call the fake answered, with the tokens a provider would bill for it: estimated at four
+    characters a token (OpenAI's rule of thumb) over what the request sent (instructions, the conversation, the tool
+    and handoff schemas) and over what the answer said (its text, or the call's name and arguments)."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+
+
+def _tokens(text: str) -> int:
+    return max(1, (len(text) + 3) // 4)
+
+
+def bill(body: Mapping[str, Any], decision: Decision) -> tuple[int, int]:
+    sent = {key: body.get(key) for key in ("instructions", "input", "messages", "tools")}
+    said = decision.text if isinstance(decision, TextAnswer) else decision.name + decision.arguments
+    return _tokens(json.dumps(sent, ensure_ascii=False)), _tokens(said)
 
 
 @dataclass(frozen=True)
@@ -323,6 +345,8 @@ class FakeOpenAIServer:
     requests: list[RecordedRequest] = field(default_factory=list)
     # Requests for a conversation title, kept apart from the conversation's (see `_handle`).
     title_requests: list[RecordedRequest] = field(default_factory=list)
+    # Every model call answered (not refused, not a fault), with its estimated tokens.
+    answered: list[AnsweredCall] = field(default_factory=list)
     _faults: collections.deque[Fault] = field(default_factory=collections.deque)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -466,6 +490,7 @@ class FakeOpenAIServer:
         decision = decide(
             chat_to_items(body["messages"]), tools, handoffs, allow_calls=body.get("tool_choice") != "none"
         )
+        self._answered(body, decision)
         if not body.get("stream"):
             return JSONResponse(_chat_completion(decision, body))
 
@@ -486,6 +511,8 @@ class FakeOpenAIServer:
         tools, handoffs = _offers(specs)
         model = OfflineModel(name=body["model"])
         settings = ModelSettings(tool_choice="none" if body.get("tool_choice") == "none" else None)
+        # The model decides the same again (it is deterministic): this one is only for the bill.
+        self._answered(body, decide(body["input"], tools, handoffs, allow_calls=settings.tool_choice != "none"))
         args = (body.get("instructions"), body["input"], settings, tools, None, handoffs, ModelTracing.DISABLED)
         if not body.get("stream"):
             answer = await model.get_response(*args)
@@ -516,6 +543,11 @@ class FakeOpenAIServer:
                 yield _sse(event.model_dump(mode="json"), event.type)
 
         return StreamingResponse(frames(), media_type="text/event-stream")
+
+    def _answered(self, body: Mapping[str, Any], decision: Decision) -> None:
+        input_tokens, output_tokens = bill(body, decision)
+        with self._lock:
+            self.answered.append(AnsweredCall(str(body["model"]), input_tokens, output_tokens))
 
     def app(self) -> Starlette:
         async def chat(request: Request) -> Response:
@@ -556,6 +588,7 @@ def running_fake_openai(*, api_key: str | None = "test-key") -> Iterator[FakeOpe
 
 
 __all__ = [
+    "AnsweredCall",
     "FakeOpenAIServer",
     "RecordedRequest",
     "chat_to_items",

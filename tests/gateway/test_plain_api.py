@@ -106,7 +106,7 @@ async def test_sse_streams_deltas_then_done_and_a_follow_up_shares_the_thread(
     assert names[0] == "thread" and names[-1] == "done", names
     assert "progress" in names, "the triage handoff to the task agent shows as progress"
     deltas = [data["text"] for name, _, data in first if name == "delta"]
-    assert len(deltas) > 1, "the reply streams in pieces"
+    assert deltas, "the reply streams (the task tool's own line, whole: its widget is the answer)"
     done = first[-1][2]
     thread_id, turn_id = first[0][2]["thread_id"], first[0][2]["turn_id"]
     assert (done["thread_id"], done["turn_id"]) == (thread_id, turn_id)
@@ -142,6 +142,11 @@ async def test_sse_streams_deltas_then_done_and_a_follow_up_shares_the_thread(
     created = [m["created_at"] for m in messages]
     assert created == sorted(created)
     assert all(in_utc(moment) for moment in created), created
+
+    # A reply a model writes streams in pieces (small talk: the task agent hands it back to triage).
+    greeted = await chat_sse(http, who, {"message": "hi", "thread_id": thread_id})
+    assert len([name for name, _, _ in greeted if name == "delta"]) > 1
+    messages = (await http.get(f"/chat/{who.user_id}/history", params={"thread_id": thread_id})).json()["data"]
 
     # Pages: two at a time, following `after`, give the same messages.
     paged = await all_pages(http, who, thread_id, limit=2)

@@ -51,6 +51,10 @@ async def test_a_request_reads_its_thread_once_and_each_caller_gets_its_own_copy
     store = GatewayStore(db_sessions)
     thread = ThreadMetadata(id=new_id("thr"), created_at=datetime.now(), title="first")
     await store.save_thread(thread, context=RequestContext(identity=ALICE))
+    # A save reads the thread's stored route under its write lock (the route is the workers' to write): counted
+    # apart from a request's reads of the thread.
+    assert len(thread_reads) == 1
+    thread_reads.clear()
     request = RequestContext(identity=ALICE)
 
     checked = await store.load_thread(thread.id, request)
@@ -63,9 +67,10 @@ async def test_a_request_reads_its_thread_once_and_each_caller_gets_its_own_copy
     # A save is read back from the database, by this request and by the next.
     sdk_copy.title = "renamed"
     await store.save_thread(sdk_copy, request)
+    assert len(thread_reads) == 2
     assert (await store.load_thread(thread.id, request)).title == "renamed"
     assert (await store.load_thread(thread.id, RequestContext(identity=ALICE))).title == "renamed"
-    assert len(thread_reads) == 3
+    assert len(thread_reads) == 4
 
 
 async def test_a_widget_actions_sender_is_read_once_by_the_access_check_and_not_validated(

@@ -17,6 +17,7 @@ from chatkit.types import (
     AssistantMessageContentPartTextDelta,
     AssistantMessageItem,
     ErrorEvent,
+    HiddenContextItem,
     ThreadItemAddedEvent,
     ThreadItemDoneEvent,
     ThreadItemUpdatedEvent,
@@ -35,7 +36,7 @@ from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, PackEntry, TurnEnd
 from kitrelay.shared.names import turn_stream_key
 from tests.databases import sqlite_statements, statements
-from tests.items import user_message
+from tests.items import task_widget_item, user_message
 from tests.services.worker_env import ALICE, StoreContext, WorkerEnv, worker_env
 from tests.turn_streams import entry_events, turn_entries
 
@@ -243,6 +244,54 @@ async def test_a_held_reply_is_saved_and_published_before_whatever_comes_next(en
     assert len(events) == 3
     saved = await env.db.load_item(thread_id, first.id, context=StoreContext(ALICE))
     assert isinstance(saved, AssistantMessageItem) and saved.content[0].text == "one"
+
+
+async def test_a_widget_and_the_tools_hidden_result_are_one_transaction_and_the_result_is_never_published(
+    env: WorkerEnv,
+) -> None:
+    """A widget tool's turn: its widget, the tool's result kept for the model (hidden), the reply, the end. Two
+    transactions (before, three), and nothing hidden on the stream for the relay to drop."""
+    thread_id, _ = await env.new_thread("add task write report")
+    log, turn_id = _turn_log(env, thread_id)
+    card = task_widget_item(thread_id)
+    hidden = HiddenContextItem(id=new_id("hcx"), thread_id=thread_id, created_at=datetime.now(), content={"n": 1})
+    reply = _message(thread_id, "Added.")
+
+    with write_transactions(env.engine) as begun:
+        await log.emit(ThreadItemDoneEvent(item=card))
+        assert begun == []
+        await log.emit(ThreadItemDoneEvent(item=hidden))
+        # Shown at once with its tool's result, one transaction: a model may take seconds to say more.
+        assert len(begun) == 1
+        assert [e.type for e in await _stream_events(env, turn_id)] == ["thread.item.done"]
+        await log.emit(ThreadItemAddedEvent(item=_message(thread_id).model_copy(update={"id": reply.id})))
+        assert len(begun) == 1
+        await log.emit(ThreadItemDoneEvent(item=reply))
+        await log.end("completed")
+    assert len(begun) == 2
+
+    events = await _stream_events(env, turn_id)
+    assert [(e.type, e.item.id) for e in events if isinstance(e, ThreadItemAddedEvent | ThreadItemDoneEvent)] == [
+        ("thread.item.done", card.id),
+        ("thread.item.added", reply.id),
+        ("thread.item.done", reply.id),
+    ]
+    assert len(events) == 3
+    assert (await _thread_item_ids(env, thread_id))[1:] == [card.id, hidden.id, reply.id]
+
+
+async def test_a_hidden_result_with_nothing_held_joins_the_next_write(env: WorkerEnv) -> None:
+    thread_id, _ = await env.new_thread("hidden first")
+    log, turn_id = _turn_log(env, thread_id)
+    hidden = HiddenContextItem(id=new_id("hcx"), thread_id=thread_id, created_at=datetime.now(), content={"n": 1})
+    reply = _message(thread_id, "Done.")
+    with write_transactions(env.engine) as begun:
+        await log.emit(ThreadItemDoneEvent(item=hidden))
+        await log.emit(ThreadItemDoneEvent(item=reply))
+        await log.end("completed")
+    assert len(begun) == 1
+    assert [e.type for e in await _stream_events(env, turn_id)] == ["thread.item.done"]
+    assert (await _thread_item_ids(env, thread_id))[1:] == [hidden.id, reply.id]
 
 
 async def test_a_stop_saves_a_held_reply_whole_and_records_the_stop(env: WorkerEnv) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agents import Model, ModelProvider
@@ -23,6 +24,7 @@ from kitrelay.services.turn_runner import run_turn
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import HandoffEntry, Identity, TurnEnd, TurnEntry, TurnRequest, WidgetAction
 from kitrelay.shared.names import turns_subject
+from kitrelay.shared.store.chatkit_store import thread_route
 from tests.items import task_widget_item, user_message
 from tests.services.worker_env import ALICE, StoreContext, WorkerEnv, worker_env
 from tests.turn_streams import entry_events, turn_entries
@@ -365,3 +367,117 @@ async def test_a_widget_click_toggles_the_task_and_replaces_the_widget_without_a
     assert task.done
     saved = await env.db.load_item(thread_id, widget_item.id, context=StoreContext(ALICE))
     assert isinstance(saved, WidgetItem) and "check-circle-filled" in saved.model_dump_json()
+
+
+class CountingProvider(ModelProvider):
+    """The offline model, counting the model calls a run makes (each is a request to a real provider)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._inner = OfflineModelProvider()
+
+    def get_model(self, model_name: str | None) -> Model:
+        model = self._inner.get_model(model_name)
+        provider = self
+
+        class Counted(type(model)):  # type: ignore[misc]
+            def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+                provider.calls += 1
+                return super().stream_response(*args, **kwargs)
+
+        model.__class__ = Counted
+        return model
+
+
+@pytest.mark.parametrize(
+    ("text", "widget", "line"),
+    [
+        ("add task write report", "Card", 'Added task #1 "write report".'),
+        ("list my tasks", "ListView", "There are no tasks to show."),
+    ],
+    ids=["add", "list"],
+)
+async def test_a_widget_tool_is_the_answer_with_one_model_call(
+    env: WorkerEnv, text: str, widget: str, line: str
+) -> None:
+    """The widget is the answer and the tool's line its caption: no second model call to restate it."""
+    thread_id, user_item = await env.new_thread(text)
+    provider = CountingProvider()
+
+    await run_turn(request_for(thread_id, user_item), attempt=1, agent=build_agent("task"), deps=env.deps(provider))
+
+    assert provider.calls == 1
+    items = [item for item in (await env.db.load_thread_items(thread_id, None, 20, "asc", StoreContext(ALICE))).data]
+    assert [item.type for item in items if item.type != "hidden_context_item"] == [
+        "user_message",
+        "widget",
+        "assistant_message",
+    ]
+    [shown] = [item for item in items if isinstance(item, WidgetItem)]
+    [reply] = [item for item in items if isinstance(item, AssistantMessageItem)]
+    assert shown.widget.type == widget
+    assert reply.content[0].text == line
+
+
+async def test_with_widget_tools_answer_off_the_model_writes_the_line(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("add task write report")
+    provider = CountingProvider()
+    agent = build_agent("task", widget_tools_answer=False)
+
+    await run_turn(request_for(thread_id, user_item), attempt=1, agent=agent, deps=env.deps(provider))
+
+    assert provider.calls == 2
+
+
+async def stored_route(env: WorkerEnv, thread_id: str) -> str | None:
+    return thread_route(await env.db.load_thread(thread_id, StoreContext(ALICE)))
+
+
+async def test_the_kind_that_answers_becomes_the_threads_route(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("add task write report")
+    request = await with_thread_sent_along(env, request_for(thread_id, user_item, hops=1))
+
+    await run_turn(request, attempt=1, agent=build_agent("task"), deps=env.deps(OfflineModelProvider()))
+
+    assert await stored_route(env, thread_id) == "task"
+
+
+async def test_a_handoff_a_failure_or_a_widget_click_leaves_the_route(env: WorkerEnv) -> None:
+    thread_id, user_item = await env.new_thread("what does the handbook say about VPN access?")
+    # Task is asked, hands the question on to research: the route is research's to write, not task's.
+    await run_turn(
+        request_for(thread_id, user_item), attempt=1, agent=build_agent("task"), deps=env.deps(OfflineModelProvider())
+    )
+    assert await stored_route(env, thread_id) is None
+    failing = ScriptedModel([ModelStep.raise_error(RuntimeError("provider down"))])
+    await run_turn(
+        request_for(thread_id, user_item, agent="research"),
+        attempt=1,
+        agent=build_agent("research"),
+        deps=env.deps(ScriptedProvider(failing)),
+    )
+    assert await stored_route(env, thread_id) is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "to"),
+    [
+        ("task", "what does the handbook say about VPN access?", "research"),
+        ("task", "hi", "triage"),
+        ("research", "add task write report", "task"),
+        ("research", "thanks", "triage"),
+    ],
+)
+async def test_a_specialist_hands_on_what_is_not_its_business(env: WorkerEnv, kind: str, text: str, to: str) -> None:
+    """A thread stays with its specialist; a message that belongs elsewhere is handed on, nothing answered here."""
+    thread_id, user_item = await env.new_thread(text)
+    request = request_for(thread_id, user_item, agent=kind)
+    sub = await env.js.pull_subscribe(turns_subject(env.namespace, to), durable=f"probe-{new_id('c')}")  # type: ignore[arg-type]
+
+    await run_turn(request, attempt=1, agent=build_agent(kind), deps=env.deps(OfflineModelProvider()))  # type: ignore[arg-type]
+
+    entries = await entries_of(env, request.turn_id)
+    assert isinstance(entries[-1].body, HandoffEntry) and entries[-1].body.to == to
+    assert [e.type for e in chatkit_events(entries)] == ["progress_update"]
+    [msg] = await sub.fetch(1, timeout=5)
+    assert TurnRequest.model_validate_json(msg.data).agent == to

@@ -227,10 +227,12 @@ async def test_the_turns_message_is_in_its_history_whether_or_not_its_write_has_
     assert newest.has_more is more
 
 
-async def test_the_turns_message_goes_before_what_the_turn_already_wrote(
+async def test_a_message_that_waited_for_the_previous_reply_comes_after_it(
     store: TurnStore, db_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    """A handed-off turn's next worker may find the first worker's items saved and the user's message not yet."""
+    """Sent while the previous reply was being written (it waited for it), the message was made before that reply's
+    items but comes after them: it is what the turn answers. Placed by its time, the model read the reply's widget
+    (given to it as a user's line) as the newest message, and answered that."""
     context = turn(db_sessions)
     thread_id = await thread_with(store, context, 2)
     new = message(thread_id, 2)
@@ -244,7 +246,7 @@ async def test_the_turns_message_goes_before_what_the_turn_already_wrote(
 
     loaded = await store.load_history(thread_id, 50, context, turn_message=new)
 
-    assert [item.id for item in loaded] == [*ids(thread_id, 0, 1, 2), "reply"]
+    assert [item.id for item in loaded] == [*ids(thread_id, 0, 1), "reply", *ids(thread_id, 2)]
 
 
 async def test_another_users_thread_cannot_be_opened(

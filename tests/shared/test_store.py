@@ -37,7 +37,7 @@ from ulid import ULID
 
 from kitrelay.shared.context import HasIdentity
 from kitrelay.shared.ids import new_id
-from kitrelay.shared.store.chatkit_store import ID_PREFIXES, ItemIdConflictError, SqlStore
+from kitrelay.shared.store.chatkit_store import ID_PREFIXES, ItemIdConflictError, SqlStore, thread_route
 from kitrelay.shared.store.engine import SQLITE_BUSY_TIMEOUT_MS, make_engine, make_sessionmaker
 from kitrelay.shared.store.models import AttachmentRow, ThreadItemRow
 from tests.databases import StoreContext, new_identity
@@ -177,6 +177,31 @@ async def test_save_thread_is_an_upsert_that_strips_items_and_keeps_the_first_cr
     assert loaded.created_at == first
     assert (await store.load_thread_items(thread.id, None, 10, "asc", context)).data == []
     assert (await store.load_threads(10, None, "asc", context)).data == [loaded]
+
+
+async def test_a_threads_route_is_set_with_a_turns_items_and_kept_by_later_saves(store: SqlStore) -> None:
+    """The worker that answered writes the route; a gateway that read the thread before and saves it after (a title,
+    a rename) keeps it, and the rest of what the gateway saved stays too."""
+    context = new_context()
+    thread = await new_thread(store, context, title="one")
+    read_before = await store.load_thread(thread.id, context)
+    assert thread_route(read_before) is None
+
+    reply = assistant_message(thread.id, "Added.")
+    await store.add_thread_items_with(thread.id, [reply], context, route="task")
+    assert thread_route(await store.load_thread(thread.id, context)) == "task"
+
+    read_before.title = "two"
+    await store.save_thread(read_before, context)
+    loaded = await store.load_thread(thread.id, context)
+    assert (loaded.title, thread_route(loaded)) == ("two", "task")
+
+    await store.add_thread_items_with(thread.id, [], context, route="research")
+    loaded.title = "three"
+    loaded.metadata["other"] = 1
+    await store.save_thread(loaded, context)
+    final = await store.load_thread(thread.id, context)
+    assert (final.title, thread_route(final), final.metadata["other"]) == ("three", "research", 1)
 
 
 async def test_load_thread_of_an_unknown_id_raises(store: SqlStore) -> None:
