@@ -32,12 +32,20 @@ test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The browser tests drive Debian's Chromium (Playwright cannot download its own here): install it when missing.
-browser:
+# Their accessibility checks inject axe-core, installed from npm at the version its lock file names.
+AXE_DIR := tests/browser/axe
+browser: $(AXE_DIR)/node_modules/.installed
 	@if [ -x "$${KITRELAY_CHROMIUM:-/usr/bin/chromium}" ] || command -v chromium >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
 		|| echo "make browser: installing chromium failed; the browser tests will be skipped"; \
 	else echo "make browser: no Chromium; the browser tests will be skipped. Install it: sudo apt-get install chromium"; fi
+
+$(AXE_DIR)/node_modules/.installed: $(AXE_DIR)/package.json $(AXE_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(AXE_DIR) --no-audit --no-fund --loglevel=error && touch $@ \
+		|| echo "make browser: npm ci failed; the accessibility checks will be skipped"; \
+	else echo "make browser: no npm; the accessibility checks will be skipped. Install it: sudo apt-get install npm"; fi
 
 # The load generator against the embedded default and the in-process baseline (benchmarks/README.md).
 bench: install
@@ -62,4 +70,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build .kitrelay .pytest_cache .mypy_cache .ruff_cache kitrelay.db*
+	rm -rf $(VENV) build .kitrelay .pytest_cache .mypy_cache .ruff_cache kitrelay.db* $(AXE_DIR)/node_modules

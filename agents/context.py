@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from agents import RunContextWrapper
 from chatkit.agents import AgentContext
-from chatkit.types import Page, ThreadItem
+from chatkit.types import Page, ThreadItem, WidgetItem
 
 from kitrelay.services.knowledge import KnowledgeService, SearchHit
 from kitrelay.services.tasks import TaskService
 from kitrelay.shared.messages import Identity
+
+
+@runtime_checkable
+class WidgetSource(Protocol):
+    """Where a turn reads its thread's widgets (the worker's store): a change to a task redraws each one showing it."""
+
+    async def load_widget_items(self, thread_id: str, context: TurnContext) -> list[WidgetItem]: ...
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,9 @@ class TurnContext:
     thread_id: str
     tasks: TaskService
     knowledge: KnowledgeService
+    # The thread's widgets, for redrawing those that show a task the turn changed (None: the turn redraws only the
+    # widget a click came from).
+    widgets: WidgetSource | None = None
     # Sources the research tools found this turn; the reply is annotated with them.
     citations: list[SearchHit] = field(default_factory=list)
     _calls: dict[str, int] = field(default_factory=dict, repr=False)

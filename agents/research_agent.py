@@ -9,13 +9,12 @@ from agents import Agent, RunContextWrapper, function_tool
 from chatkit.agents import AgentContext
 
 from kitrelay.agents.context import TurnContext, turn_context
-from kitrelay.agents.widgets import sources_copy_text, sources_widget
 from kitrelay.services.knowledge import SearchHit
 
 INSTRUCTIONS = """You are the research assistant of a team. You answer questions from the team's documents only.
 
 Always call search_knowledge first. Answer from the passages it returns and cite them by number, like [1].
-The sources are also shown to the user in a widget: do not list them again.
+The sources are also shown to the user, below your answer: do not list them again.
 If search_knowledge finds nothing, say plainly that the team's documents do not cover the question. Never
 invent a source, a quote or a fact that is not in the passages.
 
@@ -65,8 +64,8 @@ async def search_knowledge(ctx: Ctx, query: str) -> str:
     hits = await tc.knowledge.search(tc.identity.team_id, query, limit=MAX_SOURCES)
     if not hits:
         return json.dumps({"message": NOT_FOUND, "sources": []})
+    # The answer is annotated with them, and a sources card follows it (services/turn_runner.cite).
     tc.citations.extend(hits)
-    await ctx.context.stream_widget(sources_widget(hits), copy_text=sources_copy_text(hits))
     sources = [
         {"n": n, "title": hit.title, "section": hit.heading, "passage": hit.text} for n, hit in enumerate(hits, start=1)
     ]

@@ -9,6 +9,7 @@ from agents import Agent, RunContextWrapper, StopAtTools, function_tool
 from chatkit.agents import AgentContext
 
 from kitrelay.agents.context import TurnContext, turn_context
+from kitrelay.agents.task_actions import redraw_thread
 from kitrelay.agents.widgets import task_card_widget, task_copy_text, task_list_copy_text, task_list_widget
 from kitrelay.services.tasks import TaskNotFoundError, TaskRecord, TaskStatus
 
@@ -25,6 +26,12 @@ guides to the Research agent, and anything else (greetings, thanks, small talk, 
 the Triage agent. Do not answer those yourself."""
 
 Ctx = RunContextWrapper[AgentContext[TurnContext]]
+
+
+async def _redraw(ctx: Ctx) -> None:
+    """Every widget of the thread that shows what a tool just changed is drawn again (replaced and saved)."""
+    for event in await redraw_thread(turn_context(ctx)):
+        await ctx.context.stream(event)
 
 
 def _parse_due(due_date: str | None) -> date | None:
@@ -66,6 +73,7 @@ async def add_task(ctx: Ctx, title: str, due_date: str | None = None, assignee: 
     except ValueError as exc:
         return f"Could not add the task: {exc}."
     await ctx.context.stream_widget(task_card_widget(task), copy_text=task_copy_text(task))
+    await _redraw(ctx)
     return f"Added {_describe(task)}."
 
 
@@ -101,6 +109,7 @@ async def _change(ctx: Ctx, task_id: int, verb: str, change: str) -> str:
                 raise ValueError(change)
     except TaskNotFoundError:
         return f"There is no task #{task_id}."
+    await _redraw(ctx)
     return f"{verb} {_describe(task)}."
 
 
@@ -149,6 +158,7 @@ async def rename_task(ctx: Ctx, task_id: int, new_title: str) -> str:
         return f"There is no task #{task_id}."
     except ValueError as exc:
         return f"Could not rename the task: {exc}."
+    await _redraw(ctx)
     return f'Renamed task #{task.number} to "{task.title}".'
 
 
@@ -167,6 +177,7 @@ async def assign_task(ctx: Ctx, task_id: int, assignee: str) -> str:
         return f"There is no task #{task_id}."
     except ValueError as exc:
         return f"Could not assign the task: {exc}."
+    await _redraw(ctx)
     return f"Assigned {_describe(task)}."
 
 
@@ -186,6 +197,7 @@ async def set_due_date(ctx: Ctx, task_id: int, due_date: str | None) -> str:
         task = await tc.tasks.set_due_date(tc.identity, task_id, due_date=due)
     except TaskNotFoundError:
         return f"There is no task #{task_id}."
+    await _redraw(ctx)
     return f"Updated {_describe(task)}."
 
 

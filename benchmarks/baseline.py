@@ -10,6 +10,7 @@ agent right here, in the same request. It lives in the benchmark code, not in th
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ class InProcessServer(ChatKitServer[BaselineContext]):
             thread_id=thread.id,
             tasks=self._tasks,
             knowledge=self._knowledge,
+            widgets=self._agent_store,
         )
 
     async def respond(
@@ -113,7 +115,8 @@ class InProcessServer(ChatKitServer[BaselineContext]):
                 agent_context,
             )
             async for event in events:
-                for out in cite(event, turn.citations):
+                new_id = functools.partial(self._agent_store.generate_item_id, "message", thread, turn)
+                for out in cite(event, turn.citations, new_id):
                     yield out
             if run.handoff is None:
                 return

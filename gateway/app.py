@@ -27,6 +27,9 @@ from kitrelay.gateway.server import RelayChatKitServer
 from kitrelay.gateway.sessions import router as sessions_router
 from kitrelay.gateway.sse import SERVER_SEND
 from kitrelay.gateway.store import GatewayStore
+from kitrelay.gateway.team_events import TeamEvents
+from kitrelay.gateway.team_events import router as team_events_router
+from kitrelay.gateway.thread_routes import router as threads_router
 from kitrelay.gateway.turn_relay import RelayConfig, TurnRelay
 from kitrelay.gateway.turn_routes import router as turn_router
 from kitrelay.gateway.uploads import router as uploads_router
@@ -34,6 +37,7 @@ from kitrelay.gateway.web import router as web_router
 from kitrelay.services.blobs import BlobStore, LocalDiskBlobStore
 from kitrelay.services.feedback import FeedbackService
 from kitrelay.services.knowledge import KnowledgeService
+from kitrelay.services.tasks import TaskService
 from kitrelay.services.turns import TurnRecords
 from kitrelay.shared.connections import connect_nats, connect_redis, ensure_turns_stream
 from kitrelay.shared.heap import settle_after_startup
@@ -56,6 +60,7 @@ class State(TypedDict):
     limiter: Limiter
     nats: NATS
     engine: AsyncEngine
+    team_events: TeamEvents
 
 
 class GatewayApp(FastAPI):
@@ -89,6 +94,10 @@ def create_app(settings: Settings) -> FastAPI:
         relay = TurnRelay(nc=nc, redis=redis, turns=TurnRecords(sessions), config=RelayConfig.from_settings(settings))
         relay.hubs.start()
         store.pending_writes = relay.thread_recorded
+        # Task widgets are drawn from the tasks as they are whenever a thread's items are read (agents/task_views.py).
+        store.tasks = TaskService(sessions)
+        team_events = TeamEvents(redis, settings.NAMESPACE)
+        team_events.start()
         server = RelayChatKitServer(
             store=store, attachment_store=attachment_store, feedback=FeedbackService(sessions), relay=relay
         )
@@ -109,8 +118,10 @@ def create_app(settings: Settings) -> FastAPI:
                 limiter=Limiter.from_settings(redis, settings, authenticator.mode),
                 nats=nc,
                 engine=engine,
+                team_events=team_events,
             )
         finally:
+            await team_events.stop()
             await relay.close()
             await nc.drain()
             await redis.aclose()
@@ -132,6 +143,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(plain_router)
     app.include_router(sessions_router)
     app.include_router(signin_router)
+    app.include_router(team_events_router)
+    app.include_router(threads_router)
     app.include_router(web_router)
     install_error_handlers(app)
     install_security(app, settings)

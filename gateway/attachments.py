@@ -261,9 +261,11 @@ class KitrelayAttachmentStore(AttachmentStore[RequestContext]):
     def _allowed_type(self, mime_type: str, filename: str) -> str:
         normalized = normalize_mime(mime_type, filename)
         if normalized not in self._allowed:
-            allowed = ", ".join(sorted(self._allowed))
+            allowed = _human_list([_KIND_NAMES.get(mime, mime) for mime in sorted(self._allowed, key=_kind_order)])
             raise ApiError(
-                415, "unsupported_media_type", f"Files of type {normalized!r} cannot be attached; allowed: {allowed}."
+                415,
+                "unsupported_media_type",
+                f"{filename} cannot be attached: it is {_kind_of(normalized, filename)}. Attach {allowed} files.",
             )
         return normalized
 
@@ -316,3 +318,24 @@ def _human_size(size: int) -> str:
     if size < 1024 * 1024:
         return f"{round(size / 1024, 1):g} KiB"
     return f"{round(size / (1024 * 1024), 1):g} MiB"
+
+
+# What people call the types an upload may have, in the order they are named.
+_KIND_NAMES = {"text/plain": "text (.txt)", "text/markdown": "Markdown (.md)", "application/pdf": "PDF"}
+
+
+def _kind_order(mime: str) -> tuple[int, str]:
+    return (list(_KIND_NAMES).index(mime) if mime in _KIND_NAMES else len(_KIND_NAMES), mime)
+
+
+def _kind_of(mime: str, filename: str) -> str:
+    """What a file is, in words: "a PNG image", "a ZIP file"."""
+    major, _, minor = mime.partition("/")
+    extension = filename.rpartition(".")[2].upper() if "." in filename else ""
+    name = extension or minor.upper().removeprefix("X-") or "unknown"
+    article = "an" if name[:1] in "AEFHILMNORSX" else "a"
+    return f"{article} {name} {major}" if major in ("image", "audio", "video") else f"{article} {name} file"
+
+
+def _human_list(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]

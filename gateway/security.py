@@ -85,7 +85,7 @@ def content_security_policy(path: str) -> str:
     """The browser pages get a policy that lets them run their own files; every other answer runs nothing."""
     if path == "/chatkit-js":
         return _CHATKIT_JS_CSP
-    if path == "/" or path.startswith("/static/"):
+    if path == "/" or path.startswith(("/static/", "/t/")):
         return _PAGE_CSP
     return _API_CSP
 

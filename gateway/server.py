@@ -19,7 +19,6 @@ from chatkit.types import (
     ThreadMetadata,
     ThreadStreamEvent,
     UserMessageItem,
-    UserMessageTextContent,
     WidgetItem,
 )
 from opentelemetry import trace
@@ -27,6 +26,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from kitrelay.gateway.context import RequestContext
 from kitrelay.gateway.store import GatewayStore
+from kitrelay.gateway.titles import thread_title
 from kitrelay.gateway.turn_relay import (
     BUSY_MESSAGE,
     FollowedTurn,
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 # The first event of every relayed turn names it, so a client can re-attach (GET /turns/{id}/events) or stop it.
 TURN_EFFECT = "kitrelay.turn"
-TITLE_MAX_CHARS = 60
 NOT_STARTED_MESSAGE = "Sorry, something went wrong on our side and this message was not answered. Please try again."
 
 
@@ -190,15 +189,6 @@ class RelayChatKitServer(ChatKitServer[RequestContext]):
         # A dropped connection is not a stop: the worker keeps going and saves the whole reply, so nothing is
         # written here (the SDK's default would store a "user cancelled" note). Stopping is POST /turns/{id}/cancel.
         log.info("client detached from turn %s of thread %s; the turn continues", context.turn_id, thread.id)
-
-
-def thread_title(message: UserMessageItem, max_chars: int = TITLE_MAX_CHARS) -> str | None:
-    """The message's text on one line, cut at a word boundary; None for a message with no text."""
-    text = " ".join(" ".join(part.text for part in message.content if isinstance(part, UserMessageTextContent)).split())
-    if len(text) <= max_chars:
-        return text or None
-    cut = text[:max_chars].rsplit(" ", 1)[0] or text[:max_chars]
-    return f"{cut}…"
 
 
 class _RelayedTurn:

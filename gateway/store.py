@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable
 from chatkit.types import Page, ThreadItem, ThreadMetadata, UserMessageItem
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from kitrelay.agents.task_views import redraw_in_place
 from kitrelay.gateway.context import HeldMessage, RequestContext
+from kitrelay.services.tasks import TaskService
 from kitrelay.shared.settings import AgentKind
 from kitrelay.shared.store.chatkit_store import SqlStore, thread_route
 
@@ -29,6 +31,13 @@ class GatewayStore(SqlStore[RequestContext]):
         # Waits for this gateway's writes of the thread's started turns (gateway/turn_relay.TurnRelay.start),
         # so that a read of the thread's items shows the user's message of a turn that is running.
         self.pending_writes: Callable[[str], Awaitable[None]] | None = None
+        # The tasks task widgets are drawn from whenever items are read (None: items as saved).
+        self.tasks: TaskService | None = None
+
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        """The store's database sessions, for the reads the ChatKit Store has no method for (gateway/thread_routes)."""
+        return self._sessions
 
     async def load_thread(self, thread_id: str, context: RequestContext) -> ThreadMetadata:
         seen = context.threads.get(thread_id)
@@ -72,7 +81,11 @@ class GatewayStore(SqlStore[RequestContext]):
             await context.save_held()  # whoever reads the thread sees the message
         if self.pending_writes is not None:
             await self.pending_writes(thread_id)
-        return await super().load_thread_items(thread_id, after, limit, order, context)
+        page = await super().load_thread_items(thread_id, after, limit, order, context)
+        if self.tasks is not None:
+            # A task widget shows the tasks as they are now, whoever changed them since it was drawn.
+            page.data = await redraw_in_place(page.data, self.tasks, context.identity)
+        return page
 
     async def save_item(self, thread_id: str, item: ThreadItem, context: RequestContext) -> None:
         if not context.relay_active:

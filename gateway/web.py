@@ -45,6 +45,12 @@ async def chat_page() -> FileResponse:
     return _file("index.html")
 
 
+@router.api_route("/t/{thread_id}", methods=["GET", "HEAD"])
+async def thread_page(thread_id: str) -> FileResponse:
+    """A thread's own address: the chat page, which opens the thread named in its URL."""
+    return _file("index.html")
+
+
 @router.api_route("/chatkit-js", methods=["GET", "HEAD"])
 async def chatkit_js_page() -> FileResponse:
     return _file("chatkit-js.html")

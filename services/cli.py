@@ -16,6 +16,7 @@ import typer
 
 from kitrelay.services.cli_output import DEFAULT_URL, console, errors, kitrelay_command
 from kitrelay.services.kb_cli import app as kb_app
+from kitrelay.services.tasks_cli import app as tasks_app
 from kitrelay.services.turns_cli import turns as turns_command
 
 if TYPE_CHECKING:
@@ -193,6 +194,12 @@ app.add_typer(
     kb_app,
     name="kb",
     help="The teams' knowledge base (documents the research agent answers from).",
+    rich_help_panel=USE,
+)
+app.add_typer(
+    tasks_app,
+    name="tasks",
+    help="A team's tasks; every change shows on the team's open chat pages at once.",
     rich_help_panel=USE,
 )
 

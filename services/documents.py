@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import PurePath, PureWindowsPath
@@ -48,6 +49,8 @@ _HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
+
+log = logging.getLogger(__name__)
 
 
 class UnsupportedDocumentError(ValueError):
@@ -144,8 +147,13 @@ def _pdf_text(data: bytes, filename: str, *, max_pages: int | None, max_chars: i
     except (UnsupportedDocumentError, DocumentTooLargeError):
         raise
     except Exception as exc:
-        # pypdf raises all sorts (PdfReadError, ValueError, KeyError, ...) on malformed input; all mean "broken".
-        raise UnsupportedDocumentError(f"{name} is not a readable PDF ({type(exc).__name__}: {exc})") from exc
+        # pypdf raises all sorts (PdfReadError, ValueError, KeyError, ...) on malformed input; all mean "broken". The
+        # parser's own words are for the log: the person who uploaded it needs to know what to do.
+        log.info("%s is not a readable PDF: %s: %s", name, type(exc).__name__, exc)
+        raise UnsupportedDocumentError(
+            f"{name} is not a readable PDF: it may be damaged, cut short or not a PDF at all. "
+            "Try saving or exporting it as a PDF again."
+        ) from exc
     text = _clean("\n\n".join(page.strip() for page in pages if page.strip()))
     if not text.strip():
         raise UnsupportedDocumentError(f"{name} has no extractable text (a scan without OCR?)")

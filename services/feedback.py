@@ -83,6 +83,17 @@ class FeedbackService:
             )
             await session.execute(stmt)
 
+    async def of_thread(self, identity: Identity, thread_id: str) -> dict[str, FeedbackKind]:
+        """The caller's votes on a thread's items, by item id: what the page shows pressed when it opens the thread."""
+        query = select(FeedbackRow.item_id, FeedbackRow.kind).where(
+            FeedbackRow.team_id == identity.team_id,
+            FeedbackRow.user_id == identity.user_id,
+            FeedbackRow.thread_id == thread_id,
+        )
+        async with read_session(self._sessions) as session:
+            rows = (await session.execute(query)).all()
+        return {row.item_id: row.kind for row in rows}
+
     async def list(
         self, team_id: str, *, kind: FeedbackKind | None = None, limit: int = 50
     ) -> builtins.list[FeedbackRecord]:

@@ -80,7 +80,7 @@ _SQLITE_SEARCH = """
     best AS (
         SELECT *, row_number() OVER (PARTITION BY document_id ORDER BY score DESC, position) AS nth FROM matches
     )
-    SELECT best.document_id, d.title, best.heading, best.text, best.snippet, best.score
+    SELECT best.document_id, d.title, best.heading, best.text, best.position, best.snippet, best.score
     FROM best JOIN documents AS d ON d.id = best.document_id
     WHERE best.nth = 1
     ORDER BY best.score DESC, best.document_id
@@ -99,7 +99,7 @@ _POSTGRES_SEARCH = """
     best AS (
         SELECT *, row_number() OVER (PARTITION BY document_id ORDER BY score DESC, position) AS nth FROM matches
     )
-    SELECT best.document_id, d.title, best.heading, best.text, best.score,
+    SELECT best.document_id, d.title, best.heading, best.text, best.position, best.score,
            ts_headline('english', best.text, q.query,
                        'StartSel="", StopSel="", MinWords=15, MaxWords=35, MaxFragments=2, FragmentDelimiter=" … "')
                AS snippet
@@ -138,6 +138,16 @@ class SearchHit(BaseModel):
     snippet: str
     text: str
     score: float
+    # Which chunk of the document the passage is (its position, from 0): where a reader opens the document.
+    position: int = 0
+
+
+class Passage(BaseModel):
+    """A chunk of a document, as a reader of the document is shown it."""
+
+    position: int
+    heading: str | None
+    text: str
 
 
 class DocumentNotFoundError(LookupError):
@@ -213,6 +223,18 @@ class KnowledgeService:
         for record in await self._documents(team_id, DocumentRow.id == document_id):
             return record
         raise DocumentNotFoundError(document_id)
+
+    async def document_passages(self, team_id: str, document_id: str) -> list[Passage]:
+        """One of the team's documents as its readers see it: its chunks in order (a citation names one of them)."""
+        await self.get_document(team_id, document_id)
+        query = (
+            select(DocumentChunkRow.position, DocumentChunkRow.heading, DocumentChunkRow.text)
+            .where(DocumentChunkRow.document_id == document_id, DocumentChunkRow.team_id == team_id)
+            .order_by(DocumentChunkRow.position)
+        )
+        async with read_session(self._sessions) as session:
+            rows = (await session.execute(query)).all()
+        return [Passage(position=row.position, heading=row.heading, text=row.text) for row in rows]
 
     async def delete_document(self, team_id: str, document_id: str) -> None:
         """Delete a document; its chunks and their index entries go with it (ON DELETE CASCADE)."""
@@ -332,6 +354,7 @@ class _Search:
                 snippet=clip(row.snippet or row.text),
                 text=row.text,
                 score=float(row.score),
+                position=row.position,
             )
             for row in rows
         ]

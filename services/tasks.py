@@ -11,7 +11,7 @@ many tasks other teams have made.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
@@ -22,7 +22,8 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from kitrelay.shared.messages import Identity
+from kitrelay.services.task_events import TaskEventPublisher
+from kitrelay.shared.messages import Identity, TaskChange, TaskChangeKind, TaskSnapshot
 from kitrelay.shared.store.engine import read_session
 from kitrelay.shared.store.models import TITLE_MAX_LENGTH, TaskCounterRow, TaskRow, UTCDateTime
 
@@ -62,10 +63,26 @@ class TaskNotFoundError(LookupError):
 
 
 class TaskService:
-    """Create, read, update and delete a team's tasks. Each call is one short transaction."""
+    """Create, read, update and delete a team's tasks. Each call is one short transaction.
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    With `events`, every change is published to the team's event stream once it is committed (a worker's tool, a
+    widget click and the CLI all change tasks through here), so that every open page of the team shows it."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, events: TaskEventPublisher | None = None) -> None:
         self._sessions = sessions
+        self._events = events
+
+    async def _published(self, identity: Identity, change: TaskChangeKind, task: TaskRecord) -> TaskRecord:
+        if self._events is not None:
+            snapshot = TaskSnapshot(
+                number=task.number,
+                title=task.title,
+                done=task.done,
+                assignee_id=task.assignee_id,
+                due_date=task.due_date.isoformat() if task.due_date else None,
+            )
+            await self._events.publish(identity.team_id, TaskChange(change=change, task=snapshot, by=identity.user_id))
+        return task
 
     async def add(
         self,
@@ -105,7 +122,7 @@ class TaskService:
             if request_key is None or (existing := await self._by_request_key(identity, request_key)) is None:
                 raise
             return existing
-        return _record(row._mapping)
+        return await self._published(identity, "added", _record(row._mapping))
 
     async def _by_request_key(self, identity: Identity, request_key: str) -> TaskRecord | None:
         query = select(*_COLUMNS).where(TaskRow.request_key == request_key, TaskRow.team_id == identity.team_id)
@@ -134,6 +151,16 @@ class TaskService:
             rows = (await session.execute(query)).all()
         return [_record(row._mapping) for row in rows]
 
+    async def by_numbers(self, identity: Identity, numbers: Iterable[int]) -> dict[int, TaskRecord]:
+        """The team's tasks of these numbers, by number; a number that names no task (any more) is left out."""
+        wanted = sorted(set(numbers))
+        if not wanted:
+            return {}
+        query = select(*_COLUMNS).where(TaskRow.team_id == identity.team_id, TaskRow.number.in_(wanted))
+        async with read_session(self._sessions) as session:
+            rows = (await session.execute(query)).all()
+        return {task.number: task for task in (_record(row._mapping) for row in rows)}
+
     async def count(self, identity: Identity, *, status: TaskStatus = "all", assignee_id: str | None = None) -> int:
         query: Select[int] = select(func.count()).select_from(TaskRow).where(*_filters(identity, status, assignee_id))
         async with read_session(self._sessions) as session:
@@ -151,12 +178,14 @@ class TaskService:
         now = datetime.now(UTC)
         # Completing a done task keeps its original completion time.
         completed_at = func.coalesce(TaskRow.completed_at, _timestamp(now))
-        return await self._update(identity, number, {"done": True, "completed_at": completed_at, "updated_at": now})
+        task = await self._update(identity, number, {"done": True, "completed_at": completed_at, "updated_at": now})
+        return await self._published(identity, "completed", task)
 
     async def reopen(self, identity: Identity, number: int) -> TaskRecord:
-        return await self._update(
+        task = await self._update(
             identity, number, {"done": False, "completed_at": None, "updated_at": datetime.now(UTC)}
         )
+        return await self._published(identity, "reopened", task)
 
     async def set_done(self, identity: Identity, number: int, *, done: bool) -> TaskRecord:
         """Complete or reopen: the same request twice leaves the same state (a widget click is replayable)."""
@@ -166,20 +195,24 @@ class TaskService:
         now = datetime.now(UTC)
         # One statement reads and flips the flag, so two quick clicks never both see the same old value.
         completed_at = case((TaskRow.done, None), else_=_timestamp(now))
-        return await self._update(
+        task = await self._update(
             identity, number, {"done": not_(TaskRow.done), "completed_at": completed_at, "updated_at": now}
         )
+        return await self._published(identity, "completed" if task.done else "reopened", task)
 
     async def rename(self, identity: Identity, number: int, *, title: str) -> TaskRecord:
-        return await self._update(identity, number, {"title": _clean_title(title), "updated_at": datetime.now(UTC)})
+        task = await self._update(identity, number, {"title": _clean_title(title), "updated_at": datetime.now(UTC)})
+        return await self._published(identity, "renamed", task)
 
     async def assign(self, identity: Identity, number: int, *, assignee_id: str | None) -> TaskRecord:
         """Give the task to a member of the team (None takes it back)."""
         assignee = _clean_assignee(assignee_id)
-        return await self._update(identity, number, {"assignee_id": assignee, "updated_at": datetime.now(UTC)})
+        task = await self._update(identity, number, {"assignee_id": assignee, "updated_at": datetime.now(UTC)})
+        return await self._published(identity, "assigned", task)
 
     async def set_due_date(self, identity: Identity, number: int, *, due_date: date | None) -> TaskRecord:
-        return await self._update(identity, number, {"due_date": due_date, "updated_at": datetime.now(UTC)})
+        task = await self._update(identity, number, {"due_date": due_date, "updated_at": datetime.now(UTC)})
+        return await self._published(identity, "due_date", task)
 
     async def delete(self, identity: Identity, number: int) -> TaskRecord:
         """Delete a task and return it as it was."""
@@ -188,7 +221,7 @@ class TaskService:
             row = (await session.execute(stmt)).first()
         if row is None:
             raise TaskNotFoundError(number)
-        return _record(row._mapping)
+        return await self._published(identity, "deleted", _record(row._mapping))
 
     async def _update(self, identity: Identity, number: int, values: Mapping[str, Any]) -> TaskRecord:
         stmt = (

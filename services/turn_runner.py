@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import redis.asyncio as aioredis
-from agents import Agent, ModelProvider, RunConfig, Runner
+from agents import Agent, ModelProvider, OpenAIProvider, RunConfig, Runner
 from chatkit.agents import AgentContext, stream_agent_response
 from chatkit.store import NotFoundError
 from chatkit.types import (
@@ -19,13 +21,18 @@ from chatkit.types import (
     AssistantMessageContentPartAnnotationAdded,
     AssistantMessageItem,
     ErrorEvent,
-    FileSource,
+    Page,
     ProgressUpdateEvent,
+    Thread,
     ThreadItem,
     ThreadItemDoneEvent,
+    ThreadItemReplacedEvent,
     ThreadItemUpdatedEvent,
     ThreadMetadata,
     ThreadStreamEvent,
+    ThreadUpdatedEvent,
+    UserMessageItem,
+    UserMessageTextContent,
     WidgetItem,
 )
 from nats.js import JetStreamContext
@@ -36,7 +43,10 @@ from kitrelay.agents.handoffs import StopsAtHandoff, find_handoff
 from kitrelay.agents.providers import error_event_for
 from kitrelay.agents.registry import action_handler, kind_of
 from kitrelay.agents.stream_ids import with_real_ids
+from kitrelay.agents.task_views import has_task_widgets, redraw
+from kitrelay.agents.titles import generate_title
 from kitrelay.agents.tool_answers import with_tool_answer
+from kitrelay.agents.widgets import document_source, sources_copy_text, sources_widget
 from kitrelay.services.knowledge import KnowledgeService, SearchHit
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_log import TurnLog, TurnLogWriteError
@@ -89,21 +99,22 @@ class TurnDeps:
     redis_replicated: bool = False
 
 
-def cite(event: ThreadStreamEvent, citations: list[SearchHit]) -> list[ThreadStreamEvent]:
-    """Attach the turn's sources to its assistant message as ChatKit file annotations (whatever the model)."""
+def cite(
+    event: ThreadStreamEvent, citations: list[SearchHit], new_item_id: Callable[[], str]
+) -> list[ThreadStreamEvent]:
+    """Attach the turn's sources to its (first) assistant message as ChatKit annotations, whatever the model, and
+    show them in a sources card right after it. Each source names its document and the passage cited, so a client
+    can open the document there (GET /documents/{id}); `[n]` in the text is the n-th annotation."""
     if not citations or not isinstance(event, ThreadItemDoneEvent):
         return [event]
     item = event.item
     if not isinstance(item, AssistantMessageItem) or not item.content:
         return [event]
+    hits = list(citations)
+    citations.clear()  # one answer cites them; a later message of the turn does not again
     part = item.content[0]
     start = len(part.annotations)
-    added = [
-        Annotation(
-            source=FileSource(title=hit.title, filename=hit.title, description=hit.snippet), index=len(part.text)
-        )
-        for hit in citations
-    ]
+    added = [Annotation(source=document_source(hit), index=len(part.text)) for hit in hits]
     part.annotations.extend(added)
     updates: list[ThreadStreamEvent] = [
         ThreadItemUpdatedEvent(
@@ -114,7 +125,14 @@ def cite(event: ThreadStreamEvent, citations: list[SearchHit]) -> list[ThreadStr
         )
         for n, annotation in enumerate(added)
     ]
-    return [*updates, event]
+    sources = WidgetItem(
+        id=new_item_id(),
+        thread_id=item.thread_id,
+        created_at=datetime.now(),
+        widget=sources_widget(hits),
+        copy_text=sources_copy_text(hits),
+    )
+    return [*updates, event, ThreadItemDoneEvent(item=sources)]
 
 
 def _context(request: TurnRequest, deps: TurnDeps) -> TurnContext:
@@ -125,6 +143,7 @@ def _context(request: TurnRequest, deps: TurnDeps) -> TurnContext:
         thread_id=request.thread_id,
         tasks=deps.tasks,
         knowledge=deps.knowledge,
+        widgets=deps.store,
     )
 
 
@@ -213,6 +232,10 @@ async def run_turn(
         return
 
     thread, history = opening
+    title = None
+    if request.hops == 0:
+        title = _title_task(thread, history, deps)
+        history = await _redraw_task_widgets(history, context, turn_log)
     await _run_agent(
         request,
         thread,
@@ -222,7 +245,59 @@ async def run_turn(
         turn_log=turn_log,
         deps=deps,
         control=control or TurnControl(),
+        title=title,
     )
+
+
+def _title_task(thread: ThreadMetadata, history: list[ThreadItem], deps: TurnDeps) -> asyncio.Task[str | None] | None:
+    """A thread's first message, answered by a real model: its title is asked for beside the run."""
+    # A real model is an OpenAI-compatible endpoint (agents/providers.py); the offline model, or a scripted one in
+    # a test, writes no titles.
+    if not isinstance(deps.provider, OpenAIProvider):
+        return None
+    messages = [item for item in history if isinstance(item, UserMessageItem)]
+    if len(messages) != 1:
+        return None
+    text = " ".join(part.text for part in messages[0].content if isinstance(part, UserMessageTextContent))
+    return asyncio.create_task(generate_title(deps.provider, deps.model, text), name=f"title of {thread.id}")
+
+
+async def _title_thread(
+    title: asyncio.Task[str | None] | None,
+    thread: ThreadMetadata,
+    context: TurnContext,
+    turn_log: TurnLog,
+    deps: TurnDeps,
+) -> None:
+    """Give the thread the model's title (saved, and `thread.updated` to its clients), unless it was renamed since
+    the turn started."""
+    if title is None:
+        return
+    generated = await title
+    if not generated:
+        return
+    try:
+        current = await deps.store.load_thread(thread.id, context=context)
+    except NotFoundError:
+        return
+    if current.title != thread.title or current.title == generated:
+        return
+    current.title = generated
+    await deps.store.save_thread(current, context=context)
+    await turn_log.emit(ThreadUpdatedEvent(thread=Thread(**current.model_dump(), items=Page(data=[]))))
+
+
+async def _redraw_task_widgets(history: list[ThreadItem], context: TurnContext, turn_log: TurnLog) -> list[ThreadItem]:
+    """The thread's task widgets that changed since they were drawn (a teammate, the CLI or another thread changed
+    a task) are drawn again first: replaced and saved, so that the model reads what is true and a client that
+    does not follow its team's events (ChatKit JS) shows it from this turn on. No query when the history shows
+    no task widget."""
+    if not has_task_widgets(history):
+        return history
+    changed = await redraw(history, context.tasks, context.identity)
+    for item in changed.values():
+        await turn_log.emit(ThreadItemReplacedEvent(item=item))
+    return [changed.get(item.id, item) for item in history]
 
 
 def _may_run(request: TurnRequest, attempt: int, opened: RunOpening) -> bool:
@@ -292,6 +367,36 @@ async def _run_agent(
     turn_log: TurnLog,
     deps: TurnDeps,
     control: TurnControl,
+    title: asyncio.Task[str | None] | None = None,
+) -> None:
+    try:
+        await _run_agent_titled(
+            request,
+            thread,
+            history,
+            agent=agent,
+            context=context,
+            turn_log=turn_log,
+            deps=deps,
+            control=control,
+            title=title,
+        )
+    finally:
+        if title is not None and not title.done():
+            title.cancel()
+
+
+async def _run_agent_titled(
+    request: TurnRequest,
+    thread: ThreadMetadata,
+    history: list[ThreadItem],
+    *,
+    agent: Agent[AgentContext[TurnContext]],
+    context: TurnContext,
+    turn_log: TurnLog,
+    deps: TurnDeps,
+    control: TurnControl,
+    title: asyncio.Task[str | None] | None,
 ) -> None:
     converter = KitrelayConverter(token_budget=deps.history_token_budget)
     agent_input = await converter.to_agent_input(history)
@@ -323,8 +428,9 @@ async def _run_agent(
             result,
             agent_context,
         )
+        new_item_id = functools.partial(deps.store.generate_item_id, "message", thread, context)
         async for event in events:
-            for out in cite(event, context.citations):
+            for out in cite(event, context.citations, new_item_id):
                 await turn_log.emit(out)
         if run.handoff is not None:
             raise run.handoff
@@ -349,6 +455,7 @@ async def _run_agent(
         raise  # not the agent's failure: the worker leaves the turn to be redelivered, or to its newer run
     except Exception as exc:
         if (signal := find_handoff(exc)) is not None:
+            await _title_thread(title, thread, context, turn_log, deps)
             await _hand_off(request, signal.target, turn_log, deps)
             return
         if database_unavailable(exc):
@@ -360,6 +467,7 @@ async def _run_agent(
         await turn_log.emit(error_event_for(exc))
         await turn_log.end("failed", error=type(exc).__name__)
         return
+    await _title_thread(title, thread, context, turn_log, deps)
     # This kind answered: the thread's next message comes straight here (written only when that changes).
     await turn_log.end("completed", route=request.agent if thread_route(thread) != request.agent else None)
 

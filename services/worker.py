@@ -27,6 +27,7 @@ from kitrelay.agents.context import TurnContext
 from kitrelay.agents.providers import model_for, model_provider
 from kitrelay.agents.registry import build_agent
 from kitrelay.services.knowledge import KnowledgeService
+from kitrelay.services.task_events import TaskEventPublisher
 from kitrelay.services.tasks import TaskService
 from kitrelay.services.turn_runner import RunNotOpenedError, TurnControl, TurnDeps, dead_letter, run_turn
 from kitrelay.services.turn_store import TurnStore
@@ -317,7 +318,7 @@ async def serve(kind: AgentKind, settings: Settings, *, handle_signals: bool = T
         js=nc.jetstream(),
         redis=redis,
         store=TurnStore(sessions),
-        tasks=TaskService(sessions),
+        tasks=TaskService(sessions, events=TaskEventPublisher(redis, settings.NAMESPACE)),
         knowledge=KnowledgeService(sessions),
         turns=TurnRecords(sessions),
         provider=model_provider(settings),

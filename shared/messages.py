@@ -402,3 +402,33 @@ def _peek_inline_event(run: tuple[int, int], event: Any) -> EntryView:
         item_id=item.get("id"),
         item_type=item.get("type"),
     )
+
+
+# -- team events ------------------------------------------------------------------------------------------------------
+
+TaskChangeKind = Literal["added", "completed", "reopened", "renamed", "assigned", "due_date", "deleted"]
+
+
+class TaskSnapshot(BaseModel):
+    """A task as a team event shows it: what a page needs to tell what changed (services/tasks.TaskRecord without
+    its team and timestamps)."""
+
+    number: int
+    title: str
+    done: bool
+    assignee_id: str | None = None
+    due_date: str | None = None
+
+
+class TaskChange(BaseModel):
+    """A task of a team changed, whoever changed it (a worker's tool, a widget click, the CLI). Appended after the
+    change is committed to the team's event stream (`names.team_events_key`), which every gateway follows for the
+    pages of that team that are open (gateway/team_events.py)."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    type: Literal["task.changed"] = "task.changed"
+    change: TaskChangeKind
+    task: TaskSnapshot
+    # Who made the change (a user of the team, or "cli" for an operator's command).
+    by: str
+    at: datetime = Field(default_factory=utcnow)

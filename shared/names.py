@@ -80,3 +80,9 @@ def thread_active_key(namespace: str, thread_id: str) -> str:
 def turn_watch_key(namespace: str, turn_id: str) -> str:
     """Exists while some client follows the turn (refreshed by every relay); its absence means detached."""
     return f"{namespace}:turn:{turn_key_tag(turn_id)}:{turn_id}:watched"
+
+
+def team_events_key(namespace: str, team_id: str) -> str:
+    """The Redis stream of a team's events (task changes), which the gateways relay to the team's open pages. The
+    braces keep it in one Redis Cluster hash slot (a hub of its own per team there: gateway/team_events.py)."""
+    return f"{namespace}:team:{{{team_id}}}:events"

@@ -47,9 +47,20 @@ function authHeaders() {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
+// What an answer without a JSON body (a proxy's error page) means, in words a person can act on.
+const STATUS_WORDS = {
+  500: "Something went wrong on the server (500 Internal Server Error). Try again; if it keeps happening, tell whoever runs kitrelay.",
+  502: "kitrelay cannot be reached right now (502 Bad Gateway: the proxy in front of it got no answer). Try again in a moment.",
+  503: "kitrelay is not available right now (503 Service Unavailable): it may be starting or overloaded. Try again in a moment.",
+  504: "kitrelay took too long to answer (504 Gateway Timeout). Try again in a moment.",
+  429: "Too many requests for now (429). Wait a moment, then try again.",
+};
+
 async function failure(response) {
   let code = "http_error";
-  let message = `The server answered ${response.status}.`;
+  let message =
+    STATUS_WORDS[response.status] ||
+    `The server refused the request (${response.status}${response.statusText ? ` ${response.statusText}` : ""}).`;
   try {
     const body = await response.json();
     if (body && typeof body.message === "string") {
@@ -104,6 +115,13 @@ export async function* chatkitStream(type, params, signal) {
 export async function* followTurn(turnId, lastEventId, signal) {
   const headers = lastEventId ? { "Last-Event-ID": lastEventId } : {};
   const response = await send(`/turns/${encodeURIComponent(turnId)}/events`, { headers, signal });
+  yield* sseEvents(response, signal);
+}
+
+/** The team's event stream (task changes, whoever made them), from after `lastEventId` (from now when null). */
+export async function* teamEvents(lastEventId, signal) {
+  const headers = lastEventId ? { "Last-Event-ID": lastEventId } : {};
+  const response = await send("/events", { headers, signal });
   yield* sseEvents(response, signal);
 }
 

@@ -24,26 +24,84 @@ async function authFetch(input, init = {}) {
   const response = await fetch(input, { ...init, headers });
   if (response.status === 401) {
     localStorage.removeItem(TOKEN_KEY);
+    $("chat").hidden = true;
     showSignIn("Your session has ended: sign in again.");
   }
   return response;
 }
 
+const CHATKIT_SRC = "https://cdn.platform.openai.com/deployments/chatkit/chatkit.js";
+// How long the page waits for ChatKit before it says it cannot load it (it still mounts it if it comes later).
+const LOAD_WAIT_MS = 2000;
+
 let config = null;
+let loaded = false;
+
+function status(state, ...lines) {
+  const box = $("status");
+  box.dataset.state = state;
+  const text = $("status-text");
+  text.replaceChildren(
+    ...lines.map((line) => {
+      const p = document.createElement("p");
+      p.append(...(Array.isArray(line) ? line : [line]));
+      return p;
+    }),
+  );
+  box.hidden = false;
+}
+
+function link(href, text) {
+  const a = document.createElement("a");
+  a.href = href;
+  a.textContent = text;
+  return a;
+}
+
+/** OpenAI's web component, from its CDN: resolves true once it is defined, false on a load error or after
+ * LOAD_WAIT_MS (an unreachable CDN can leave a request hanging far longer). */
+function loadChatKit() {
+  const script = document.createElement("script");
+  script.src = CHATKIT_SRC;
+  script.async = true;
+  const defined = customElements.whenDefined("openai-chatkit").then(() => {
+    loaded = true;
+    return true;
+  });
+  const failed = new Promise((resolve) => {
+    script.addEventListener("error", () => resolve(false));
+    setTimeout(() => resolve(false), LOAD_WAIT_MS);
+  });
+  document.head.append(script);
+  return { first: Promise.race([defined, failed]), defined };
+}
+
+function cannotLoad() {
+  status(
+    "failed",
+    "ChatKit JS could not be loaded: this page gets OpenAI's ChatKit component from cdn.platform.openai.com, which this browser cannot reach.",
+    ["The built-in chat page needs no internet access: ", link("/", "open it"), "."],
+  );
+}
 
 function showSignIn(reason) {
   if (!config || config.mode !== "jwt") return;
-  if (!config.dev_sign_in || !localStorage.getItem(SIGN_IN_KEY)) {
-    $("status").textContent = config.dev_sign_in
-      ? "Open the sign-in link `kitrelay up` printed (it opens the built-in page), then come back."
-      : "Sign in on the built-in page first (/), then come back: this page reuses its token.";
+  // The form only where it can work: ChatKit is here, and this browser opened a sign-in link (dev sign-in).
+  if (!loaded || !config.dev_sign_in || !localStorage.getItem(SIGN_IN_KEY)) {
+    status(
+      "signed-out",
+      config.dev_sign_in
+        ? ["Open the sign-in link `kitrelay up` printed (it opens the ", link("/", "built-in page"), "), then come back."]
+        : ["Sign in on the ", link("/", "built-in page"), " first, then come back: this page reuses its token."],
+    );
     return;
   }
+  $("status").hidden = true;
   $("signin").hidden = false;
-  $("status").textContent = "Sign in to start chatting.";
   $("user").value ||= config.default_user;
   $("team").value ||= config.default_team;
   $("signin-error").textContent = reason || "";
+  $("user").focus();
 }
 
 async function signIn(event) {
@@ -106,19 +164,26 @@ async function start() {
     localStorage.removeItem(USER_KEY);
     location.reload();
   });
-  config = await (await fetch("/auth/config")).json();
+  const chatkit = loadChatKit();
+  try {
+    config = await (await fetch("/auth/config")).json();
+  } catch {
+    status("failed", "kitrelay cannot be reached: is it running?");
+    return;
+  }
   const dev = config.mode === "dev";
   $("who").textContent = dev ? config.user : localStorage.getItem(USER_KEY) || "";
   $("signout").hidden = dev || !localStorage.getItem(TOKEN_KEY);
-  if (!dev && !localStorage.getItem(TOKEN_KEY)) {
+  const signedIn = dev || Boolean(localStorage.getItem(TOKEN_KEY));
+  if (!(await chatkit.first)) {
+    cannotLoad();
+    // Slow rather than unreachable: it still comes up when the component arrives.
+    await chatkit.defined;
+  }
+  if (!signedIn) {
     showSignIn();
     return;
   }
-  const timeout = setTimeout(() => {
-    $("status").textContent = "ChatKit JS did not load: this page needs access to cdn.platform.openai.com.";
-  }, 10000);
-  await customElements.whenDefined("openai-chatkit");
-  clearTimeout(timeout);
   mount();
 }
 

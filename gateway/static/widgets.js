@@ -183,6 +183,8 @@ function button(props, ctx) {
 function listItem(props, ctx) {
   const node = el("div", "w-listitem");
   node.dataset.testid = "list-item";
+  // A row keeps its key when its widget is redrawn: the keyboard stays on the same row (app.js, upsertItem).
+  if (props.key != null) node.dataset.key = String(props.key);
   node.setAttribute("role", "listitem");
   const body = el("div", "w-listitem-body w-row");
   applyBox(body, { gap: props.gap ?? 2, align: props.align ?? "center" });
@@ -420,6 +422,7 @@ function listView(props, ctx) {
   const items = Array.isArray(props.children) ? props.children : [];
   const limit = typeof props.limit === "number" ? props.limit : items.length;
   children(list, items.slice(0, limit), ctx);
+  listRoles(list);
   node.append(list);
   if (items.length > limit) {
     const more = el("button", "w-more");
@@ -427,11 +430,21 @@ function listView(props, ctx) {
     more.textContent = `Show ${items.length - limit} more`;
     more.addEventListener("click", () => {
       children(list, items.slice(limit), ctx);
+      listRoles(list);
       more.remove();
     });
     node.append(more);
   }
   return node;
+}
+
+/** A list of rows that are buttons is a group of buttons (a list may only hold list items); its rows that are not
+ * buttons (a note, a footer) are then plain. */
+function listRoles(list) {
+  const rows = [...list.children];
+  if (!rows.some((row) => row.getAttribute("role") === "button")) return;
+  list.setAttribute("role", "group");
+  for (const row of rows) if (row.getAttribute("role") === "listitem") row.removeAttribute("role");
 }
 
 /** A widget item's root, wrapped as the conversation shows it. */

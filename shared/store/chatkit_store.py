@@ -334,6 +334,19 @@ class SqlStore(Store[C]):
         fields["created_at"] = row.created_at
         return WidgetItem.model_construct(**fields)
 
+    async def load_widget_items(self, thread_id: str, context: C) -> list[WidgetItem]:
+        """Every widget item of one of the caller's threads, oldest first (a change to a task redraws each widget
+        that shows it: agents/task_views.py); NotFoundError for a thread they cannot see."""
+        async with read_session(self._sessions) as session:
+            await _require_thread(session, thread_id, context)
+            query = (
+                select(ThreadItemRow.data)
+                .where(ThreadItemRow.thread_id == thread_id, ThreadItemRow.type == "widget")
+                .order_by(ThreadItemRow.seq)
+            )
+            datas = list((await session.execute(query)).scalars())
+        return [item for item in map(_item_from_json, datas) if isinstance(item, WidgetItem)]
+
     async def _own_item(
         self, thread_id: str, item_id: str, context: C, *columns: InstrumentedAttribute[Any]
     ) -> Row[Any]:

@@ -49,6 +49,10 @@ CHUNK_SEARCH_VECTOR_COLUMN = "search_vector"
 CHUNK_SEARCH_VECTOR_INDEX = "ix_document_chunks_search_vector"
 # SQLite: an external-content FTS5 table over document_chunks; FTS5 keeps its index in shadow tables named after it.
 CHUNK_FTS_TABLE = "document_chunks_fts"
+# The same for the text of thread messages (0006): a tsvector column and its index, or an FTS5 table.
+ITEM_SEARCH_VECTOR_COLUMN = "search_vector"
+ITEM_SEARCH_VECTOR_INDEX = "ix_thread_items_search_vector"
+ITEM_FTS_TABLE = "thread_items_fts"
 
 # BIGINT on PostgreSQL; on SQLite only a column declared exactly INTEGER PRIMARY KEY becomes the rowid alias.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
@@ -86,12 +90,16 @@ def include_in_autogenerate(name: str | None, type_: NameFilterType, parent_name
     SQLite and the tsvector column and its index on PostgreSQL, since no model declares them.
     """
     if type_ == "table":
-        return not (name or "").startswith(CHUNK_FTS_TABLE)
-    if parent_names.get("table_name") == "document_chunks":
+        return not (name or "").startswith((CHUNK_FTS_TABLE, ITEM_FTS_TABLE))
+    hidden = {
+        "document_chunks": (CHUNK_SEARCH_VECTOR_COLUMN, CHUNK_SEARCH_VECTOR_INDEX),
+        "thread_items": (ITEM_SEARCH_VECTOR_COLUMN, ITEM_SEARCH_VECTOR_INDEX),
+    }.get(str(parent_names.get("table_name")))
+    if hidden is not None:
         if type_ == "column":
-            return name != CHUNK_SEARCH_VECTOR_COLUMN
+            return name != hidden[0]
         if type_ == "index":
-            return name != CHUNK_SEARCH_VECTOR_INDEX
+            return name != hidden[1]
     return True
 
 

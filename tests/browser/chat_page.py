@@ -164,3 +164,38 @@ _ROW_STRUCK_THROUGH = """([widgetId, title]) => {
   }
   return null;
 }"""
+
+
+# When the widget's row titled `title` was first seen drawn struck through (or not, `wanted`), by the page's own
+# clock: installed as a requestAnimationFrame loop, so the moment is the page's, not that of a poll from the test.
+_WATCH_ROW = """([widgetId, title, wanted]) => {
+  const check = (__CHECK__);
+  window.__rowSeenAt = null;
+  const tick = () => {
+    if (check([widgetId, title]) === wanted) { window.__rowSeenAt = Date.now(); return; }
+    requestAnimationFrame(tick);
+  };
+  tick();
+}""".replace("__CHECK__", _ROW_STRUCK_THROUGH)
+
+
+def watch_row(page: Page, widget_id: str, title: str, *, struck: bool) -> None:
+    """Start watching for the row to be drawn as wanted; `row_seen_at` reads when it was."""
+    page.evaluate(_WATCH_ROW, [widget_id, title, struck])
+
+
+def row_seen_at(page: Page) -> float:
+    """The page clock (ms) at which the watched row was first drawn as wanted; waits for it."""
+    page.wait_for_function("() => window.__rowSeenAt !== null")
+    seen: float = page.evaluate("window.__rowSeenAt")
+    return seen
+
+
+def page_now(page: Page) -> float:
+    now: float = page.evaluate("Date.now()")
+    return now
+
+
+def row_texts(widget: Locator) -> list[str]:
+    """The widget's list rows as text, in the order shown."""
+    return [squash(text) for text in widget.get_by_test_id("list-item").all_inner_texts()]

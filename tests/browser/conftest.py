@@ -57,7 +57,9 @@ TIMEOUT_MS = 15_000
 VIEWPORT = {"width": 1280, "height": 860}
 TOKEN_DELAY_MS = 40
 
-OpenPage = Callable[[], Page]
+# Opens a page in a new browser context: `open_page()`, or `open_page(viewport=PHONE, color_scheme="dark")`.
+OpenPage = Callable[..., Page]
+PHONE = {"width": 390, "height": 844}
 
 
 def find_chromium() -> str | None:
@@ -184,8 +186,12 @@ def open_page(
     uncaught page error or off-machine request."""
     opened: list[tuple[BrowserContext, Page, PageWatch]] = []
 
-    def open_one() -> Page:
-        context = browser.new_context(base_url=browser_system.base_url, viewport=VIEWPORT)  # type: ignore[arg-type]
+    def open_one(*, viewport: dict[str, int] | None = None, color_scheme: str | None = None) -> Page:
+        context = browser.new_context(
+            base_url=browser_system.base_url,
+            viewport=viewport or VIEWPORT,  # type: ignore[arg-type]
+            color_scheme=color_scheme,  # type: ignore[arg-type]
+        )
         context.set_default_timeout(TIMEOUT_MS)
         watch = PageWatch()
         context.route("**/*", watch.route)

@@ -86,8 +86,10 @@ async def test_tasks_go_to_the_task_worker_and_a_widget_click_toggles_in_place(c
 
     clicked = await collect(client.custom_action(thread_id, widget_item["id"], row["onClickAction"]))
 
-    [replaced] = [e.data["item"] for e in clicked if e.type == "thread.item.replaced"]
+    # The widget clicked first, then every other widget of the thread that shows the task: here its card.
+    replaced, card_again = [e.data["item"] for e in clicked if e.type == "thread.item.replaced"]
     assert replaced["id"] == widget_item["id"]
+    assert card_again["id"] == card["id"] and "Reopen" in json.dumps(card_again["widget"])
     new_row = next(r for r in replaced["widget"]["children"] if "write report" in json.dumps(r))
     assert "check-circle-filled" in json.dumps(new_row)
     assert not [e for e in clicked if e.type == "thread.item.updated"], "no model ran: no text streamed"

@@ -43,6 +43,8 @@ from kitrelay.services.devservers import free_port
 from kitrelay.shared.ids import new_id
 
 Api = Literal["responses", "chat"]
+# How kitrelay's title request begins (agents/titles.TITLE_PROMPT): such a request gets a title.
+TITLE_PROMPT_START = "You name conversations"
 
 
 @dataclass(frozen=True)
@@ -341,6 +343,8 @@ class FakeOpenAIServer:
     api_key: str | None = "test-key"
     port: int = 0
     requests: list[RecordedRequest] = field(default_factory=list)
+    # Requests for a conversation title, kept apart from the conversation's (see `_handle`).
+    title_requests: list[RecordedRequest] = field(default_factory=list)
     # Every model call answered (not refused, not a fault), with its estimated tokens.
     answered: list[AnsweredCall] = field(default_factory=list)
     _faults: collections.deque[Fault] = field(default_factory=collections.deque)
@@ -399,6 +403,11 @@ class FakeOpenAIServer:
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
             self.requests.append(RecordedRequest(api, request.url.path, headers, body, 401))
             return _error(401, "Incorrect API key provided.", kind="invalid_request_error", code="invalid_api_key")
+        # A title request (agents/titles.py) is answered beside the conversation: faults and `requests` are the
+        # conversation's, and a title asked for in the same turn must not take a fault meant for it.
+        if (titled := self._title_answer(api, body)) is not None:
+            self.title_requests.append(RecordedRequest(api, request.url.path, headers, body))
+            return titled
         fault = self._next_fault()
         if fault is not None and fault.kind == "status":
             self.requests.append(RecordedRequest(api, request.url.path, headers, body, fault.status))
@@ -425,6 +434,55 @@ class FakeOpenAIServer:
             )
             return StreamingResponse(self._stalled(first), media_type="text/event-stream")
         return await (self._chat(body) if api == "chat" else self._responses(body))
+
+    def _title_answer(self, api: Api, body: dict[str, Any]) -> Response | None:
+        """A request for a conversation's title (agents/titles.py) gets one, as a model asked for one would give: the
+        user's message in a few capitalised words. None for any other request."""
+        if api == "chat":
+            messages = body.get("messages") or []
+            system = next((_text_of(m.get("content")) for m in messages if m.get("role") == "system"), "")
+            user = next((_text_of(m.get("content")) for m in messages if m.get("role") == "user"), "")
+        else:
+            system = str(body.get("instructions") or "")
+            items = body.get("input")
+            user = (
+                items
+                if isinstance(items, str)
+                else next((_text_of(item.get("content")) for item in items or [] if item.get("role") == "user"), "")
+            )
+        if not system.startswith(TITLE_PROMPT_START):
+            return None
+        title = " ".join(word.capitalize() for word in user.split()[:4]) or "Untitled"
+        if api == "chat":
+            return JSONResponse(_chat_completion(TextAnswer(title), body))
+        message = {
+            "type": "message",
+            "id": new_id("msg"),
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": f'"{title}."', "annotations": []}],
+        }
+        usage = {
+            "input_tokens": 1,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 1,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 2,
+        }
+        return JSONResponse(
+            {
+                "id": new_id("resp"),
+                "object": "response",
+                "created_at": time.time(),
+                "model": body["model"],
+                "status": "completed",
+                "output": [message],
+                "parallel_tool_calls": False,
+                "tool_choice": "auto",
+                "tools": [],
+                "usage": usage,
+            }
+        )
 
     async def _chat(self, body: dict[str, Any]) -> Response:
         specs = [t["function"] for t in body.get("tools") or [] if t.get("type") == "function"]

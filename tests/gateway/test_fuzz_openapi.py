@@ -29,6 +29,9 @@ HEADERS = bearer(FUZZER, ttl_s=3600)
 EXAMPLES_PER_OPERATION = 15
 # The ChatKit endpoint takes sixteen request types in one body: it gets more.
 EXAMPLES_FOR_CHATKIT = 150
+# Streams that last as long as their client (a team's events): never read "to their end". Their input (a bad
+# Last-Event-ID, no token) has tests of its own (tests/gateway/test_team_live.py).
+ENDLESS = {"/events"}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +64,8 @@ def test_the_openapi_schema_finds_no_server_error(api_schema: Any, mode: Generat
     operations = [result.ok() for result in api_schema.get_all_operations()]
     fuzzed = []
     for operation in operations:
+        if operation.path in ENDLESS:
+            continue
 
         @settings(
             max_examples=EXAMPLES_FOR_CHATKIT if operation.path == "/chatkit" else EXAMPLES_PER_OPERATION,
@@ -81,4 +86,4 @@ def test_the_openapi_schema_finds_no_server_error(api_schema: Any, mode: Generat
         fuzzed.append(operation.label)
     assert "POST /chatkit" in fuzzed
     if mode == GenerationMode.POSITIVE:
-        assert fuzzed == [operation.label for operation in operations]
+        assert fuzzed == [operation.label for operation in operations if operation.path not in ENDLESS]

@@ -1,4 +1,5 @@
-"""A new thread is named after its first message by the gateway, so every client shows the same title."""
+"""A new thread is named after its first message by the gateway, cleaned up, so every client shows the same
+title and a sidebar tells threads apart."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from chatkit.types import InferenceOptions, UserMessageItem, UserMessageTextContent
 
 from kitrelay.gateway.client import ChatKitClient
-from kitrelay.gateway.server import thread_title
+from kitrelay.gateway.titles import thread_title
 from tests.system import RunningSystem
 
 
@@ -25,14 +26,38 @@ def _message(text: str) -> UserMessageItem:
     )
 
 
-def test_a_title_is_the_message_on_one_line() -> None:
-    assert thread_title(_message("  add task\n buy   milk ")) == "add task buy milk"
+def test_a_title_is_the_message_on_one_line_capitalised() -> None:
+    assert thread_title(_message("  add task\n buy   milk ")) == "Add task buy milk"
+
+
+@pytest.mark.parametrize(
+    ("message", "title"),
+    [
+        ("hey, can you please add task **buy milk**??", "Add task buy milk"),
+        (
+            "Hi there! I would like to know what the guide says about [VPN](https://vpn.example) access?",
+            "What the guide says about VPN access",
+        ),
+        ("## Handover\n- who locks the cranes?", "Handover who locks the cranes"),
+        ("hello!", "Hello"),
+        ("I need to call `Bob` tomorrow.", "Call Bob tomorrow"),
+    ],
+)
+def test_greetings_politeness_markdown_and_trailing_punctuation_go(message: str, title: str) -> None:
+    assert thread_title(_message(message)) == title
 
 
 def test_a_long_message_is_cut_at_a_word() -> None:
     title = thread_title(_message("please remember that the quarterly report is due on friday afternoon at four"))
-    assert title == "please remember that the quarterly report is due on friday…"
-    assert title is not None and len(title) <= 61
+    assert title == "Remember that the quarterly report is due on friday afternoon…"
+    assert title is not None and len(title) <= 64
+
+
+def test_questions_that_differ_only_at_their_end_get_different_titles() -> None:
+    first = thread_title(_message("what does the night shift handbook say about the handover?"))
+    second = thread_title(_message("what does the night shift handbook say about breaks?"))
+    assert first == "What does the night shift handbook say about the handover"
+    assert second == "What does the night shift handbook say about breaks"
 
 
 def test_a_message_without_text_gives_no_title() -> None:
@@ -50,9 +75,9 @@ async def test_the_first_message_names_the_thread_and_later_ones_do_not(client: 
     thread_id = events[0].data["thread"]["id"]
     assert "title" not in events[0].data["thread"]
     updates = [event.data["thread"] for event in events if event.type == "thread.updated"]
-    assert [thread["title"] for thread in updates] == ["add task water the plants"]
+    assert [thread["title"] for thread in updates] == ["Add task water the plants"]
 
     [_ async for _ in client.send(thread_id, "list my tasks")]
-    assert (await client.get_thread(thread_id))["title"] == "add task water the plants"
+    assert (await client.get_thread(thread_id))["title"] == "Add task water the plants"
     listed = await client.call({"type": "threads.list", "params": {"limit": 50, "order": "desc"}})
-    assert {t["id"]: t.get("title") for t in listed["data"]}[thread_id] == "add task water the plants"
+    assert {t["id"]: t.get("title") for t in listed["data"]}[thread_id] == "Add task water the plants"

@@ -188,7 +188,9 @@ def test_numbered_actions_toggle_a_task_interactively(chat_system: RunningSystem
     # The list, and the list again after the click (replaced, so printed anew): open, then done.
     assert len(rows) == 2, out
     assert "✓" not in rows[0] and "✓" in rows[1]
-    assert "There is no action 9: choose 1 to 1." in out
+    # The click redrew every widget that shows the task: the list and the task's card, each printed anew with its
+    # action (the list's row, the card's "Reopen").
+    assert "There is no action 9: choose 1 to 2." in out
     assert "/new" in out and "New thread" in out and GREETING_TEXT in out
     # /threads lists both, the new one (hello) current.
     with user.http(chat_system) as http:

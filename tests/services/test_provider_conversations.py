@@ -40,7 +40,7 @@ from kitrelay.services.turn_runner import TurnDeps, run_turn
 from kitrelay.shared.ids import new_id
 from kitrelay.shared.messages import ChatKitEntry, HandoffEntry, TurnEnd, TurnEntry, TurnRequest
 from kitrelay.shared.settings import AgentKind, Settings
-from tests.fakes.openai_server import FakeOpenAIServer, running_fake_openai
+from tests.fakes.openai_server import TITLE_PROMPT_START, FakeOpenAIServer, running_fake_openai
 from tests.services.worker_env import ALICE, StoreContext, WorkerEnv, worker_env
 from tests.turn_streams import turn_entries
 
@@ -332,3 +332,33 @@ async def test_run_turn_itself_gives_chat_completion_replies_real_ids(env: Worke
     check_thread_ids(await chat.items())
     replies = [i for i in await chat.items() if isinstance(i, AssistantMessageItem)]
     assert len(replies) == 2
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.usefixtures("real_ids")
+async def test_a_first_message_gets_a_short_title_from_a_real_model(
+    env: WorkerEnv, fake: FakeOpenAIServer, path: str
+) -> None:
+    """With a real model the thread is titled by the model (in a few words, its quotes and final stop taken off);
+    the offline model leaves the first message's cleaned-up title the gateway gave. Later messages rename nothing."""
+    chat = Conversation(env, settings_for(path, fake))
+    first = await chat.say("add task buy fresh milk for the office")
+    updates = [
+        e.body.event.thread.title
+        for e in first
+        if isinstance(e.body, ChatKitEntry) and e.body.event.type == "thread.updated"
+    ]
+    saved = (await env.db.load_thread(chat.thread_id, context=StoreContext(ALICE))).title
+    if path == "offline":
+        assert updates == [] and saved is None
+        return
+    assert updates == ["Add Task Buy Fresh"], updates
+    assert saved == "Add Task Buy Fresh"
+    # Sent before the turn's end, so a client reading the turn gets it.
+    assert isinstance(first[-1].body, TurnEnd)
+    [asked] = fake.title_requests
+    assert TITLE_PROMPT_START in json.dumps(asked.body) and "add task buy fresh milk" in asked.text()
+
+    later = await chat.say("list my tasks")
+    assert not [e for e in later if isinstance(e.body, ChatKitEntry) and e.body.event.type == "thread.updated"]
+    assert len(fake.title_requests) == 1

@@ -29,6 +29,11 @@ TABLES = TABLES_0003 | {"turn_runs", "task_counters"}
 # external-content table has no `_content` shadow).
 SQLITE_FTS_TABLES = {f"document_chunks_fts{suffix}" for suffix in ("", "_data", "_idx", "_docsize", "_config")}
 SQLITE_FTS_TRIGGERS = {"document_chunks_fts_ai", "document_chunks_fts_ad", "document_chunks_fts_au"}
+# 0006: the full-text index of thread messages (an FTS5 table with content of its own: a `_content` shadow too).
+SQLITE_ITEM_FTS_TRIGGERS = {"thread_items_fts_ai", "thread_items_fts_ad", "thread_items_fts_au"}
+SQLITE_ITEM_FTS_TABLES = {
+    f"thread_items_fts{suffix}" for suffix in ("", "_data", "_idx", "_docsize", "_config", "_content")
+}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -66,6 +71,8 @@ def current_revision(url: str) -> str | None:
 def expected_tables(url: str, tables: set[str] = TABLES) -> set[str]:
     """Every table a migrated database has: the models' tables, alembic's, and SQLite's full-text index."""
     fts = SQLITE_FTS_TABLES if url.startswith("sqlite") and "document_chunks" in tables else set()
+    if url.startswith("sqlite") and tables == TABLES:
+        fts = fts | SQLITE_ITEM_FTS_TABLES
     return tables | fts | {"alembic_version"}
 
 
@@ -122,12 +129,18 @@ def test_autogenerate_ignores_only_the_full_text_search_objects(empty_db_url: st
     migrate(empty_db_url)
     unfiltered = schema_differences(empty_db_url, include_name=None)
     if empty_db_url.startswith("sqlite"):
-        assert sorted(op[0] for op in unfiltered) == ["remove_table"] * len(SQLITE_FTS_TABLES)
-        assert {op[1].name for op in unfiltered} == SQLITE_FTS_TABLES
+        fts_tables = SQLITE_FTS_TABLES | SQLITE_ITEM_FTS_TABLES
+        assert sorted(op[0] for op in unfiltered) == ["remove_table"] * len(fts_tables)
+        assert {op[1].name for op in unfiltered} == fts_tables
     else:
-        assert sorted((op[0], op[3].name if op[0] == "remove_column" else op[1].name) for op in unfiltered) == [
-            ("remove_column", "search_vector"),
-            ("remove_index", "ix_document_chunks_search_vector"),
+        assert sorted(
+            (op[0], op[2] if op[0] == "remove_column" else "", op[3].name if op[0] == "remove_column" else op[1].name)
+            for op in unfiltered
+        ) == [
+            ("remove_column", "document_chunks", "search_vector"),
+            ("remove_column", "thread_items", "search_vector"),
+            ("remove_index", "", "ix_document_chunks_search_vector"),
+            ("remove_index", "", "ix_thread_items_search_vector"),
         ]
 
     def drop_an_index(connection: Connection) -> None:
@@ -214,7 +227,7 @@ def sqlite_triggers(url: str) -> set[str]:
 def test_full_text_search_objects_per_dialect(empty_db_url: str) -> None:
     migrate(empty_db_url)
     if empty_db_url.startswith("sqlite"):
-        assert sqlite_triggers(empty_db_url) == SQLITE_FTS_TRIGGERS
+        assert sqlite_triggers(empty_db_url) == SQLITE_FTS_TRIGGERS | SQLITE_ITEM_FTS_TRIGGERS
         ddl = on_connection(
             empty_db_url,
             lambda c: c.execute(text("SELECT sql FROM sqlite_master WHERE name = 'document_chunks_fts'")).scalar_one(),
@@ -283,6 +296,7 @@ def test_sql_can_be_generated_offline(empty_db_url: str) -> None:
         assert "CREATE VIRTUAL TABLE document_chunks_fts USING fts5(" in sql
     else:
         assert "search_vector TSVECTOR GENERATED ALWAYS AS" in sql
+        assert "CREATE INDEX ix_thread_items_search_vector ON thread_items USING gin (search_vector)" in sql
     assert tables(empty_db_url) == set()
 
 
